@@ -1,0 +1,42 @@
+# One-command entry points: `make demo` (install + whole pipeline on the tiny profile)
+# and `make test` (install + test suite). Re-running skips what is already installed.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel of torch; GPU clusters use environment.yml instead.
+TORCH_SPEC ?= torch==2.13.0
+MELTINGPOT_VERSION ?= 2.4.1
+PROFILE ?= tiny
+CORES ?= 2
+STAMP := $(VENV)/.installed
+MELTINGPOT_WHEEL := .wheels/dm_meltingpot-$(MELTINGPOT_VERSION)-py3-none-any.whl
+
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install demo test data report clean-results
+
+install: $(STAMP)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip wheel setuptools
+
+$(MELTINGPOT_WHEEL): tools/build_meltingpot_wheel.py | $(VENV)/bin/python
+	$(BIN)/python tools/build_meltingpot_wheel.py $(MELTINGPOT_VERSION) .wheels
+
+$(STAMP): pyproject.toml $(MELTINGPOT_WHEEL) | $(VENV)/bin/python
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet "$(MELTINGPOT_WHEEL)"
+	$(BIN)/pip install --quiet -e ".[hf,test]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --configfile params/$(PROFILE).yaml all
+	@echo "demo finished: contact sheet in reports/figures/games.png, datasets in data/lmdb/"
+
+data: install
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --configfile params/$(PROFILE).yaml data
+
+test: install
+	$(BIN)/python -m pytest -q

@@ -1,0 +1,5 @@
+import sys
+
+from actionparty.cli import main
+
+sys.exit(main())

@@ -1,0 +1,166 @@
+"""Profiles (params/<profile>.yaml): the one source of truth for every stage's parameters.
+
+A profile is validated against the pydantic models below: an unknown key, a missing key
+or an ill-typed value is refused with the file and the dotted key in one line. The JSON
+schema that Snakemake validates its config with (workflow/schemas/config.schema.json) is
+generated from these models (``actionparty schema``), so both sides agree by construction.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from actionparty.errors import ProfileError
+
+SPLITS = ("train", "val", "test")
+# Episode seeds of different splits never overlap: seed = base + SPLIT_SEED_STRIDE * split + index.
+SPLIT_SEED_STRIDE = 1_000_000
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitCounts(StrictModel):
+    """Episodes per game for each split."""
+
+    train: PositiveInt
+    val: PositiveInt
+    test: PositiveInt
+
+
+class PolicyConfig(StrictModel):
+    """Seeded per-player 'sticky' random policy: repeat the last action with probability
+    ``stickiness``, else draw from ``action_probs`` (canonical action name -> weight)."""
+
+    stickiness: Annotated[float, Field(ge=0.0, lt=1.0)]
+    action_probs: dict[str, Annotated[float, Field(ge=0.0)]]
+
+    @field_validator("action_probs")
+    @classmethod
+    def _known_actions(cls, probs: dict[str, float]) -> dict[str, float]:
+        from actionparty.games.actions import CANONICAL_ACTIONS
+
+        unknown = sorted(set(probs) - set(CANONICAL_ACTIONS))
+        if unknown:
+            raise ValueError(f"unknown action(s) {unknown}; known: {list(CANONICAL_ACTIONS)}")
+        if sum(probs.values()) <= 0:
+            raise ValueError("weights must not all be zero")
+        return probs
+
+    def probabilities(self) -> list[float]:
+        """Weights normalised over the 8 canonical actions, in id order."""
+        from actionparty.games.actions import CANONICAL_ACTIONS
+
+        total = sum(self.action_probs.values())
+        return [self.action_probs.get(name, 0.0) / total for name in CANONICAL_ACTIONS]
+
+
+class EpisodesConfig(StrictModel):
+    steps: PositiveInt  # actions per episode (frames = steps + 1)
+    per_split: SplitCounts
+    seed: Annotated[int, Field(ge=0)]
+    policy: PolicyConfig
+
+    @model_validator(mode="after")
+    def _seeds_fit(self) -> "EpisodesConfig":
+        if max(self.per_split.train, self.per_split.val, self.per_split.test) >= SPLIT_SEED_STRIDE:
+            raise ValueError(f"at most {SPLIT_SEED_STRIDE - 1} episodes per split (seed ranges must stay disjoint)")
+        return self
+
+
+class LmdbConfig(StrictModel):
+    map_size_mb: PositiveInt  # upper bound of one split's LMDB; only address space, not disk
+    zlib_level: Annotated[int, Field(ge=0, le=9)]
+
+
+class ResourcesConfig(StrictModel):
+    """Default per-rule resources (Snakemake `resources:`); clusters read them too."""
+
+    episode_workers: PositiveInt
+    mem_mb: PositiveInt
+
+
+class Profile(StrictModel):
+    profile: str
+    catalogue: str  # path of the games catalogue
+    games: list[str] | Literal["all"]
+    canvas_cells: Annotated[int, Field(ge=5, le=64)]  # frames are padded onto a square canvas of this many cells
+    episodes: EpisodesConfig
+    lmdb: LmdbConfig
+    resources: ResourcesConfig
+
+    @property
+    def canvas_px(self) -> int:
+        from actionparty.games.actions import CELL_PX
+
+        return self.canvas_cells * CELL_PX
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        what = "unknown key"
+    elif first["type"] == "missing":
+        what = "missing key"
+    else:
+        what = first["msg"]
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{source}: {where}: {what}{more}"
+
+
+def validate_profile(data: dict, source: str = "<config>") -> Profile:
+    """Validate a profile mapping; raise ProfileError naming ``source`` and the key."""
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as err:
+        raise ProfileError(_format_error(source, err)) from None
+
+
+def load_profile(path: str | Path) -> Profile:
+    path = Path(path)
+    if not path.is_file():
+        raise ProfileError(f"{path}: profile not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ProfileError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ProfileError(f"{path}: a profile must be a mapping")
+    return validate_profile(data, str(path))
+
+
+def profile_json_schema() -> dict:
+    """JSON schema of a profile, for Snakemake's ``validate`` (kept in workflow/schemas/)."""
+    schema = Profile.model_json_schema()
+    schema["$schema"] = "http://json-schema.org/draft-07/schema#"
+    schema["title"] = "ActionParty profile (generated by `actionparty schema`; do not edit)"
+    return schema
+
+
+def dump_json_schema() -> str:
+    return json.dumps(profile_json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+def selected_games(profile: Profile, names: list[str] | None = None):
+    """GameSpecs of ``names`` (default: the profile's games), in catalogue order when 'all'.
+
+    Raises ProfileError for a game the catalogue does not have.
+    """
+    from actionparty.games import load_catalogue
+
+    catalogue = load_catalogue(profile.catalogue)
+    if names is None:
+        names = list(catalogue) if profile.games == "all" else list(profile.games)
+    unknown = [n for n in names if n not in catalogue]
+    if unknown:
+        raise ProfileError(f"profile '{profile.profile}': unknown game(s) {unknown}; see {profile.catalogue}")
+    return [catalogue[n] for n in names]

@@ -1,0 +1,192 @@
+"""Episode generation: seeded sticky random players in a real Melting Pot substrate.
+
+One episode file (``ep_00000.npz``) holds, for T actions and P players:
+
+=================  ======================  ==================================================
+name               dtype, shape            meaning
+=================  ======================  ==================================================
+frames             uint8 (T+1, H, W, 3)    global frame, mini map centred on the canvas
+actions            int8  (T, P)            canonical action taken at step t (frame t -> t+1)
+position           int16 (T+1, P, 2)       (x, y) cell on the canvas (map offset included)
+facing             int8  (T+1, P)          0..3 = N, E, S, W
+visible            bool  (T+1, P)          the avatar is drawn in that frame
+interact_effect    bool  (T, P)            the step's INTERACT had an effect (see games.env)
+=================  ======================  ==================================================
+
+Frames t and t+1 bracket action t. The policy does not look at observations, so each
+player's whole action sequence is drawn up front from its own seeded stream.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from actionparty.atomic import atomic_path, write_json
+from actionparty.config import SPLIT_SEED_STRIDE, SPLITS, Profile
+from actionparty.data.npz import save_npz
+from actionparty.errors import UserError
+from actionparty.games import CELL_PX, GameEnv, GameSpec
+
+EPISODE_SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+def episode_seed(base_seed: int, split: str, index: int) -> int:
+    """Env seed of episode ``index`` of ``split``; split ranges never overlap."""
+    return base_seed + SPLIT_SEED_STRIDE * SPLITS.index(split) + index
+
+
+def sticky_actions(rng: np.random.Generator, steps: int, players: int, probs, stickiness: float) -> np.ndarray:
+    """(steps, players) int8 canonical actions: each step a player repeats its previous
+    action with probability ``stickiness``, else draws a fresh one from ``probs``."""
+    fresh = rng.choice(len(probs), size=(steps, players), p=probs).astype(np.int8)
+    keep = rng.random((steps, players)) < stickiness
+    keep[0] = False
+    actions = fresh.copy()
+    for t in range(1, steps):
+        actions[t] = np.where(keep[t], actions[t - 1], fresh[t])
+    return actions
+
+
+def map_offset(spec: GameSpec, canvas_cells: int) -> tuple[int, int]:
+    """(x, y) cell at which the mini map's top-left corner sits on the canvas (centred)."""
+    if spec.width_cells > canvas_cells or spec.height_cells > canvas_cells:
+        raise UserError(
+            f"game '{spec.name}': map {spec.width_cells}x{spec.height_cells} cells does not fit "
+            f"the profile's canvas of {canvas_cells}x{canvas_cells} cells"
+        )
+    return (canvas_cells - spec.width_cells) // 2, (canvas_cells - spec.height_cells) // 2
+
+
+@dataclass(frozen=True)
+class EpisodeTask:
+    spec: GameSpec
+    seed: int
+    steps: int
+    canvas_cells: int
+    probs: tuple[float, ...]
+    stickiness: float
+    path: str
+    zlib_level: int = 1
+
+
+def run_episode(task: EpisodeTask) -> dict[str, np.ndarray]:
+    """Play one episode and return its arrays (see the module docstring)."""
+    spec, steps = task.spec, task.steps
+    players = spec.num_players
+    ox, oy = map_offset(spec, task.canvas_cells)
+    canvas_px = task.canvas_cells * CELL_PX
+    policy_rng = np.random.default_rng([task.seed, zlib.crc32(spec.name.encode())])
+    actions = sticky_actions(policy_rng, steps, players, task.probs, task.stickiness)
+
+    frames = np.zeros((steps + 1, canvas_px, canvas_px, 3), np.uint8)
+    position = np.zeros((steps + 1, players, 2), np.int16)
+    facing = np.zeros((steps + 1, players), np.int8)
+    visible = np.zeros((steps + 1, players), bool)
+    effect = np.zeros((steps, players), bool)
+    h, w = spec.height_cells * CELL_PX, spec.width_cells * CELL_PX
+    y0, x0 = oy * CELL_PX, ox * CELL_PX
+
+    def record(t, rec):
+        frames[t, y0 : y0 + h, x0 : x0 + w] = rec.frame
+        position[t] = rec.position
+        facing[t] = rec.facing
+        visible[t] = rec.visible
+
+    with GameEnv(spec, task.seed) as env:
+        record(0, env.reset())
+        for t in range(steps):
+            rec = env.step(actions[t])
+            record(t + 1, rec)
+            effect[t] = rec.interact_effect
+    position += np.array([ox, oy], np.int16)
+    return dict(frames=frames, actions=actions, position=position, facing=facing, visible=visible,
+                interact_effect=effect)
+
+
+def _generate_one(task: EpisodeTask) -> tuple[str, str]:
+    arrays = run_episode(task)
+    digest = save_npz(task.path, arrays, level=task.zlib_level)
+    return os.path.basename(task.path), digest
+
+
+def generate_episodes(
+    spec: GameSpec, split: str, profile: Profile, out_dir: str | Path, workers: int = 1, progress: bool = True
+) -> dict:
+    """Write ``per_split[split]`` episodes of ``spec`` into ``out_dir`` (created atomically,
+    with a manifest of seeds and sha256 checksums); return the manifest."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split '{split}'; known: {', '.join(SPLITS)}")
+    cfg = profile.episodes
+    count = getattr(cfg.per_split, split)
+    offset = map_offset(spec, profile.canvas_cells)
+    start = time.perf_counter()
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        tasks = [
+            EpisodeTask(spec, episode_seed(cfg.seed, split, i), cfg.steps, profile.canvas_cells,
+                        tuple(cfg.policy.probabilities()), cfg.policy.stickiness, str(tmp / f"ep_{i:05d}.npz"),
+                        profile.lmdb.zlib_level)
+            for i in range(count)
+        ]
+        bar = tqdm(total=count, desc=f"episodes {spec.name}/{split}", unit="ep", disable=not progress)
+        digests: dict[str, str] = {}
+        if workers > 1 and count > 1:
+            with mp.get_context("fork").Pool(min(workers, count)) as pool:
+                for name, digest in pool.imap_unordered(_generate_one, tasks):
+                    digests[name] = digest
+                    bar.update()
+        else:
+            for task in tasks:
+                name, digest = _generate_one(task)
+                digests[name] = digest
+                bar.update()
+        bar.close()
+        manifest = {
+            "schema_version": EPISODE_SCHEMA_VERSION,
+            "game": spec.name,
+            "substrate": spec.substrate,
+            "split": split,
+            "num_players": spec.num_players,
+            "steps": cfg.steps,
+            "canvas_cells": profile.canvas_cells,
+            "map_offset": list(offset),
+            "map_cells": [spec.width_cells, spec.height_cells],
+            "episodes": [
+                {"file": os.path.basename(t.path), "seed": t.seed, "sha256": digests[os.path.basename(t.path)]}
+                for t in tasks
+            ],
+        }
+        write_json(tmp / MANIFEST_NAME, manifest)
+    elapsed = time.perf_counter() - start
+    print(f"{spec.name}/{split}: {count} episodes, {count * (cfg.steps + 1) / elapsed:.0f} frames/s "
+          f"({elapsed:.1f} s, {workers} workers)")
+    return manifest
+
+
+def load_manifest(episode_dir: str | Path) -> dict:
+    """Read and check an episode folder's manifest (schema, files present)."""
+    import json
+
+    episode_dir = Path(episode_dir)
+    path = episode_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise UserError(f"{path}: episode manifest not found (run the episodes stage first)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from None
+    if manifest.get("schema_version") != EPISODE_SCHEMA_VERSION:
+        raise UserError(f"{path}: episode schema {manifest.get('schema_version')}, expected {EPISODE_SCHEMA_VERSION}")
+    for entry in manifest["episodes"]:
+        if not (episode_dir / entry["file"]).is_file():
+            raise UserError(f"{episode_dir / entry['file']}: listed in the manifest but missing")
+    return manifest

@@ -1,0 +1,17 @@
+"""Errors a user can cause (bad parameters, bad data, missing files).
+
+The CLI turns each into one line on stderr and a non-zero exit; anything else is a bug
+and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """Bad input named in one line: the file or field, and what is wrong with it."""
+
+
+class ProfileError(UserError):
+    """A params/ profile that fails validation."""
+
+
+class DatasetError(UserError):
+    """Episodes or LMDB files that are missing, mismatched or corrupt."""

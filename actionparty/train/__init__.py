@@ -1,0 +1,1 @@
+"""Training: rectified-flow objective, checkpoints with exact resume, EMA, DDP through torchrun."""

@@ -1,0 +1,58 @@
+"""Shared fixtures: paths, and synthetic episode folders in the real on-disk format."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from actionparty.atomic import write_json
+from actionparty.data.episodes import EPISODE_SCHEMA_VERSION, MANIFEST_NAME
+from actionparty.data.npz import save_npz
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
+
+
+def subprocess_env() -> dict:
+    """Environment for subprocesses: the running interpreter's bin first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+@pytest.fixture
+def venv_env() -> dict:
+    return subprocess_env()
+
+
+def write_synthetic_episodes(folder: Path, game: str, split: str, episodes: int, steps: int, players: int,
+                             canvas_cells: int = 6, seed: int = 0) -> dict:
+    """An episode folder with random content in the format of data.episodes."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    px = canvas_cells * 8
+    entries = []
+    for i in range(episodes):
+        arrays = dict(
+            frames=rng.integers(0, 256, (steps + 1, px, px, 3), dtype=np.uint8),
+            actions=rng.integers(0, 8, (steps, players), dtype=np.int8),
+            position=rng.integers(0, canvas_cells, (steps + 1, players, 2)).astype(np.int16),
+            facing=rng.integers(0, 4, (steps + 1, players)).astype(np.int8),
+            visible=rng.random((steps + 1, players)) < 0.9,
+            interact_effect=rng.random((steps, players)) < 0.1,
+        )
+        name = f"ep_{i:05d}.npz"
+        entries.append({"file": name, "seed": seed + i, "sha256": save_npz(folder / name, arrays)})
+    manifest = {"schema_version": EPISODE_SCHEMA_VERSION, "game": game, "substrate": game, "split": split,
+                "num_players": players, "steps": steps, "canvas_cells": canvas_cells, "map_offset": [0, 0],
+                "map_cells": [canvas_cells, canvas_cells], "episodes": entries}
+    write_json(folder / MANIFEST_NAME, manifest)
+    return manifest

@@ -1,0 +1,74 @@
+"""Profiles: every shipped profile validates; bad keys are refused naming file and key."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from actionparty.cli import main
+from actionparty.config import dump_json_schema, load_profile, selected_games
+from actionparty.errors import ProfileError
+
+PROFILES = ("smoke", "tiny", "paper")
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_shipped_profiles_validate(repo, name):
+    profile = load_profile(repo / "params" / f"{name}.yaml")
+    assert profile.profile == name
+    specs = selected_games(profile)
+    assert specs and all(max(s.width_cells, s.height_cells) <= profile.canvas_cells for s in specs)
+
+
+def test_paper_profile_has_every_catalogue_game(repo):
+    assert len(selected_games(load_profile(repo / "params/paper.yaml"))) == 46
+
+
+def test_tiny_profile_has_two_and_four_player_games(repo):
+    counts = {s.num_players for s in selected_games(load_profile(repo / "params/tiny.yaml"))}
+    assert 2 in counts and 4 in counts
+
+
+def _write(tmp_path, repo, edit):
+    data = yaml.safe_load((repo / "params/smoke.yaml").read_text())
+    data["catalogue"] = str(repo / "params/games.yaml")
+    edit(data)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d["episodes"].update(stepz=3), r"bad.yaml: episodes.stepz: unknown key"),
+        (lambda d: d["episodes"].pop("steps"), r"bad.yaml: episodes.steps: missing key"),
+        (lambda d: d["episodes"].update(steps="many"), r"bad.yaml: episodes.steps: Input should be a valid integer"),
+        (lambda d: d["episodes"]["policy"]["action_probs"].update(JUMP=1), r"action_probs: Value error, unknown action"),
+        (lambda d: d["episodes"]["policy"].update(stickiness=1.5), r"episodes.policy.stickiness: Input should be less"),
+        (lambda d: d.update(canvas_cells=2), r"bad.yaml: canvas_cells: Input should be greater"),
+    ],
+)
+def test_bad_profile_is_refused_with_key(tmp_path, repo, edit, message):
+    with pytest.raises(ProfileError, match=message):
+        load_profile(_write(tmp_path, repo, edit))
+
+
+def test_unknown_game_is_refused(tmp_path, repo):
+    path = _write(tmp_path, repo, lambda d: d.update(games=["coins", "pacman"]))
+    with pytest.raises(ProfileError, match=r"unknown game\(s\) \['pacman'\]"):
+        selected_games(load_profile(path))
+
+
+def test_cli_reports_one_line_and_exit_2(tmp_path, repo, capsys):
+    path = _write(tmp_path, repo, lambda d: d.update(games=["pacman"]))
+    assert main(["validate", "--profile", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pacman" in err
+
+
+def test_snakemake_schema_is_generated_from_the_models(repo):
+    assert (repo / "workflow/schemas/config.schema.json").read_text() == dump_json_schema()
+    json.loads(dump_json_schema())

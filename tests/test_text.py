@@ -1,0 +1,110 @@
+"""Text encoders (tiny, umt5 from a local folder) and the per-game embedding cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from actionparty.errors import UserError
+from actionparty.model.text import (
+    TextEmbedder,
+    TinyTextEncoder,
+    WordVocab,
+    make_text_embedder,
+    split_words,
+)
+
+DESCRIPTIONS = {
+    "clean_up": "Clean the river, so that apples grow in the orchard.",
+    "commons_harvest__open": "Harvest apples; apples regrow only near other apples!",
+    "territory__rooms": "Claim rooms by painting walls.",
+}
+
+
+class CountingEncoder:
+    """Wraps an encoder and counts how many texts it encoded."""
+
+    def __init__(self, inner):
+        self.inner, self.dim, self.max_len, self.texts = inner, inner.dim, inner.max_len, []
+
+    def encode(self, texts):
+        self.texts.extend(texts)
+        return self.inner.encode(texts)
+
+
+def test_words_and_vocabulary():
+    assert split_words("Eat apples, NOW!") == ["eat", "apples", ",", "now", "!"]
+    vocab = WordVocab.build(DESCRIPTIONS.values())
+    assert vocab.words[:2] == ["<pad>", "<unk>"] and vocab.words[2:] == sorted(vocab.words[2:])
+    assert WordVocab.build(reversed(list(DESCRIPTIONS.values()))).words == vocab.words  # order-free
+    ids = vocab.encode("apples and bananas", max_len=8)
+    assert ids[0] == vocab.index["apples"] and ids[2] == 1  # unknown word -> <unk>
+    assert vocab.encode("", 8) == [1]
+
+
+def test_tiny_encoder_embeds_and_is_seeded():
+    enc = TinyTextEncoder.from_descriptions(list(DESCRIPTIONS.values()), dim=32, max_len=16).eval()
+    emb, mask = enc.encode(list(DESCRIPTIONS.values()))
+    assert emb.shape == (3, 16, 32) and mask.dtype == torch.bool
+    assert mask[2].sum() == len(split_words(DESCRIPTIONS["territory__rooms"]))
+    assert emb[2, ~mask[2]].abs().max() == 0  # padding is zero
+    assert (emb[0] - emb[1]).abs().max() > 1e-3
+    again = TinyTextEncoder.from_descriptions(list(DESCRIPTIONS.values()), dim=32, max_len=16).eval()
+    assert torch.equal(again.encode(["clean the river"])[0], enc.encode(["clean the river"])[0])
+
+
+def test_embedder_caches_per_game_and_saves(tmp_path):
+    tiny = make_text_embedder("tiny", DESCRIPTIONS, dim=32, max_len=16)
+    counting = CountingEncoder(tiny.encoder)
+    embedder = TextEmbedder(counting, DESCRIPTIONS)
+    emb, mask = embedder(["clean_up", "territory__rooms", "clean_up"])
+    embedder(["clean_up"])
+    assert emb.shape == (3, 16, 32) and torch.equal(emb[0], emb[2])
+    assert sorted(counting.texts) == sorted([DESCRIPTIONS["clean_up"], DESCRIPTIONS["territory__rooms"]])
+    with pytest.raises(UserError, match="unknown game 'pong'"):
+        embedder(["pong"])
+
+    embedder.save_cache(tmp_path / "text.safetensors")
+    changed = {**DESCRIPTIONS, "clean_up": "Something else entirely."}
+    fresh = TextEmbedder(CountingEncoder(tiny.encoder), changed)
+    assert fresh.load_cache(tmp_path / "text.safetensors") == ["territory__rooms"]  # clean_up changed
+    assert torch.equal(fresh(["territory__rooms"])[0][0], emb[1]) and fresh.encoder.texts == []
+
+
+def test_trainable_tiny_encoder_gets_gradients_and_is_not_cached():
+    embedder = make_text_embedder("tiny", DESCRIPTIONS, dim=16, max_len=8, trainable=True)
+    emb, _ = embedder(["clean_up"])
+    emb.sum().backward()
+    assert embedder.encoder.token_embedding.weight.grad is not None and embedder.cached_games() == []
+
+
+def save_tiny_umt5(folder):
+    """A random tiny UMT5 encoder and a word-level tokenizer, built offline (no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    words = ["<pad>", "</s>", "<unk>", *sorted({w for d in DESCRIPTIONS.values() for w in split_words(d)})]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>") \
+        .save_pretrained(folder / "tokenizer")
+    torch.manual_seed(0)
+    config = UMT5Config(vocab_size=len(words), d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4,
+                        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    UMT5EncoderModel(config).save_pretrained(folder / "text_encoder")
+
+
+def test_umt5_loads_from_local_folder(tmp_path):
+    save_tiny_umt5(tmp_path)  # diffusers pipeline layout: text_encoder/ + tokenizer/
+    embedder = make_text_embedder("umt5", DESCRIPTIONS, path=tmp_path, max_len=24)
+    emb, mask = embedder(["clean_up", "territory__rooms"])
+    assert emb.shape == (2, 24, 16) and embedder.dim == 16
+    n_words = len(split_words(DESCRIPTIONS["territory__rooms"]))
+    assert mask[1].sum() == n_words + 1  # words + </s>
+    assert emb[1, ~mask[1]].abs().max() == 0 and emb[1, mask[1]].abs().max() > 0  # Wan zeroes padding
+    assert embedder.cached_games() == ["clean_up", "territory__rooms"]
+    with pytest.raises(UserError, match="needs a local path"):
+        make_text_embedder("umt5", DESCRIPTIONS)
+    with pytest.raises(UserError, match="unknown text encoder 'bert'"):
+        make_text_embedder("bert", DESCRIPTIONS)

@@ -1,0 +1,98 @@
+"""The real Snakemake DAG on the smoke profile (no mocks): data target end to end."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from actionparty.config import SPLITS, load_profile
+from actionparty.data.lmdb_dataset import ClipDataset
+from conftest import REPO, subprocess_env
+
+WORKFLOW_FILES = ("Snakefile", "workflow", "params", "profiles")
+
+
+def copy_workflow(repo, dest):
+    for name in WORKFLOW_FILES:
+        src = repo / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+    return dest
+
+
+def snakemake(cwd, env, *args, timeout=600):
+    return subprocess.run(["snakemake", "--cores", "2", "--configfile", "params/smoke.yaml", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke_data(tmp_path_factory):
+    env = subprocess_env()
+    work = copy_workflow(REPO, tmp_path_factory.mktemp("smoke"))
+    run = snakemake(work, env, "data")
+    assert run.returncode == 0, run.stderr[-3000:]
+    return work, env, run
+
+
+@pytest.mark.slow
+def test_smoke_data_dag_runs_for_real(smoke_data):
+    work, _, run = smoke_data
+    profile = load_profile(work / "params/smoke.yaml")
+    for split in SPLITS:
+        ds = ClipDataset(work / f"data/lmdb/{split}.lmdb", clip_steps=1, expect_canvas_px=profile.canvas_px)
+        assert ds.games == list(profile.games)
+        expected = getattr(profile.episodes.per_split, split) * len(profile.games)
+        assert len(ds.meta["episodes"]) == expected
+        for game in profile.games:
+            assert (work / f"logs/episodes/{split}/{game}.log").is_file()
+            assert (work / f"benchmarks/runs/episodes/{split}/{game}.tsv").is_file()
+    # Lua's stdout noise must not reach the logs of our commands.
+    log = (work / "logs/episodes/train/clean_up.log").read_text()
+    assert "episodes" in log and "WARNING" not in log.upper().replace("WARNINGS", "")
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Parse Snakemake's 'Job stats' table of a dry run."""
+    counts, table = {}, False
+    for line in output.splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            table = True
+        elif table and len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+        elif table and counts and not parts:
+            break
+    return counts
+
+
+@pytest.mark.slow
+def test_rerun_is_a_no_op_and_game_edit_reruns_only_that_game(smoke_data):
+    work, env, _ = smoke_data
+    dry = snakemake(work, env, "data", "-n")
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
+    # Editing one game's catalogue entry reruns that game's episodes (3 splits) and the LMDBs only.
+    cat = work / "params/games.yaml"
+    data = yaml.safe_load(cat.read_text())
+    data["games"]["coins"]["description"] += " Edited."
+    cat.write_text(yaml.safe_dump(data, sort_keys=False))
+    dry = snakemake(work, env, "data", "-n")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert job_counts(dry.stdout + dry.stderr) == {"data": 1, "episodes": 3, "lmdb": 3, "total": 7}
+
+
+def test_dry_run_of_every_profile_lists_the_data_rules(repo, venv_env, tmp_path):
+    work = copy_workflow(repo, tmp_path)
+    for profile in ("smoke", "tiny", "paper"):
+        run = subprocess.run(["snakemake", "-n", "--configfile", f"params/{profile}.yaml", "all"], cwd=work,
+                             env=venv_env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "rule episodes" in run.stdout and "rule lmdb" in run.stdout
+
+
+def test_config_override_outside_the_profile_file_is_refused(repo, venv_env, tmp_path):
+    work = copy_workflow(repo, tmp_path)
+    run = subprocess.run(["snakemake", "-n", "--configfile", "params/smoke.yaml", "--config", "canvas_cells=11"],
+                         cwd=work, env=venv_env, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "differs from params/smoke.yaml" in run.stdout + run.stderr

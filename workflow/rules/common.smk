@@ -1,0 +1,26 @@
+# Shared helpers: the validated profile, the selected games and per-game parameters.
+import yaml
+
+from actionparty.config import SPLITS, selected_games, validate_profile
+
+PROFILE = validate_profile(config, source="snakemake config")
+PROFILE_FILE = f"params/{PROFILE.profile}.yaml"
+# Commands read PROFILE_FILE; refuse a config that differs from it (e.g. --config overrides),
+# so that the file stays the one source of truth.
+with open(PROFILE_FILE) as _f:
+    if validate_profile(yaml.safe_load(_f), PROFILE_FILE) != PROFILE:
+        raise ValueError(f"the Snakemake config differs from {PROFILE_FILE}: edit the file instead of overriding")
+
+GAMES = [spec.name for spec in selected_games(PROFILE)]
+with open(PROFILE.catalogue) as _f:
+    _CATALOGUE_ENTRIES = yaml.safe_load(_f)["games"]
+
+
+def game_entry(wildcards):
+    """The game's catalogue entry: a params value, so editing one game reruns only its jobs."""
+    return _CATALOGUE_ENTRIES[wildcards.game]
+
+
+wildcard_constraints:
+    split="|".join(SPLITS),
+    game="|".join(GAMES),

@@ -1,0 +1,63 @@
+# Data: episodes per game x split, one LMDB per split, and the games contact sheet.
+
+
+rule episodes:
+    output:
+        directory("data/episodes/{split}/{game}"),
+    params:
+        profile=PROFILE_FILE,
+        game=game_entry,
+        episodes=config["episodes"],
+        canvas_cells=config["canvas_cells"],
+    threads: config["resources"]["episode_workers"]
+    resources:
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=60,
+    log:
+        "logs/episodes/{split}/{game}.log",
+    benchmark:
+        "benchmarks/runs/episodes/{split}/{game}.tsv"
+    shell:
+        "actionparty episodes --profile {params.profile} --game {wildcards.game} --split {wildcards.split}"
+        " --out {output} --workers {threads} > {log} 2>&1"
+
+
+rule lmdb:
+    input:
+        lambda wc: expand("data/episodes/{split}/{game}", split=wc.split, game=GAMES),
+    output:
+        directory("data/lmdb/{split}.lmdb"),
+    params:
+        profile=PROFILE_FILE,
+        lmdb=config["lmdb"],
+    resources:
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=60,
+    log:
+        "logs/lmdb/{split}.log",
+    benchmark:
+        "benchmarks/runs/lmdb/{split}.tsv"
+    shell:
+        "actionparty lmdb --profile {params.profile} --split {wildcards.split} --out {output} {input} > {log} 2>&1"
+
+
+rule games_contact_sheet:
+    input:
+        config["catalogue"],
+    output:
+        report("reports/figures/games.png", caption="../report/games.rst", category="Data"),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    log:
+        "logs/games_contact_sheet.log",
+    benchmark:
+        "benchmarks/runs/games_contact_sheet.tsv"
+    shell:
+        "actionparty contact-sheet --catalogue {input} --out {output} --workers {threads} > {log} 2>&1"
+
+
+rule data:
+    input:
+        expand("data/lmdb/{split}.lmdb", split=SPLITS),
