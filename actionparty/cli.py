@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("schema", _cmd_schema, "print the profile's JSON schema (for Snakemake)")
     p.add_argument("--out", type=Path)
+
+    from actionparty.train.commands import add_commands as add_train_commands
+
+    add_train_commands(sub)
     return parser
 
 

@@ -82,10 +82,73 @@ class LmdbConfig(StrictModel):
 
 
 class ResourcesConfig(StrictModel):
-    """Default per-rule resources (Snakemake `resources:`); clusters read them too."""
+    """Per-rule resources (Snakemake `resources:`); the SLURM profile turns them into sbatch options."""
 
     episode_workers: PositiveInt
     mem_mb: PositiveInt
+    train_gpus: Annotated[int, Field(ge=0)]  # GPUs per training job (torchrun processes); 0 = CPU
+    train_threads: PositiveInt  # CPU threads per training job (torch intra-op)
+    train_mem_mb: PositiveInt
+    train_runtime_min: PositiveInt
+
+
+class ModelConfig(StrictModel):
+    """The world model: DiT size, latent codec, text encoder, objective parameterisation."""
+
+    size: str  # a key of actionparty.model.DIT_SIZES
+    codec: Literal["pixel", "wan-vae"]
+    vae_path: str | None = None  # local Wan2.1 VAE (wan-vae)
+    text_encoder: Literal["tiny", "umt5"]
+    text_path: str | None = None  # local umt5-xxl encoder + tokenizer (umt5)
+    text_len: PositiveInt
+    resolution: PositiveInt | None = None  # frames are upscaled (nearest) to this many pixels a side
+    chunk_frames: PositiveInt  # latent frames denoised together (block-causal attention unit)
+    prediction: Literal["x0", "velocity"]
+    residual_prior: bool  # x0 = previous frame's latent + network output ("no change" by default)
+    init_checkpoint: str | None = None  # Wan2.1-T2V weights to start pretraining from
+    precision: Literal["fp32", "bf16"]
+    gradient_checkpointing: bool
+
+    @field_validator("size")
+    @classmethod
+    def _known_size(cls, size: str) -> str:
+        from actionparty.model import DIT_SIZES
+
+        if size not in DIT_SIZES:
+            raise ValueError(f"unknown size {size!r}; known: {', '.join(DIT_SIZES)}")
+        return size
+
+
+class TrainConfig(StrictModel):
+    """One training run (pretraining or a finetune): optimisation and the flow objective."""
+
+    steps: PositiveInt
+    batch_size: PositiveInt  # global batch (split over torchrun processes)
+    lr: Annotated[float, Field(gt=0)]
+    weight_decay: Annotated[float, Field(ge=0)]
+    warmup_steps: Annotated[int, Field(ge=0)]
+    grad_clip: Annotated[float, Field(gt=0)]
+    ema_decay: Annotated[float, Field(ge=0, lt=1)]
+    clip_steps: PositiveInt  # action steps per training clip (1 context frame + clip_steps frames)
+    timestep_shift: Annotated[float, Field(gt=0)]
+    min_sigma: Annotated[float, Field(gt=0, le=1)]  # floor of sigma in the velocity-space x0 loss
+    change_weight: Annotated[float, Field(ge=0)]  # loss weight 1 + change_weight on cells that change
+    log_every: PositiveInt
+    checkpoint_every: PositiveInt
+    seed: Annotated[int, Field(ge=0)]
+    num_workers: Annotated[int, Field(ge=0)]
+
+
+class RolloutConfig(StrictModel):
+    """Autoregressive sampling from test-split context frames."""
+
+    sampling_steps: PositiveInt
+    timestep_shift: Annotated[float, Field(gt=0)]
+    window_frames: PositiveInt | None = None  # earlier latent frames kept in the KV cache (default: clip_steps)
+    horizons: list[PositiveInt]
+    clips_per_game: PositiveInt  # test windows rolled out per game and horizon
+    sample_clips: PositiveInt  # clips drawn into the sample figures/GIFs
+    seed: Annotated[int, Field(ge=0)]
 
 
 class Profile(StrictModel):
@@ -95,6 +158,9 @@ class Profile(StrictModel):
     canvas_cells: Annotated[int, Field(ge=5, le=64)]  # frames are padded onto a square canvas of this many cells
     episodes: EpisodesConfig
     lmdb: LmdbConfig
+    model: ModelConfig
+    pretrain: TrainConfig
+    rollout: RolloutConfig
     resources: ResourcesConfig
 
     @property

@@ -194,6 +194,11 @@ class ClipDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    def index_games(self) -> np.ndarray:
+        """(len,) game index of every item."""
+        games = np.asarray([ep["game"] for ep in self.meta["episodes"]], dtype=np.int64)
+        return games[self.index[:, 0]]
+
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_env"], state["_pid"], state["_label_cache"] = None, None, {}

@@ -8,6 +8,7 @@ dominating episode generation.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import zipfile
 from pathlib import Path
@@ -24,10 +25,9 @@ def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], level: int 
             for name, array in arrays.items():
                 # A fixed timestamp keeps equal arrays byte-identical across runs.
                 info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.compress_level = level
-                with zf.open(info, "w", force_zip64=True) as f:
-                    np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, np.asanyarray(array), allow_pickle=False)
+                zf.writestr(info, buf.getbuffer(), compress_type=zipfile.ZIP_DEFLATED, compresslevel=level)
         digest = sha256_file(tmp)
     return digest
 

@@ -132,6 +132,7 @@ class GameEnv:
             [[substrate_actions[index].get(key, 0) for key in self._action_keys] for index in spec.action_map],
             dtype=np.int32,
         )
+        self._interact_is_noop = not self._action_values[INTERACT].any()
         self._action_columns = None  # (P, K) indices into the dmlab2d action vector, set on build
         self._previous = None  # last StepRecord
 
@@ -192,6 +193,8 @@ class GameEnv:
         effect = np.zeros(self.num_players, bool)
         prev = self._previous
         h, w = self.spec.height_cells, self.spec.width_cells
+        if self._interact_is_noop:  # e.g. coins, which has no interaction action
+            return effect
         for p in np.flatnonzero(actions == INTERACT):
             if not (visible[p] and prev.visible[p]):
                 continue

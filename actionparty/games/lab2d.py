@@ -102,20 +102,37 @@ class SubstrateFacts:
     action_names: tuple[str, ...]
 
 
-def base_settings(substrate: str, roles: Sequence[str]) -> dict:
-    """The substrate's own lab2d settings for ``roles`` (a fresh, mutable copy).
+def map_string(ascii_map: Sequence[str]) -> str:
+    """Rows -> Melting Pot's map string (it starts with a newline, which positions skip)."""
+    return "\n" + "\n".join(ascii_map) + "\n"
 
-    Some builders draw from Python's global ``random`` (coins picks its two coin colours), so
-    the draw is seeded with the substrate name: a game looks the same in every process.
+
+def base_settings(substrate: str, roles: Sequence[str], ascii_map: Sequence[str] | None = None) -> dict:
+    """The substrate's own lab2d settings for ``roles`` (a fresh, mutable copy), built for
+    ``ascii_map`` when given.
+
+    The map goes into the config before building because some builders derive game objects
+    from it (collaborative_cooking places an inventory on every counter cell); the builders
+    read it from ``config.layout.ascii_map`` or ``config.ascii_map``. Some builders draw from
+    Python's global ``random`` (coins picks its two coin colours), so the draw is seeded with
+    the substrate name: a game looks the same in every process.
     """
     cfg = _config(substrate)
+    if ascii_map is not None:
+        cfg = copy.deepcopy(cfg)
+        holder = cfg.layout if "layout" in cfg and "ascii_map" in cfg.layout else cfg
+        if "ascii_map" in holder:
+            holder.ascii_map = map_string(ascii_map)
     state = random.getstate()
     random.seed(substrate)
     try:
         settings = cfg.lab2d_settings_builder(roles=tuple(roles), config=cfg)
     finally:
         random.setstate(state)
-    return copy.deepcopy(_plain(settings))
+    settings = copy.deepcopy(_plain(settings))
+    if ascii_map is not None:  # the builders that keep their map in a module constant
+        settings["simulation"]["map"] = map_string(ascii_map)
+    return settings
 
 
 def _plain(value: Any) -> Any:
@@ -202,10 +219,8 @@ def merge_overrides(target: Any, overrides: Mapping, path: str = "settings") -> 
 def game_settings(substrate: str, roles: Sequence[str], ascii_map: Sequence[str], overrides: Mapping) -> dict:
     """Lab2d settings of a game: the substrate's settings for ``roles``, with ``ascii_map``
     as its map, ``overrides`` merged in, and a LocationObserver on every avatar."""
-    settings = base_settings(substrate, roles)
+    settings = base_settings(substrate, roles, ascii_map)
     merge_overrides(settings, overrides)
-    # A leading newline, as in Melting Pot's own maps; positions count rows after it.
-    settings["simulation"]["map"] = "\n" + "\n".join(ascii_map) + "\n"
     for avatar in avatar_objects(settings):
         avatar["components"].append(copy.deepcopy(LOCATION_OBSERVER))
         _component(avatar, "Avatar")["kwargs"]["view"] = dict(OWN_CELL_VIEW)

@@ -1,0 +1,43 @@
+"""Training checkpoints: weights, EMA, optimizer, step and config in one file, written atomically.
+
+A checkpoint is enough to resume exactly (batches and noise are functions of (seed, step), see
+train.distributed) and to rebuild the model for rollout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from actionparty.atomic import atomic_path
+from actionparty.errors import UserError
+
+FORMAT = "actionparty-checkpoint-1"
+
+
+def save_checkpoint(path: str | Path, **state) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, **state}, tmp)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path}: not an ActionParty checkpoint (expected format {FORMAT})")
+    return state
+
+
+def check_compatible(path: str | Path, state: dict, profile_model: dict) -> None:
+    """Refuse a checkpoint whose model section differs from the profile's (one line)."""
+    saved = state.get("profile", {}).get("model", {})
+    for key in sorted(set(saved) | set(profile_model)):
+        if saved.get(key) != profile_model.get(key):
+            raise UserError(f"{path}: checkpoint was trained with model.{key}={saved.get(key)!r}, "
+                            f"the profile has {profile_model.get(key)!r}")

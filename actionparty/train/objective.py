@@ -1,0 +1,86 @@
+"""The training objective on a clip: clean context frame + K noisy frames, rectified flow.
+
+Frames 1..K of a clip are grouped into chunks of ``chunk_frames``; every chunk gets its own
+noise level (diffusion-forcing style, Self-Forcing's causal pretraining) and attends to the
+clean context frame and earlier chunks only (block-causal). With ``clip_steps = 1`` this is
+plain transition training: context frame t-1 clean -> frame t.
+
+The loss is in velocity space. For an x0 prediction it equals ``|x0_hat - x0|^2 / sigma^2``
+with sigma floored at ``min_sigma``; each latent position is weighted ``1 + change_weight`` where
+its content differs from the previous frame (players cover a few % of the map; without the
+weight "nothing moves" is a cheap optimum).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from actionparty.train.flow import add_noise, sample_sigmas
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
+    stats: dict[str, float]
+    extra: Any = None
+
+
+def chunk_anchors(latents: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Residual-prior anchors for frames 1..K of ``latents`` (B, C, 1+K, h, w): every frame of a
+    chunk starts from the last clean frame before that chunk (ground truth in training, the
+    model's own output in rollout). Returns (B, C, K, h, w)."""
+    k = latents.shape[2] - 1
+    index = torch.arange(k, device=latents.device) // chunk * chunk  # last frame before the chunk
+    return latents[:, :, index]
+
+
+def change_weights(latents: torch.Tensor, change_weight: float) -> torch.Tensor:
+    """(B, 1, K, h, w): 1 + change_weight where frame t differs from frame t-1."""
+    changed = (latents[:, :, 1:] - latents[:, :, :-1]).abs().amax(dim=1, keepdim=True) > 1e-3
+    return 1.0 + change_weight * changed.float()
+
+
+def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None,
+                       cfg, sigma_chunks: torch.Tensor, noise: torch.Tensor,
+                       inputs: dict[str, Any] | None = None) -> LossOutput:
+    """Loss of one batch.
+
+    Args:
+        model: a :class:`~actionparty.model.world.WorldModel`.
+        latents: (B, C, 1+K, h, w) clean latents, frame 0 is the context.
+        sigma_chunks: (B, K / chunk_frames) noise level of each chunk.
+        noise: (B, C, K, h, w) standard normal noise.
+        inputs: conditioning inputs passed to the model.
+    """
+    core = getattr(model, "module", model)  # unwrap DistributedDataParallel for attributes
+    chunk = core.chunk_frames
+    k = latents.shape[2] - 1
+    if k % chunk:
+        raise ValueError(f"clip of {k} steps is not a whole number of {chunk}-frame chunks")
+    sigma = sigma_chunks.repeat_interleave(chunk, dim=1)  # (B, K)
+    x0 = latents[:, :, 1:]
+    x_noisy = add_noise(x0, noise, sigma[:, None, :, None, None])
+    x_in = torch.cat([latents[:, :, :1], x_noisy], dim=2)
+    sigma_in = torch.cat([torch.zeros_like(sigma[:, :1]), sigma], dim=1)
+    anchor = torch.cat([latents[:, :, :1], chunk_anchors(latents, chunk)], dim=2)
+    pred = model(x_in, sigma_in, anchor, text, text_mask, frame_offset=core.context_frame, inputs=inputs)
+    weight = change_weights(latents, cfg.change_weight)
+    s = sigma[:, None, :, None, None]
+    if core.prediction == "x0":
+        err = (pred.x0[:, :, 1:] - x0) / s.clamp_min(cfg.min_sigma)
+    else:
+        err = pred.velocity[:, :, 1:] - (noise - x0)
+    loss = (weight * err.pow(2)).sum() / (weight.sum() * err.shape[1])
+    with torch.no_grad():
+        mse_x0 = (pred.x0[:, :, 1:] - x0).pow(2).mean()
+    return LossOutput(loss, {"loss": float(loss.detach()), "mse_x0": float(mse_x0)}, pred)
+
+
+def draw_noise(generator: torch.Generator, batch: int, chunks: int, latent_shape, shift: float):
+    """Global-batch noise levels (B, chunks) and noise (B, C, K, h, w) from one generator."""
+    sigma = sample_sigmas((batch, chunks), shift, generator)
+    noise = torch.randn((batch, *latent_shape), generator=generator)
+    return sigma, noise

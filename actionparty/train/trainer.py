@@ -1,0 +1,204 @@
+"""The training loop: deterministic global batches, AdamW, EMA, clipping, checkpoints, JSONL log.
+
+Layout of a run's output folder ``out``::
+
+    out/checkpoint.pt     final checkpoint (written last: its presence means the run finished)
+    out/train_log.jsonl   one JSON object per logged step
+    out/work/last.pt      latest periodic checkpoint; a rerun resumes from it exactly
+
+Each step's global batch of clip indices and its noise come from generators seeded by
+(seed, step), so a resumed run and a run split over torchrun processes see exactly what an
+uninterrupted single-process run sees.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from actionparty.atomic import write_text
+from actionparty.config import Profile, TrainConfig
+from actionparty.data.lmdb_dataset import ClipDataset
+from actionparty.train.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from actionparty.train.distributed import DistInfo, init_distributed, rank_slice, shutdown_distributed, step_generator
+from actionparty.train.ema import EMA
+from actionparty.train.objective import draw_noise, flow_matching_loss
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Yields, for steps ``start..steps-1``, this rank's slice of the global batch of step s,
+    drawn uniformly (without replacement within a batch) from a generator seeded by (seed, s)."""
+
+    def __init__(self, num_items: int, global_batch: int, seed: int, start: int, steps: int, part: slice):
+        self.num_items, self.global_batch, self.seed = num_items, global_batch, seed
+        self.start, self.steps, self.part = start, steps, part
+
+    def __len__(self) -> int:
+        return max(self.steps - self.start, 0)
+
+    def batch(self, step: int) -> list[int]:
+        g = step_generator(self.seed, step, stream=1)
+        if self.global_batch <= self.num_items:
+            idx = torch.randperm(self.num_items, generator=g)[: self.global_batch]
+        else:
+            idx = torch.randint(self.num_items, (self.global_batch,), generator=g)
+        return idx[self.part].tolist()
+
+    def __iter__(self):
+        for step in range(self.start, self.steps):
+            yield self.batch(step)
+
+
+@dataclass
+class TrainJob:
+    """One training run of a profile's model on an LMDB."""
+
+    profile: Profile
+    cfg: TrainConfig
+    train_lmdb: Path
+    out: Path
+    stage: str  # "pretrain" or a finetune variant name (recorded in the checkpoint)
+    build: Callable  # (profile, device) -> (model, frame_codec, text_embedder)
+    init_from: Path | None = None  # checkpoint whose (EMA) weights initialise the model
+    batch_inputs: Callable | None = None  # (batch, device) -> conditioning inputs for the model
+    stop_after: int | None = None  # stop after this many steps of this invocation (tests: a "kill")
+    progress: bool = True
+    extra_meta: dict = field(default_factory=dict)
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    return cfg.lr
+
+
+def load_model_weights(model: torch.nn.Module, state: dict, use_ema: bool = True, strict: bool = True):
+    """Load a checkpoint's EMA (or raw) weights; returns torch's missing/unexpected key report."""
+    weights = state["ema"]["shadow"] if use_ema and state.get("ema") else state["model"]
+    target = model.state_dict()
+    weights = {k: v.to(target[k].dtype) if k in target else v for k, v in weights.items()}
+    return model.load_state_dict(weights, strict=strict)
+
+
+def train(job: TrainJob) -> Path:
+    info: DistInfo = init_distributed()
+    try:
+        return _train(job, info)
+    finally:
+        shutdown_distributed()
+
+
+def _train(job: TrainJob, info: DistInfo) -> Path:
+    cfg, profile, device = job.cfg, job.profile, info.device
+    torch.set_num_threads(profile.resources.train_threads)
+    out, work = Path(job.out), Path(job.out) / "work"
+    if info.is_main:
+        work.mkdir(parents=True, exist_ok=True)
+    final, last, log_path = out / "checkpoint.pt", work / "last.pt", out / "train_log.jsonl"
+
+    dataset = ClipDataset(job.train_lmdb, clip_steps=cfg.clip_steps, expect_canvas_px=profile.canvas_px)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model, codec, text = job.build(profile, device)
+    games = dataset.games
+    model_meta = {"profile": profile.model_dump(), "stage": job.stage, "games": games, **job.extra_meta}
+
+    if job.init_from is not None:
+        init_state = load_checkpoint(job.init_from)
+        check_compatible(job.init_from, init_state, profile.model.model_dump())
+        report = load_model_weights(model, init_state, strict=False)
+        if info.is_main and (report.missing_keys or report.unexpected_keys):
+            print(f"init from {job.init_from}: new {len(report.missing_keys)} tensors "
+                  f"({', '.join(sorted({k.split('.')[0] for k in report.missing_keys}))}), "
+                  f"unexpected {len(report.unexpected_keys)}")
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name or "modulation" in name else decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
+    ema = EMA(model, cfg.ema_decay)
+    start = 0
+    if last.is_file():
+        state = load_checkpoint(last)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+        if info.is_main:
+            print(f"resuming from {last} at step {start}")
+    if info.is_main and log_path.exists():  # drop log lines past the resumed step
+        lines = [l for l in log_path.read_text().splitlines() if l and json.loads(l)["step"] <= start]
+        write_text(log_path, "".join(l + "\n" for l in lines))
+
+    core = model
+    if info.world_size > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                        find_unused_parameters=True)
+    part = rank_slice(cfg.batch_size, info)
+    sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, start, cfg.steps, part)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
+                                         persistent_workers=False)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                if profile.model.precision == "bf16" and device.type == "cuda" else nullcontext())
+    chunks = cfg.clip_steps // core.chunk_frames
+
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {job.stage}", unit="step",
+               disable=not (job.progress and info.is_main))
+    t_last, tokens_since = time.perf_counter(), 0
+    step = start
+    log_file = open(log_path, "a") if info.is_main else None
+    try:
+        for step, batch in zip(range(start, cfg.steps), loader):
+            if job.stop_after is not None and step - start >= job.stop_after:
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step, cfg)
+            frames = batch["frames"].to(device)
+            with torch.no_grad():
+                latents = codec.encode(frames)
+            emb, emb_mask = text([games[int(g)] for g in batch["game"]], device=device)
+            g = step_generator(cfg.seed, step, stream=2)
+            sigma, noise = draw_noise(g, cfg.batch_size, chunks, (latents.shape[1], cfg.clip_steps, *latents.shape[3:]),
+                                      cfg.timestep_shift)
+            inputs = job.batch_inputs(batch, device) if job.batch_inputs else None
+            with autocast:
+                result = flow_matching_loss(model, latents, emb, emb_mask, cfg, sigma[part].to(device),
+                                            noise[part].to(device), inputs)
+            optimizer.zero_grad(set_to_none=True)
+            result.loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.grad_clip)
+            optimizer.step()
+            ema.update(core)
+            tokens_since += latents.shape[0] * latents[0, 0].numel() * info.world_size
+            done = step + 1
+            bar.update()
+            if info.is_main and (done % cfg.log_every == 0 or done == cfg.steps):
+                now = time.perf_counter()
+                record = {"step": done, **result.stats, "grad_norm": float(grad_norm), "lr": _lr_at(step, cfg),
+                          "tokens_per_s": round(tokens_since / max(now - t_last, 1e-9), 1)}
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                t_last, tokens_since = now, 0
+            if info.is_main and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                save_checkpoint(last, model=core.state_dict(), ema=ema.state_dict(),
+                                optimizer=optimizer.state_dict(), step=done, **model_meta)
+            step = done
+    finally:
+        bar.close()
+        if log_file:
+            log_file.close()
+    if step >= cfg.steps and info.is_main:
+        save_checkpoint(final, model=core.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
+                        step=step, **model_meta)
+    return final
