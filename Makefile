@@ -32,11 +32,11 @@ $(STAMP): pyproject.toml $(MELTINGPOT_WHEEL) | $(VENV)/bin/python
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --configfile params/$(PROFILE).yaml all
+	$(BIN)/snakemake all --profile profiles/local --cores $(CORES) --configfile params/$(PROFILE).yaml
 	@echo "demo finished: contact sheet in reports/figures/games.png, datasets in data/lmdb/"
 
 data: install
-	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --configfile params/$(PROFILE).yaml data
+	$(BIN)/snakemake data --profile profiles/local --cores $(CORES) --configfile params/$(PROFILE).yaml
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -13,6 +13,7 @@ validate(config, "workflow/schemas/config.schema.json")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:
@@ -20,3 +21,4 @@ rule all:
     input:
         rules.data.input,
         "reports/figures/games.png",
+        rules.pretrain.input,

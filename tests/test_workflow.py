@@ -22,8 +22,9 @@ def copy_workflow(repo, dest):
     return dest
 
 
-def snakemake(cwd, env, *args, timeout=600):
-    return subprocess.run(["snakemake", "--cores", "2", "--configfile", "params/smoke.yaml", *args],
+def snakemake(cwd, env, target, *args, timeout=600):
+    # Targets go first: --configfile takes every following word as a file.
+    return subprocess.run(["snakemake", target, "--cores", "2", *args, "--configfile", "params/smoke.yaml"],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -85,7 +86,7 @@ def test_rerun_is_a_no_op_and_game_edit_reruns_only_that_game(smoke_data):
 def test_dry_run_of_every_profile_lists_the_data_rules(repo, venv_env, tmp_path):
     work = copy_workflow(repo, tmp_path)
     for profile in ("smoke", "tiny", "paper"):
-        run = subprocess.run(["snakemake", "-n", "--configfile", f"params/{profile}.yaml", "all"], cwd=work,
+        run = subprocess.run(["snakemake", "all", "-n", "--configfile", f"params/{profile}.yaml"], cwd=work,
                              env=venv_env, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-2000:]
         assert "rule episodes" in run.stdout and "rule lmdb" in run.stdout

@@ -73,6 +73,7 @@ stop_daemons() {
         fi
         rm -f "$STATE/$name.pid"
     done
+    unlink_conf
     # Job processes left behind by slurmstepd (it is killed with slurmd's jobs normally): only
     # processes whose environment names our SLURM_CONF.
     for pid in $(grep -lsF -- "SLURM_CONF=$CONF" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3); do
@@ -101,6 +102,44 @@ install_packages() {
         apt-get update >>"$out" 2>&1
         apt-get install -y --no-install-recommends "${pkgs[@]}" >>"$out" 2>&1 \
             || skip "apt-get install ${pkgs[*]} failed: $(grep -m1 -E '^E:' "$out" || tail -n1 "$out")"
+    fi
+}
+
+# Client commands find the cluster through SLURM_CONF, but snakemake-executor-plugin-slurm-jobstep
+# strips every SLURM_* variable (SLURM_CONF included) before it calls `srun` inside a job, so srun
+# falls back to the default paths: /etc/slurm/slurm.conf, then /run/slurm/conf/slurm.conf (where a
+# configless slurmd keeps its copy). We link our conf there while the cluster runs (only if neither
+# exists; `stop` removes the link if it still points at our conf).
+RUN_LINK=/run/slurm/conf/slurm.conf
+link_conf() {
+    if [ -e /etc/slurm/slurm.conf ]; then
+        stop_daemons
+        skip "/etc/slurm/slurm.conf exists (a system cluster): srun inside jobs would use it, not ours (the slurm-jobstep plugin drops SLURM_CONF)"
+    fi
+    if [ -L "$RUN_LINK" ] && [ "$(readlink "$RUN_LINK")" = "$CONF" ]; then
+        return 0
+    fi
+    if [ -L "$RUN_LINK" ]; then
+        # A link left by a cluster of this script that is gone (killed without `stop`): replace it.
+        local target other
+        target=$(readlink "$RUN_LINK")
+        other=$(dirname "$target")
+        if [ ! -e "$target" ] || { grep -qs 'Written by tools/slurm_local.sh' "$target" \
+            && ! kill -0 "$(cat "$other/slurmctld.pid" 2>/dev/null || echo none)" 2>/dev/null; }; then
+            rm -f "$RUN_LINK"
+        fi
+    fi
+    if [ -e "$RUN_LINK" ] || [ -L "$RUN_LINK" ]; then
+        stop_daemons
+        skip "$RUN_LINK exists (a configless slurmd?): srun inside jobs would use it, not ours"
+    fi
+    mkdir -p "$(dirname "$RUN_LINK")" 2>/dev/null && ln -s "$CONF" "$RUN_LINK" 2>/dev/null \
+        || { stop_daemons; skip "cannot link $RUN_LINK -> $CONF (needed by srun inside jobs; not root?)"; }
+}
+unlink_conf() {
+    if [ -L "$RUN_LINK" ] && [ "$(readlink "$RUN_LINK")" = "$CONF" ]; then
+        rm -f "$RUN_LINK"
+        rmdir "$(dirname "$RUN_LINK")" "$(dirname "$(dirname "$RUN_LINK")")" 2>/dev/null || true
     fi
 }
 
@@ -219,6 +258,7 @@ start() {
     chmod 700 "$STATE/munge"
     export SLURM_CONF="$CONF"
     write_conf
+    link_conf
 
     # munge: a private key and socket.
     dd if=/dev/urandom of="$STATE/munge/munge.key" bs=1024 count=1 status=none

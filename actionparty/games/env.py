@@ -1,29 +1,33 @@
 """A lean adapter from a catalogue game to a running dmlab2d substrate.
 
-``GameEnv`` drives ``dmlab2d.Lab2d`` directly instead of Melting Pot's wrapper stack: it asks
-only for the observations it records (``WORLD.RGB`` and each player's ``POSITION`` and
-``ORIENTATION``; never the per-player ``RGB`` views) and turns canonical actions into the
+``GameEnv`` drives ``dmlab2d.Lab2d`` directly instead of Melting Pot's wrapper stack: it reads
+only the observations it records (``WORLD.RGB`` and each player's ``POSITION``, ``ORIENTATION``
+and one-cell ``LAYER``; never the per-player ``RGB`` views) and turns canonical actions into the
 dmlab2d action vector with one fancy-indexing assignment. Per step it records, for P players:
 
     frame            uint8 (H, W, 3)  the whole mini map, H = 8 * height_cells, W = 8 * width_cells
     position         int16 (P, 2)     cell (x=column, y=row) in the ascii map
     facing           int8  (P,)       0..3 = N, E, S, W
     visible          bool  (P,)       the avatar is drawn (see ``visible`` below)
-    interact_effect  bool  (P,)       the player's INTERACT changed something (see below)
+    interact_effect  bool  (P,)       the player's INTERACT changed the frame (see below)
 
-**visible.** A zapped/removed avatar is taken off the grid (Melting Pot's "wait" state) while its
-``POSITION`` keeps being reported. Each avatar's view is shrunk to its own cell (see
-``lab2d.OWN_CELL_VIEW``), so its ``<i>.LAYER`` observation holds the sprite id on each layer of
-that cell; an avatar that is off the grid sees only the out-of-view sprite, the same non-zero id on
-every layer. visible = not that. (The avatar's own sprite is on one of the layers, so an avatar
-on the grid never sees a uniform column.)
+**visible.** A zapped/eaten/removed avatar is taken off the grid (Melting Pot's "wait" state)
+while its ``POSITION`` keeps being reported (and keeps following its moves). Each avatar's view
+is shrunk to its own cell (``lab2d.OWN_CELL_VIEW``), so its ``<i>.LAYER`` observation holds the
+sprite id on every layer of that cell; an avatar that is off the grid sees only the out-of-view
+sprite, one non-zero id repeated on every layer. ``visible`` is "not that". An avatar on the grid
+always has its own sprite on one layer and empty (0) layers elsewhere, so the test is exact.
 
-**interact_effect.** True when the player chose INTERACT this step, was visible before and
-after, and the pixels of its own cell or of the cell in front of it (along its facing) changed
-between the previous frame and this one, while no other player stood in those two cells on
-either frame (so players walking past do not count). This covers beams (zaps, cleaning,
-claiming, the matrix games' interaction beam), picking up, dropping, mining, eating and
-refining; an INTERACT on cooldown or facing an empty floor has no effect.
+**interact_effect.** True when the player chose INTERACT at this step, was visible before and
+after, and the pixels of its own cell or of the cell in front of it (along its facing, inside
+the map) differ between the previous frame and this one; a cell that another visible player
+occupies in either frame is left out, so players walking past do not count. This catches beams
+(zap, clean, claim, gift, mine, the matrix games' interaction beam), picking up and putting down,
+grasping and eating what is in front. Known limits, by construction: a beam fired on two
+consecutive steps looks the same in both frames (second step: no effect), the vanishing of the
+previous step's beam counts as a change, and so does anything else that changes those two cells
+in that step (regrowth, another player's beam). Always False where INTERACT is the substrate's
+NOOP (coins).
 
 Melting Pot's Lua prints warnings on the process's stdout (fd 1). Every call into dmlab2d runs
 with fd 1 pointed at a private temporary file; its text is logged at DEBUG level on
@@ -38,13 +42,12 @@ import logging
 import os
 import sys
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
 from actionparty.games import lab2d
-from actionparty.games.actions import CELL_PX, FACING_STEP, INTERACT
+from actionparty.games.actions import CANONICAL_ACTIONS, CELL_PX, FACING_STEP, INTERACT
 from actionparty.games.catalogue import GameSpec
 
 log = logging.getLogger(__name__)
@@ -63,22 +66,25 @@ class StepRecord:
     interact_effect: np.ndarray  # bool (P,), all False after reset
 
 
-class _StdoutCapture:
-    """Points fd 1 at a temporary file while dmlab2d runs (Lua prints there)."""
+class _LuaStdout:
+    """Points fd 1 at a temporary file while dmlab2d runs (Lua prints there).
+
+    ``enter``/``exit`` instead of a context manager: this runs on every step, and the plain
+    calls cost ~1 us against ~4 us for a generator-based context manager.
+    """
 
     def __init__(self):
         self._file = tempfile.TemporaryFile(mode="w+b")
+        self._saved = -1
 
-    @contextmanager
-    def __call__(self):
+    def enter(self) -> None:
         sys.stdout.flush()  # Python's own buffered text must not land in the file
-        saved = os.dup(1)
+        self._saved = os.dup(1)
         os.dup2(self._file.fileno(), 1)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 1)
-            os.close(saved)
+
+    def exit(self) -> None:
+        os.dup2(self._saved, 1)
+        os.close(self._saved)
 
     def drain(self) -> None:
         """Log what Lua printed (DEBUG) and empty the file, so it never grows."""
@@ -102,12 +108,24 @@ def _dmlab2d_settings(substrate: str, roles: tuple[str, ...], ascii_map: tuple[s
     return lab2d.flatten_settings(settings)
 
 
+def _plain_json(value):
+    """json.dumps fallback for catalogue settings (immutable mappings, tuples)."""
+    if hasattr(value, "items"):
+        return dict(value.items())
+    if isinstance(value, (tuple, list, set, frozenset)):
+        return list(value)
+    raise TypeError(f"cannot serialise {type(value).__name__} in game settings")
+
+
 class GameEnv:
     """One dmlab2d substrate built from a GameSpec; a context manager.
 
-    ``reset()`` rebuilds the Lua environment (Melting Pot does the same: reusing it crashed
-    clean_up) with a fresh seed drawn from ``seed``; ``step(actions)`` takes (P,) canonical
-    action ids. Both return a :class:`StepRecord`.
+    ``reset()`` rebuilds the Lua environment (as Melting Pot does: reusing it crashed clean_up)
+    with a fresh seed drawn from ``seed``, and returns the first state; ``step(actions)`` takes
+    (P,) canonical action ids and returns the next. Every catalogue game runs at least 1000 steps
+    before the substrate ends the episode (``running`` turns False); stepping further raises.
+    Melting Pot is not fully reproducible for a given seed (its Lua iterates hash tables), so the
+    records, not the seed, are the ground truth.
     """
 
     def __init__(self, spec: GameSpec, seed: int):
@@ -118,14 +136,17 @@ class GameEnv:
         self._settings = _dmlab2d_settings(spec.substrate, tuple(spec.roles), tuple(spec.ascii_map), overrides)
         self._seeds = np.random.default_rng(seed)
         self._episode = 0
-        self._capture = _StdoutCapture()
+        self._stdout = _LuaStdout()
         self._env = None
         self._running = False
+        self._previous: StepRecord | None = None
         players = range(1, self.num_players + 1)
-        self._position_names = [f"{i}.POSITION" for i in players]
-        self._orientation_names = [f"{i}.ORIENTATION" for i in players]
-        self._layer_names = [f"{i}.LAYER" for i in players]
-        # canonical id -> the dmlab2d values of the substrate action it stands for: (8, K)
+        # One list, one pass of observation calls per step: P positions, P orientations, P layers.
+        self._observation_names = (
+            [f"{i}.POSITION" for i in players] + [f"{i}.ORIENTATION" for i in players] + [f"{i}.LAYER" for i in players]
+        )
+        # Canonical id -> the dmlab2d values of the substrate action it maps to: (8, K) over the
+        # substrate's action keys (move, turn, fireZap, ...).
         substrate_actions = lab2d.action_set(spec.substrate)
         self._action_keys = sorted({key for entry in substrate_actions for key in entry})
         self._action_values = np.array(
@@ -133,8 +154,8 @@ class GameEnv:
             dtype=np.int32,
         )
         self._interact_is_noop = not self._action_values[INTERACT].any()
-        self._action_columns = None  # (P, K) indices into the dmlab2d action vector, set on build
-        self._previous = None  # last StepRecord
+        self._action_columns = None  # (P, K) positions of "<player>.<key>" in dmlab2d's action vector
+        self._action_vector = None  # (D,) int32, reused every step
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -148,9 +169,14 @@ class GameEnv:
         """Release the Lua environment and flush captured Lua output to the log."""
         self._env = None
         self._running = False
-        if self._capture is not None:
-            self._capture.close()
-            self._capture = None
+        if self._stdout is not None:
+            self._stdout.close()
+            self._stdout = None
+
+    @property
+    def running(self) -> bool:
+        """False before reset() and once the substrate has ended the episode."""
+        return self._running
 
     def _build(self) -> None:
         import dmlab2d
@@ -170,67 +196,70 @@ class GameEnv:
 
     # -- observations ------------------------------------------------------------------
 
-    def _observe(self):
-        env = self._env
-        frame = np.array(env.observation("WORLD.RGB"), dtype=np.uint8)
+    def _observe(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(frame, position, facing, visible) of the current Lua state."""
+        observe = self._env.observation
+        frame = observe("WORLD.RGB")  # a fresh uint8 array on every call, no copy needed
         if frame.shape != self.frame_shape:
             raise RuntimeError(
                 f"game '{self.spec.name}': WORLD.RGB is {frame.shape}, expected {self.frame_shape} "
                 "(the map is not what the catalogue says)"
             )
-        position = np.array([env.observation(name) for name in self._position_names], dtype=np.int16)
-        facing = np.array([env.observation(name) for name in self._orientation_names], dtype=np.int8)
-        layers = np.array([np.ravel(env.observation(name)) for name in self._layer_names])
-        return frame, position, facing, self._on_grid(layers)
-
-    @staticmethod
-    def _on_grid(layers: np.ndarray) -> np.ndarray:
-        """(P, L) sprite ids of each avatar's own cell -> (P,) bool: the avatar is on the grid."""
+        p = self.num_players
+        values = [observe(name) for name in self._observation_names]
+        position = np.array(values[:p], dtype=np.int16)
+        facing = np.array([int(v) for v in values[p : 2 * p]], dtype=np.int8)
+        layers = np.stack(values[2 * p :]).reshape(p, -1)  # (P, layers) sprite ids of the own cell
         off_grid = (layers == layers[:, :1]).all(axis=1) & (layers[:, 0] != 0)
-        return ~off_grid
+        return frame, position, facing, ~off_grid
 
     def _interact_effect(self, actions, frame, position, facing, visible) -> np.ndarray:
+        """(P,) bool, as defined in the module docstring."""
         effect = np.zeros(self.num_players, bool)
+        if self._interact_is_noop:
+            return effect
+        interacting = np.flatnonzero(actions == INTERACT)
+        if len(interacting) == 0:
+            return effect
         prev = self._previous
         h, w = self.spec.height_cells, self.spec.width_cells
-        if self._interact_is_noop:  # e.g. coins, which has no interaction action
-            return effect
-        for p in np.flatnonzero(actions == INTERACT):
-            if not (visible[p] and prev.visible[p]):
+        # Plain Python on <= 14 cells is cheaper here than numpy on tiny arrays.
+        now = [tuple(xy) for xy in position.tolist()]
+        before = [tuple(xy) for xy in prev.position.tolist()]
+        seen = visible.tolist()
+        seen_before = prev.visible.tolist()
+        for p in interacting.tolist():
+            if not (seen[p] and seen_before[p]):
                 continue
-            x, y = int(position[p, 0]), int(position[p, 1])
+            x, y = now[p]
             dx, dy = FACING_STEP[int(facing[p])]
-            cells = {(x, y)}
-            if 0 <= x + dx < w and 0 <= y + dy < h:
-                cells.add((x + dx, y + dy))
-            others = {
-                (int(pos[q, 0]), int(pos[q, 1]))
-                for pos, vis in ((position, visible), (prev.position, prev.visible))
-                for q in range(self.num_players)
-                if q != p and vis[q]
-            }
-            if cells & others:
-                continue
-            effect[p] = any(
-                not np.array_equal(
-                    frame[cy * CELL_PX : (cy + 1) * CELL_PX, cx * CELL_PX : (cx + 1) * CELL_PX],
-                    prev.frame[cy * CELL_PX : (cy + 1) * CELL_PX, cx * CELL_PX : (cx + 1) * CELL_PX],
-                )
-                for cx, cy in cells
-            )
+            cells = [(x, y)] + ([(x + dx, y + dy)] if 0 <= x + dx < w and 0 <= y + dy < h else [])
+            occupied = {now[q] for q in range(self.num_players) if q != p and seen[q]}
+            occupied |= {before[q] for q in range(self.num_players) if q != p and seen_before[q]}
+            for cx, cy in cells:
+                if (cx, cy) in occupied:
+                    continue
+                rows = slice(cy * CELL_PX, (cy + 1) * CELL_PX)
+                cols = slice(cx * CELL_PX, (cx + 1) * CELL_PX)
+                if not np.array_equal(frame[rows, cols], prev.frame[rows, cols]):
+                    effect[p] = True
+                    break
         return effect
 
     # -- dm_env-like API ---------------------------------------------------------------
 
     def reset(self) -> StepRecord:
         """Build a fresh Lua environment, start an episode and return its first state."""
-        if self._capture is None:
-            raise RuntimeError(f"game '{self.spec.name}': environment is closed")
-        with self._capture():
+        if self._stdout is None:
+            raise RuntimeError(f"game '{self.spec.name}': the environment is closed")
+        self._stdout.enter()
+        try:
             self._build()
             self._env.start(self._episode, int(self._seeds.integers(0, _MAX_SEED)))
             frame, position, facing, visible = self._observe()
-        self._capture.drain()
+        finally:
+            self._stdout.exit()
+        self._stdout.drain()
         self._episode += 1
         self._running = True
         self._previous = StepRecord(frame, position, facing, visible, np.zeros(self.num_players, bool))
@@ -241,28 +270,19 @@ class GameEnv:
         if not self._running:
             raise RuntimeError(f"game '{self.spec.name}': call reset() first (or the episode has ended)")
         actions = np.asarray(actions)
-        if actions.shape != (self.num_players,):
-            raise ValueError(f"game '{self.spec.name}': expected {self.num_players} actions, got {actions.shape}")
+        if actions.shape != (self.num_players,) or actions.min() < 0 or actions.max() >= len(CANONICAL_ACTIONS):
+            raise ValueError(
+                f"game '{self.spec.name}': expected {self.num_players} action ids in 0..7, got {actions.tolist()}"
+            )
         self._action_vector[self._action_columns] = self._action_values[actions]
-        with self._capture():
+        self._stdout.enter()
+        try:
             self._env.act_discrete(self._action_vector)
             status, _ = self._env.advance()
             frame, position, facing, visible = self._observe()
+        finally:
+            self._stdout.exit()
         self._running = status == self._status_running
         effect = self._interact_effect(actions, frame, position, facing, visible)
         self._previous = StepRecord(frame, position, facing, visible, effect)
         return self._previous
-
-    @property
-    def running(self) -> bool:
-        """False once the substrate ended its episode (then reset() starts a new one)."""
-        return self._running
-
-
-def _plain_json(value):
-    """json.dumps fallback for catalogue settings (immutable mappings, tuples)."""
-    if hasattr(value, "items"):
-        return dict(value.items())
-    if isinstance(value, (tuple, list, set, frozenset)):
-        return list(value)
-    raise TypeError(f"cannot serialise {type(value).__name__} in game settings")

@@ -129,17 +129,26 @@ def base_settings(substrate: str, roles: Sequence[str], ascii_map: Sequence[str]
         settings = cfg.lab2d_settings_builder(roles=tuple(roles), config=cfg)
     finally:
         random.setstate(state)
-    settings = copy.deepcopy(_plain(settings))
+    settings = _plain(settings)  # fresh containers all the way down: safe to edit
     if ascii_map is not None:  # the builders that keep their map in a module constant
         settings["simulation"]["map"] = map_string(ascii_map)
     return settings
 
 
 def _plain(value: Any) -> Any:
-    """ConfigDicts and immutable mappings -> plain dicts/lists (so overrides can edit them)."""
-    if isinstance(value, Mapping) or hasattr(value, "to_dict"):
-        items = value.to_dict().items() if hasattr(value, "to_dict") else value.items()
-        return {key: _plain(item) for key, item in items}
+    """A copy made of plain dicts and lists (from ConfigDicts, immutable mappings, tuples),
+    so that overrides can edit it; scalars are shared (they are immutable)."""
+    kind = type(value)
+    if kind is dict:
+        return {key: _plain(item) for key, item in value.items()}
+    if kind is list or kind is tuple:
+        return [_plain(item) for item in value]
+    if kind in (str, int, float, bool) or value is None:
+        return value
+    if hasattr(value, "to_dict"):  # ml_collections.ConfigDict
+        return _plain(value.to_dict())
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
     return value
@@ -147,6 +156,11 @@ def _plain(value: Any) -> Any:
 
 def substrate_facts(substrate: str, roles: Sequence[str]) -> SubstrateFacts:
     """Facts about ``substrate`` played with ``roles`` (roles decide the spawn groups)."""
+    return _substrate_facts(substrate, tuple(roles))
+
+
+@functools.lru_cache(maxsize=256)
+def _substrate_facts(substrate: str, roles: tuple[str, ...]) -> SubstrateFacts:
     cfg = _config(substrate)
     settings = base_settings(substrate, roles)
     sim = settings["simulation"]

@@ -2,9 +2,10 @@
 
 Layout of a run's output folder ``out``::
 
-    out/checkpoint.pt     final checkpoint (written last: its presence means the run finished)
-    out/train_log.jsonl   one JSON object per logged step
-    out/work/last.pt      latest periodic checkpoint; a rerun resumes from it exactly
+    out/checkpoint.pt         final checkpoint (written last: its presence means the run finished)
+    out/train_log.jsonl       one JSON object per logged step (copied from work/ at the end)
+    out/work/last.pt          latest periodic checkpoint; a rerun resumes from it exactly
+    out/work/train_log.jsonl  the log while training
 
 Each step's global batch of clip indices and its noise come from generators seeded by
 (seed, step), so a resumed run and a run split over torchrun processes see exactly what an
@@ -103,7 +104,8 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
     out, work = Path(job.out), Path(job.out) / "work"
     if info.is_main:
         work.mkdir(parents=True, exist_ok=True)
-    final, last, log_path = out / "checkpoint.pt", work / "last.pt", out / "train_log.jsonl"
+    # The log grows in work/ (kept across a resume) and is copied next to the final checkpoint.
+    final, last, log_path = out / "checkpoint.pt", work / "last.pt", work / "train_log.jsonl"
 
     dataset = ClipDataset(job.train_lmdb, clip_steps=cfg.clip_steps, expect_canvas_px=profile.canvas_px)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -199,6 +201,7 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
         if log_file:
             log_file.close()
     if step >= cfg.steps and info.is_main:
+        write_text(out / "train_log.jsonl", log_path.read_text())
         save_checkpoint(final, model=core.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
                         step=step, **model_meta)
     return final

@@ -1,4 +1,5 @@
 # Shared helpers: the validated profile, the selected games and per-game parameters.
+import os
 import yaml
 
 from actionparty.config import SPLITS, selected_games, validate_profile

@@ -1,0 +1,142 @@
+"""Training and rollout: exact resume, torchrun DDP == single process, cached == uncached rollout."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from actionparty.config import load_profile, validate_profile
+from actionparty.data.lmdb_dataset import ClipDataset, build_lmdb
+from actionparty.model.factory import build_world_model
+from actionparty.rollout.sampler import rollout
+from actionparty.train.checkpoint import load_checkpoint
+from actionparty.train.flow import add_noise, sampling_sigmas, shift_sigma
+from actionparty.train.trainer import TrainJob, train
+from conftest import REPO, subprocess_env, write_synthetic_episodes
+
+
+def smoke_profile(tmp_path, **pretrain):
+    data = yaml.safe_load((REPO / "params/smoke.yaml").read_text())
+    data["catalogue"] = str(REPO / "params/games.yaml")
+    data["pretrain"].update(pretrain)
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return validate_profile(data, str(path)), path
+
+
+@pytest.fixture(scope="module")
+def train_lmdb(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lmdb")
+    write_synthetic_episodes(root / "coins", "coins", "train", episodes=2, steps=5, players=2, canvas_cells=12)
+    write_synthetic_episodes(root / "clean_up", "clean_up", "train", episodes=2, steps=5, players=4, canvas_cells=12,
+                             seed=3)
+    build_lmdb([root / "coins", root / "clean_up"], root / "train.lmdb", "train", map_size_mb=64, progress=False)
+    return root / "train.lmdb"
+
+
+def _weights(path):
+    state = load_checkpoint(path)
+    return state["model"], state["ema"]["shadow"], state["step"]
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, train_lmdb):
+    profile, _ = smoke_profile(tmp_path, steps=5, checkpoint_every=2, batch_size=3)
+    job = lambda out, stop=None: TrainJob(profile, profile.pretrain, train_lmdb, out, "exp-138", build_world_model,
+                                          stop_after=stop, progress=False)
+    train(job(tmp_path / "straight"))
+    train(job(tmp_path / "killed", stop=3))  # "killed" after 3 steps: last checkpoint at step 2
+    assert not (tmp_path / "killed/checkpoint.pt").exists()
+    assert load_checkpoint(tmp_path / "killed/work/last.pt")["step"] == 2
+    train(job(tmp_path / "killed"))  # resumes at step 2
+    a, b = _weights(tmp_path / "straight/checkpoint.pt"), _weights(tmp_path / "killed/checkpoint.pt")
+    assert a[2] == b[2] == 5
+    for k in a[0]:
+        assert torch.equal(a[0][k], b[0][k]), k
+        assert torch.equal(a[1][k], b[1][k]), k
+    log = [yaml.safe_load(l) for l in (tmp_path / "killed/train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5]
+    # training moved the weights
+    fresh, _, _ = build_world_model(profile)
+    assert any(not torch.equal(fresh.state_dict()[k], a[0][k]) for k in a[0])
+
+
+def test_torchrun_two_processes_equal_one_process(tmp_path, train_lmdb):
+    profile, path = smoke_profile(tmp_path, steps=3, batch_size=4, checkpoint_every=10)
+    train(TrainJob(profile, profile.pretrain, train_lmdb, tmp_path / "single", "exp-138", build_world_model,
+                   progress=False))
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "actionparty",
+         "pretrain", "--profile", str(path), "--train-lmdb", str(train_lmdb), "--out", str(tmp_path / "ddp"),
+         "--quiet"],
+        env={**subprocess_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    single, ddp = _weights(tmp_path / "single/checkpoint.pt"), _weights(tmp_path / "ddp/checkpoint.pt")
+    assert single[2] == ddp[2] == 3
+    for k in single[0]:
+        torch.testing.assert_close(ddp[0][k], single[0][k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def _random_world_model(tmp_path):
+    profile, _ = smoke_profile(tmp_path)
+    model, codec, text = build_world_model(profile)
+    torch.manual_seed(0)
+    with torch.no_grad():  # leave the zero-initialised gates: give every weight a random value
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    return model.eval(), codec, text, profile
+
+
+def test_cached_rollout_equals_uncached_beyond_the_window(tmp_path):
+    model, codec, text, profile = _random_world_model(tmp_path)
+    frames = torch.randint(0, 255, (2, 1, 3, 96, 96), dtype=torch.uint8)
+    context = codec.encode(frames)
+    emb, mask = text(["coins", "clean_up"])
+    kw = dict(sampling_steps=3, shift=3.0, window_frames=2)
+    cached = rollout(model, context, 6, emb, mask, generator=torch.Generator().manual_seed(1), **kw)
+    uncached = rollout(model, context, 6, emb, mask, generator=torch.Generator().manual_seed(1), use_cache=False, **kw)
+    assert cached.shape == (2, 192, 7, 12, 12)
+    torch.testing.assert_close(cached, uncached, rtol=1e-4, atol=1e-4)
+    # the window matters: without it the rollout differs
+    unwindowed = rollout(model, context, 6, emb, mask, generator=torch.Generator().manual_seed(1),
+                         sampling_steps=3, shift=3.0, window_frames=None)
+    assert not torch.allclose(cached[:, :, 4:], unwindowed[:, :, 4:], atol=1e-4)
+
+
+def test_untrained_residual_model_copies_the_context(tmp_path):
+    profile, _ = smoke_profile(tmp_path)
+    model, codec, text = build_world_model(profile)  # zero-initialised output: x0 = previous frame
+    frames = torch.randint(0, 255, (1, 1, 3, 96, 96), dtype=torch.uint8)
+    context = codec.encode(frames)
+    emb, mask = text(["coins"])
+    out = rollout(model.eval(), context, 3, emb, mask, sampling_steps=2, shift=3.0, window_frames=1)
+    decoded = codec.decode(out, 96)
+    assert torch.equal(decoded[:, 3], frames[:, 0])
+
+
+def test_flow_schedule():
+    s = torch.linspace(0, 1, 11)
+    assert torch.allclose(shift_sigma(s, 1.0), s)
+    assert (shift_sigma(s, 3.0) >= s).all()
+    sig = sampling_sigmas(4, 3.0)
+    assert sig[0] == 1 and sig[-1] == 0 and (sig[1:] < sig[:-1]).all()
+    x0, noise = torch.ones(3), torch.zeros(3)
+    assert torch.equal(add_noise(x0, noise, torch.tensor(0.0)), x0)
+    assert torch.equal(add_noise(x0, noise, torch.tensor(1.0)), noise)
+
+
+def test_checkpoint_from_another_model_config_is_refused(tmp_path, train_lmdb):
+    from actionparty.errors import UserError
+    from actionparty.rollout.generate import load_for_rollout
+
+    profile, _ = smoke_profile(tmp_path, steps=1)
+    train(TrainJob(profile, profile.pretrain, train_lmdb, tmp_path / "run", "exp-138", build_world_model,
+                   progress=False))
+    other = profile.model_copy(update={"model": profile.model.model_copy(update={"size": "small"})})
+    with pytest.raises(UserError, match=r"trained with model.size='tiny', the profile has 'small'"):
+        load_for_rollout(other, tmp_path / "run/checkpoint.pt", build_world_model)
+    with pytest.raises(UserError, match="checkpoint not found"):
+        load_for_rollout(profile, tmp_path / "nope.pt", build_world_model)

@@ -1,0 +1,70 @@
+# Training: video-only pretraining (exp-138) and its sample rollouts.
+
+
+def train_launcher():
+    """`actionparty`, or torchrun with one process per GPU when the profile asks for several."""
+    gpus = config["resources"]["train_gpus"]
+    if gpus > 1:
+        return f"torchrun --standalone --nproc_per_node {gpus} -m actionparty"
+    return "actionparty"
+
+
+rule exp138_train:
+    input:
+        train="data/lmdb/train.lmdb",
+    output:
+        checkpoint="results/exp-138/checkpoint.pt",
+        log="results/exp-138/train_log.jsonl",
+    params:
+        profile=PROFILE_FILE,
+        launcher=train_launcher(),
+        model=config["model"],
+        train=config["pretrain"],
+        out=lambda wc, output: os.path.dirname(output.checkpoint),
+    threads: config["resources"]["train_threads"]
+    resources:
+        mem_mb=config["resources"]["train_mem_mb"],
+        runtime=config["resources"]["train_runtime_min"],
+        gpu=config["resources"]["train_gpus"],
+    log:
+        "logs/pretrain.log",
+    benchmark:
+        "benchmarks/runs/pretrain.tsv"
+    shell:
+        "{params.launcher} pretrain --profile {params.profile} --train-lmdb {input.train} --out {params.out}"
+        " > {log} 2>&1"
+
+
+rule exp138_samples:
+    input:
+        checkpoint="results/exp-138/checkpoint.pt",
+        test="data/lmdb/test.lmdb",
+    output:
+        report(
+            directory("reports/figures/samples/exp-138"),
+            patterns=["{name}.gif"],
+            caption="../report/pretrain_samples.rst",
+            category="Pretraining (exp-138)",
+        ),
+    params:
+        profile=PROFILE_FILE,
+        rollout=config["rollout"],
+        steps=max(config["rollout"]["horizons"]),
+    threads: config["resources"]["train_threads"]
+    resources:
+        mem_mb=config["resources"]["train_mem_mb"],
+        runtime=60,
+        gpu=min(config["resources"]["train_gpus"], 1),
+    log:
+        "logs/pretrain_samples.log",
+    benchmark:
+        "benchmarks/runs/pretrain_samples.tsv"
+    shell:
+        "actionparty sample --profile {params.profile} --checkpoint {input.checkpoint} --lmdb {input.test}"
+        " --steps {params.steps} --out {output} > {log} 2>&1"
+
+
+rule pretrain:
+    input:
+        rules.exp138_train.output,
+        rules.exp138_samples.output,
