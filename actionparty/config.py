@@ -139,6 +139,45 @@ class TrainConfig(StrictModel):
     num_workers: Annotated[int, Field(ge=0)]
 
 
+class FinetuneConfig(TrainConfig):
+    """Action finetuning from the exp-138 checkpoint: the same budget for every variant."""
+
+    state_loss_weight: Annotated[float, Field(ge=0)]  # lambda in loss = video + lambda * state
+
+
+class VariantConfig(StrictModel):
+    """One finetuned model (params/variants/<name>.yaml): which conditioning mechanisms it uses."""
+
+    experiment: str  # experiment id (exp-139 = ActionParty full)
+    description: str
+    kind: Literal["subject", "global", "text"]
+    state: bool = True  # subject tokens denoise the player's state
+    msa: bool = True  # subject-isolated self-attention
+    mca: Literal["framewise", "clipwise", "none"] = "framewise"  # masked action cross-attention
+    spatial_rope: bool = True  # state tokens at their player's position in self-attention
+
+    def conditioning(self, state_loss_weight: float):
+        from actionparty.model.subjects import Conditioning
+
+        return Conditioning(self.kind, self.state, self.msa, self.mca, self.spatial_rope, state_loss_weight)
+
+
+VARIANT_DIR = "params/variants"
+# Rolled out and evaluated but not trained: exp-138 without actions, and copying the context.
+UNTRAINED_MODELS = ("pretrained_ar", "static")
+
+
+def load_variant(name: str, directory: str | Path = VARIANT_DIR) -> VariantConfig:
+    path = Path(directory) / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in Path(directory).glob("*.yaml"))
+        raise ProfileError(f"{path}: unknown variant '{name}'; known: {', '.join(known)}")
+    try:
+        return VariantConfig.model_validate(yaml.safe_load(path.read_text()))
+    except ValidationError as err:
+        raise ProfileError(_format_error(str(path), err)) from None
+
+
 class RolloutConfig(StrictModel):
     """Autoregressive sampling from test-split context frames."""
 
@@ -160,8 +199,18 @@ class Profile(StrictModel):
     lmdb: LmdbConfig
     model: ModelConfig
     pretrain: TrainConfig
+    finetune: FinetuneConfig
+    variants: list[str]  # finetuned variants to run (params/variants/<name>.yaml)
     rollout: RolloutConfig
     resources: ResourcesConfig
+
+    @field_validator("variants")
+    @classmethod
+    def _variants_exist(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not (Path(VARIANT_DIR) / f"{name}.yaml").is_file():
+                raise ValueError(f"unknown variant {name!r} (no {VARIANT_DIR}/{name}.yaml)")
+        return names
 
     @property
     def canvas_px(self) -> int:

@@ -168,6 +168,10 @@ BAD_GAMES = {
         with_changes(settings={"simulation": {"prefabs": {"unicorn": {"x": 1}}}}),
         "bad settings override: settings.simulation.prefabs.unicorn: no such setting",
     ),
+    "settings override the map": (
+        with_changes(settings={"simulation": {"map": "WWW"}}),
+        "settings may not override numPlayers or simulation.map",
+    ),
     "substrate refuses the player count": (
         with_changes(substrate="coins", roles=["default"] * 3, map="WWWWW\nW___W\nWCCCW\nWWWWW\nWWWWW\n",
                      actions={**GOOD_GAME["actions"], "INTERACT": "NOOP"}),

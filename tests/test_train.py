@@ -96,13 +96,14 @@ def test_cached_rollout_equals_uncached_beyond_the_window(tmp_path):
     context = codec.encode(frames)
     emb, mask = text(["coins", "clean_up"])
     kw = dict(sampling_steps=3, shift=3.0, window_frames=2)
-    cached = rollout(model, context, 6, emb, mask, generator=torch.Generator().manual_seed(1), **kw)
-    uncached = rollout(model, context, 6, emb, mask, generator=torch.Generator().manual_seed(1), use_cache=False, **kw)
+    cached = rollout(model, context, 6, emb, mask, generator=torch.Generator().manual_seed(1), **kw).latents
+    uncached = rollout(model, context, 6, emb, mask, generator=torch.Generator().manual_seed(1), use_cache=False,
+                       **kw).latents
     assert cached.shape == (2, 192, 7, 12, 12)
     torch.testing.assert_close(cached, uncached, rtol=1e-4, atol=1e-4)
     # the window matters: without it the rollout differs
     unwindowed = rollout(model, context, 6, emb, mask, generator=torch.Generator().manual_seed(1),
-                         sampling_steps=3, shift=3.0, window_frames=None)
+                         sampling_steps=3, shift=3.0, window_frames=None).latents
     assert not torch.allclose(cached[:, :, 4:], unwindowed[:, :, 4:], atol=1e-4)
 
 
@@ -112,7 +113,7 @@ def test_untrained_residual_model_copies_the_context(tmp_path):
     frames = torch.randint(0, 255, (1, 1, 3, 96, 96), dtype=torch.uint8)
     context = codec.encode(frames)
     emb, mask = text(["coins"])
-    out = rollout(model.eval(), context, 3, emb, mask, sampling_steps=2, shift=3.0, window_frames=1)
+    out = rollout(model.eval(), context, 3, emb, mask, sampling_steps=2, shift=3.0, window_frames=1).latents
     decoded = codec.decode(out, 96)
     assert torch.equal(decoded[:, 3], frames[:, 0])
 
@@ -137,6 +138,6 @@ def test_checkpoint_from_another_model_config_is_refused(tmp_path, train_lmdb):
                    progress=False))
     other = profile.model_copy(update={"model": profile.model.model_copy(update={"size": "small"})})
     with pytest.raises(UserError, match=r"trained with model.size='tiny', the profile has 'small'"):
-        load_for_rollout(other, tmp_path / "run/checkpoint.pt", build_world_model)
+        load_for_rollout(other, tmp_path / "run/checkpoint.pt")
     with pytest.raises(UserError, match="checkpoint not found"):
-        load_for_rollout(profile, tmp_path / "nope.pt", build_world_model)
+        load_for_rollout(profile, tmp_path / "nope.pt")

@@ -55,8 +55,34 @@ ours_alive() {
     tr '\0' ' ' < "/proc/$pid/cmdline" | grep -qF -- "$STATE"
 }
 
+# Processes of our cluster's jobs: their environment names our cluster (SLURM_CLUSTER_NAME, which
+# slurm sets in every job and step), or they are slurmstepd started by our slurmd (SLURM_CONF).
+job_pids() {
+    local cluster pid comm
+    cluster=$(sed -n 's/^ClusterName=//p' "$CONF" 2>/dev/null)
+    [ -n "$cluster" ] || return 0
+    for pid in $(grep -lsxzF -e "SLURM_CLUSTER_NAME=$cluster" -e "SLURM_CONF=$CONF" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3); do
+        [ "$pid" != "$$" ] && [ "$pid" != "$PPID" ] || continue
+        comm=$(cat "/proc/$pid/comm" 2>/dev/null)
+        if grep -qsxzF -e "SLURM_CLUSTER_NAME=$cluster" "/proc/$pid/environ" || [ "$comm" = slurmstepd ]; then
+            echo "$pid"
+        fi
+    done
+}
+
 stop_daemons() {
     local name pid i
+    # Cancel running jobs while the controller is up (slurmd then kills their process trees).
+    if ours_alive slurmctld && ours_alive slurmd; then
+        if [ -n "$(SLURM_CONF="$CONF" squeue -h -o %A 2>/dev/null)" ]; then
+            SLURM_CONF="$CONF" scancel --quiet $(SLURM_CONF="$CONF" squeue -h -o %A) 2>/dev/null
+            for i in $(seq 50); do
+                [ -z "$(SLURM_CONF="$CONF" squeue -h -o %A 2>/dev/null)" ] && break
+                sleep 0.2
+            done
+            log "cancelled the cluster's jobs"
+        fi
+    fi
     # Reverse order: slurmd, slurmctld, munged. Only pids we recorded and that still name STATE.
     for name in slurmd slurmctld munged; do
         if ours_alive "$name"; then
@@ -74,12 +100,9 @@ stop_daemons() {
         rm -f "$STATE/$name.pid"
     done
     unlink_conf
-    # Job processes left behind by slurmstepd (it is killed with slurmd's jobs normally): only
-    # processes whose environment names our SLURM_CONF.
-    for pid in $(grep -lsF -- "SLURM_CONF=$CONF" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3); do
-        [ "$pid" != "$$" ] && [ "$pid" != "$PPID" ] || continue
-        grep -qsF -- "SLURM_JOB_ID=" "/proc/$pid/environ" || continue
-        kill -KILL "$pid" 2>/dev/null && log "killed leftover job process $pid"
+    # Whatever our jobs left behind (e.g. slurmd was killed before its jobs ended).
+    for pid in $(job_pids); do
+        kill -KILL "$pid" 2>/dev/null && log "killed leftover job process $pid ($(cat "/proc/$pid/comm" 2>/dev/null))"
     done
 }
 
@@ -170,7 +193,7 @@ write_conf() {
     port=$(free_port_pair) || skip "no free TCP port pair for slurmctld/slurmd in 16817..20000"
     cat >"$CONF" <<EOF
 # Written by tools/slurm_local.sh: a private one-node cluster under $STATE.
-ClusterName=actionparty-local
+ClusterName=aplocal$port
 SlurmctldHost=$host(127.0.0.1)
 SlurmctldPort=$port
 SlurmdPort=$((port + 1))

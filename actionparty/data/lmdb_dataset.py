@@ -232,7 +232,13 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         episode, start = (int(v) for v in self.index[i])
+        return self.clip(episode, start)
+
+    def clip(self, episode: int, start: int) -> dict[str, torch.Tensor]:
+        """The clip of ``clip_steps`` steps of ``episode`` from step ``start`` (see the class doc)."""
         k = self.clip_steps
+        if not 0 <= episode < len(self.meta["episodes"]) or not 0 <= start <= self.meta["episodes"][episode]["steps"] - k:
+            raise DatasetError(f"{self.path}: no clip of {k} steps at episode {episode}, step {start}")
         with self._txn() as txn:
             frames = np.stack([self._frame(txn, episode, t) for t in range(start, start + k + 1)])
             labels = self._labels(txn, episode)

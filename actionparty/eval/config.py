@@ -27,8 +27,8 @@ class _Strict(BaseModel):
 class TileClassifierConfig(_Strict):
     """Per-cell player detector (see actionparty.eval.detectors.TileClassifier)."""
 
-    pixel_width: PositiveInt  # channels of the 3x3 pixel convolution
-    width: PositiveInt  # channels per cell; also the size of the FD features
+    patch_width: PositiveInt  # channels of the 8x8 stride-8 convolution (one vector per cell)
+    width: PositiveInt  # channels per cell after the per-cell layer; also the size of the FD features
     context_cells: Annotated[int, Field(ge=0, le=4)]  # margin of context: 3x3 cell convs, one cell each
     game_embedding: bool  # one shared model told the game (True) or a game-agnostic one
     occupied_weight: Annotated[float, Field(gt=0.0)]  # loss weight of occupied cells (background = 1)
@@ -38,7 +38,7 @@ class InverseDynamicsConfig(_Strict):
     """Crops around a player at t-1 and t -> canonical action (detectors.InverseDynamics)."""
 
     margin_cells: PositiveInt  # crop = (2m+1) x (2m+1) cells centred on the player's t-1 cell
-    pixel_width: PositiveInt
+    patch_width: PositiveInt  # channels of the 8x8 stride-8 convolution over both frames
     width: PositiveInt
 
 

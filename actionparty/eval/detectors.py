@@ -3,10 +3,10 @@
 TileClassifier    frame (B, 3, H, W) uint8 + game (B,) -> per cell (Hc = H / 8, Wc = W / 8):
                   slot logits (B, 1 + S, Hc, Wc) (class 0 = no player, 1 + p = slot p),
                   facing logits (B, 4, Hc, Wc), features (B, C, Hc, Wc) (FD pools them).
-                  Fully convolutional: a 3x3 pixel convolution, an 8x8 stride-8 convolution that
-                  turns each cell into one vector, then ``context_cells`` residual 3x3 convolutions
-                  over the cell grid, each widening the margin of context by one cell. One pass over
-                  the frame labels every cell, far cheaper than a crop per cell.
+                  Fully convolutional: an 8x8 stride-8 convolution turns each cell's pixels into one
+                  vector (then a per-cell 1x1 layer), then ``context_cells`` residual 3x3
+                  convolutions over the cell grid, each widening the margin of context by one cell.
+                  One pass over the frame labels every cell, far cheaper than a crop per cell.
 InverseDynamics   crops of frames t-1 and t ((2m+1) x (2m+1) cells centred on the player's t-1 cell)
                   + game + slot -> logits over the 8 canonical actions (B, 8).
 
@@ -110,10 +110,10 @@ def _to_unit(frames: torch.Tensor) -> torch.Tensor:
 class TileClassifier(nn.Module):
     """Which slot (or none) occupies each cell, and its facing; see the module docstring."""
 
-    def __init__(self, num_games: int, pixel_width: int, width: int, context_cells: int, game_embedding: bool):
+    def __init__(self, num_games: int, patch_width: int, width: int, context_cells: int, game_embedding: bool):
         super().__init__()
-        self.pixel = nn.Conv2d(3, pixel_width, 3, padding=1)
-        self.cell = nn.Conv2d(pixel_width, width, CELL_PX, stride=CELL_PX)
+        self.patch = nn.Conv2d(3, patch_width, CELL_PX, stride=CELL_PX)  # one vector per cell
+        self.cell = nn.Conv2d(patch_width, width, 1)
         self.game = nn.Embedding(num_games, width) if game_embedding else None
         self.context = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in range(context_cells))
         self.slot_head = nn.Conv2d(width, 1 + PLAYER_SLOTS, 1)
@@ -122,7 +122,7 @@ class TileClassifier(nn.Module):
     def forward(self, frames: torch.Tensor, game: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """frames (B, 3, H, W) uint8, game (B,) -> slot logits (B, 1+S, Hc, Wc),
         facing logits (B, 4, Hc, Wc), features (B, C, Hc, Wc)."""
-        h = self.cell(F.gelu(self.pixel(_to_unit(frames))))
+        h = self.cell(F.gelu(self.patch(_to_unit(frames))))
         if self.game is not None:
             h = h + self.game(game)[:, :, None, None]
         h = F.gelu(h)
@@ -134,12 +134,12 @@ class TileClassifier(nn.Module):
 class InverseDynamics(nn.Module):
     """Crops around a player at t-1 and t, the game and the slot -> effective action logits."""
 
-    def __init__(self, num_games: int, margin_cells: int, pixel_width: int, width: int):
+    def __init__(self, num_games: int, margin_cells: int, patch_width: int, width: int):
         super().__init__()
         side = 2 * margin_cells + 1
         self.margin_cells = margin_cells
-        self.pixel = nn.Conv2d(6, pixel_width, 3, padding=1)
-        self.cell = nn.Conv2d(pixel_width, width, CELL_PX, stride=CELL_PX)
+        self.patch = nn.Conv2d(9, patch_width, CELL_PX, stride=CELL_PX)  # both frames + change -> one vector
+        self.cell = nn.Conv2d(patch_width, width, 1)
         self.game = nn.Embedding(num_games, width)
         self.slot = nn.Embedding(PLAYER_SLOTS, width)
         self.context = nn.Conv2d(width, width, 3, padding=1)
@@ -148,8 +148,9 @@ class InverseDynamics(nn.Module):
 
     def forward(self, before: torch.Tensor, after: torch.Tensor, game: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
         """before, after (B, 3, D, D) uint8 crops, game (B,), slot (B,) -> (B, 8) logits."""
-        x = torch.cat([_to_unit(before), _to_unit(after)], dim=1)
-        h = self.cell(F.gelu(self.pixel(x))) + (self.game(game) + self.slot(slot))[:, :, None, None]
+        before, after = _to_unit(before), _to_unit(after)
+        x = torch.cat([before, after, after - before], dim=1)
+        h = self.cell(F.gelu(self.patch(x))) + (self.game(game) + self.slot(slot))[:, :, None, None]
         h = F.gelu(h)
         h = h + F.gelu(self.context(h))
         return self.head(h)
@@ -178,8 +179,8 @@ class Detectors:
 
 def build_models(num_games: int, cfg: EvalConfig) -> tuple[TileClassifier, InverseDynamics]:
     t, i = cfg.tile, cfg.idm
-    return (TileClassifier(num_games, t.pixel_width, t.width, t.context_cells, t.game_embedding),
-            InverseDynamics(num_games, i.margin_cells, i.pixel_width, i.width))
+    return (TileClassifier(num_games, t.patch_width, t.width, t.context_cells, t.game_embedding),
+            InverseDynamics(num_games, i.margin_cells, i.patch_width, i.width))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,7 +269,7 @@ def _detector_losses(tile, idm, batch: dict, cfg: EvalConfig, game_map: torch.Te
     else:
         idm_loss = slot_loss * 0
     loss = slot_loss + facing_loss + idm_loss
-    return loss, {"slot": float(slot_loss), "facing": float(facing_loss), "idm": float(idm_loss)}
+    return loss, {"slot": slot_loss.item(), "facing": facing_loss.item(), "idm": idm_loss.item()}
 
 
 def _resume_path(out: Path) -> Path:

@@ -189,10 +189,16 @@ def _parse_game(source: str, name: str, entry: Any) -> GameSpec:
     settings = entry.get("settings") or {}
     if not isinstance(settings, dict):
         raise fail("settings must be a mapping of overrides")
+    # The map and the player count come from `map:` and `roles:`; overriding them would break
+    # the frame shape and the labels.
+    if "numPlayers" in settings or "map" in (settings.get("simulation") or {}):
+        raise fail("settings may not override numPlayers or simulation.map (use roles: and map:)")
     try:
         lab2d.game_settings(substrate, roles, ascii_map, settings)
     except lab2d.OverrideError as err:
         raise fail(f"bad settings override: {err}") from None
+    except (AssertionError, ValueError, KeyError, IndexError) as err:  # the substrate's own builder
+        raise fail(f"substrate '{substrate}' cannot build this game: {type(err).__name__}: {err}") from None
 
     return GameSpec(
         name=name,

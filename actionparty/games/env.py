@@ -15,8 +15,11 @@ dmlab2d action vector with one fancy-indexing assignment. Per step it records, f
 while its ``POSITION`` keeps being reported (and keeps following its moves). Each avatar's view
 is shrunk to its own cell (``lab2d.OWN_CELL_VIEW``), so its ``<i>.LAYER`` observation holds the
 sprite id on every layer of that cell; an avatar that is off the grid sees only the out-of-view
-sprite, one non-zero id repeated on every layer. ``visible`` is "not that". An avatar on the grid
-always has its own sprite on one layer and empty (0) layers elsewhere, so the test is exact.
+sprite, one non-zero id repeated on every layer, while a cell on the grid always has empty (0)
+layers (its few sprites fill few of the 8+ layers), so "no empty layer" is an exact test. One more case hides an avatar that is
+on the grid: an opaque beam drawn over its cell for one step (territory's claiming beam paints
+whole cells); its cell is then one flat colour, which no sprite is. ``visible`` = on the grid
+and its cell not one flat colour.
 
 **interact_effect.** True when the player chose INTERACT at this step, was visible before and
 after, and the pixels of its own cell or of the cell in front of it (along its facing, inside
@@ -209,9 +212,16 @@ class GameEnv:
         values = [observe(name) for name in self._observation_names]
         position = np.array(values[:p], dtype=np.int16)
         facing = np.array([int(v) for v in values[p : 2 * p]], dtype=np.int8)
-        layers = np.stack(values[2 * p :]).reshape(p, -1)  # (P, layers) sprite ids of the own cell
-        off_grid = (layers == layers[:, :1]).all(axis=1) & (layers[:, 0] != 0)
-        return frame, position, facing, ~off_grid
+        # (P, layers) sprite ids of each avatar's own cell; off the grid = no empty layer left
+        # (the out-of-view sprite fills them all, while a cell on the grid always has empty ones).
+        off_grid = np.stack(values[2 * p :]).reshape(p, -1).all(axis=1)
+        # A cell of one flat colour shows no sprite: an opaque beam is drawn over the avatar.
+        h, w = self.spec.height_cells, self.spec.width_cells
+        xs = [min(max(x, 0), w - 1) for x, _ in position.tolist()]  # off-grid positions are not
+        ys = [min(max(y, 0), h - 1) for _, y in position.tolist()]  # guaranteed to be on the map
+        cells = frame.reshape(h, CELL_PX, w, CELL_PX, 3)[ys, :, xs].reshape(p, -1, 3)  # (P, 64, 3)
+        flat = (cells == cells[:, :1]).all(axis=(1, 2))
+        return frame, position, facing, ~(off_grid | flat)
 
     def _interact_effect(self, actions, frame, position, facing, visible) -> np.ndarray:
         """(P,) bool, as defined in the module docstring."""

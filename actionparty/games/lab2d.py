@@ -32,8 +32,8 @@ LOCATION_OBSERVER = {
 # Every avatar's own view shrunk to its own cell. Its `<player>.LAYER` observation is then the
 # sprite id on each layer of that cell, and an avatar taken off the grid (Melting Pot's "wait"
 # state: zapped, eaten, between interactions) sees nothing but the out-of-view sprite on every
-# layer: an exact, cheap visibility signal. The view only shapes the per-player observations
-# (which we do not read); no game rule in the catalogue's substrates depends on it.
+# layer: an exact, cheap visibility signal. The view only shapes the per-player observations,
+# which we do not read; the one game rule that queries it is hidden_agenda's (left out).
 OWN_CELL_VIEW = {"left": 0, "right": 0, "forward": 0, "backward": 0, "centered": True}
 
 
@@ -232,7 +232,8 @@ def merge_overrides(target: Any, overrides: Mapping, path: str = "settings") -> 
 
 def game_settings(substrate: str, roles: Sequence[str], ascii_map: Sequence[str], overrides: Mapping) -> dict:
     """Lab2d settings of a game: the substrate's settings for ``roles``, with ``ascii_map``
-    as its map, ``overrides`` merged in, and a LocationObserver on every avatar."""
+    as its map, ``overrides`` merged in, a LocationObserver on every avatar and every avatar's
+    view shrunk to its own cell (``OWN_CELL_VIEW``)."""
     settings = base_settings(substrate, roles, ascii_map)
     merge_overrides(settings, overrides)
     for avatar in avatar_objects(settings):

@@ -36,9 +36,24 @@ class Prediction:
     x0: torch.Tensor  # (B, C, T, h, w) clean-latent estimate
     velocity: torch.Tensor  # (B, C, T, h, w) velocity estimate (noise - x0)
     raw: DiTOutput  # the DiT's outputs (video, extra tokens)
+    aux_x0: torch.Tensor | None = None  # (B, T, S, D) jointly denoised subject states, if any
+    aux_velocity: torch.Tensor | None = None
+
+
+def to_x0_and_velocity(out: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, anchor: torch.Tensor | None,
+                       prediction: str, residual_prior: bool, min_sigma: float):
+    """Network output -> (x0, velocity); ``sigma`` broadcasts against ``x``."""
+    s = sigma.clamp_min(min_sigma)
+    if prediction == "x0":
+        x0 = out + anchor if residual_prior else out
+        return x0, (x - x0) / s
+    return x - sigma * out, out
 
 
 class WorldModel(nn.Module):
+    # Size of the per-player state denoised jointly with the video (0: none; see model.subjects).
+    aux_dim = 0
+
     def __init__(self, dit: WanDiT, prediction: str = "x0", residual_prior: bool = True, min_sigma: float = 1e-3):
         super().__init__()
         if residual_prior and prediction != "x0":
@@ -70,7 +85,8 @@ class WorldModel(nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, anchor: torch.Tensor | None, text: torch.Tensor,
                 text_mask: torch.Tensor | None, *, frame_offset: int, inputs: dict[str, Any] | None = None,
                 kv_cache: KVCache | None = None, update_cache: bool = False,
-                window_frames: int | None = None) -> Prediction:
+                window_frames: int | None = None, aux: torch.Tensor | None = None,
+                aux_anchor: torch.Tensor | None = None) -> Prediction:
         """Denoise latents.
 
         Args:
@@ -82,19 +98,23 @@ class WorldModel(nn.Module):
             inputs: conditioning inputs for :meth:`condition` (actions, states, ...).
             window_frames: without a cache, limit attention to this many earlier frames (the
                 uncached equivalent of a sliding-window KV cache).
+            aux, aux_anchor: (B, T, S, aux_dim) noisy subject states at the frames' noise levels
+                and the clean states their residual prior starts from (models with aux_dim > 0).
         """
-        inputs = {**(inputs or {}), "latent_shape": tuple(x.shape[2:])}
+        inputs = {**(inputs or {}), "latent_shape": tuple(x.shape[2:]), "aux": aux, "aux_anchor": aux_anchor}
         extra_kwargs = self.condition(inputs, frame_offset, x.shape[2], sigma, kv_cache, window_frames)
         out = self.dit(x, sigma * TIMESTEP_SCALE, text, text_mask, kv_cache=kv_cache, update_cache=update_cache,
                        frame_offset=frame_offset, **extra_kwargs)
-        s = sigma[:, None, :, None, None].clamp_min(self.min_sigma)
-        if self.prediction == "x0":
-            x0 = out.video + anchor if self.residual_prior else out.video
-            velocity = (x - x0) / s
-        else:
-            velocity = out.video
-            x0 = x - sigma[:, None, :, None, None] * velocity
-        return Prediction(x0, velocity, out)
+        x0, velocity = to_x0_and_velocity(out.video, x, sigma[:, None, :, None, None], anchor, self.prediction,
+                                          self.residual_prior, self.min_sigma)
+        prediction = Prediction(x0, velocity, out)
+        if self.aux_dim:
+            prediction.aux_x0, prediction.aux_velocity = self.predict_aux(out, inputs, sigma)
+        return prediction
+
+    def predict_aux(self, out: DiTOutput, inputs: dict[str, Any], sigma: torch.Tensor):
+        """(aux_x0, aux_velocity) from the DiT output; models with aux_dim > 0 implement it."""
+        raise NotImplementedError
 
 
 # ------------------------------------------------------------------------------------ frames

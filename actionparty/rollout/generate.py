@@ -1,4 +1,9 @@
-"""Roll a trained checkpoint out from test-split context frames."""
+"""Roll models out from test-split context frames with the recorded action sequences.
+
+Models: an action-conditioned variant (a finetune checkpoint), ``pretrained_ar`` (the exp-138
+checkpoint, no actions) and ``static`` (repeats the context frame: the copy floor). Output is
+the rollout format of :mod:`actionparty.eval.rollout_io`.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from actionparty.config import Profile
+from actionparty.config import Profile, VariantConfig
 from actionparty.data.lmdb_dataset import ClipDataset
+from actionparty.model.factory import build_world_model
 from actionparty.rollout.sampler import rollout
 from actionparty.train.checkpoint import check_compatible, load_checkpoint
 from actionparty.train.trainer import load_model_weights
@@ -22,12 +29,17 @@ class LoadedModel:
     text: object
     state: dict
 
+    @property
+    def train_clip_steps(self) -> int:
+        return int(self.state["train_clip_steps"])
 
-def load_for_rollout(profile: Profile, checkpoint: str | Path, build, device="cpu") -> LoadedModel:
-    """Build the profile's model and load a checkpoint's EMA weights into it."""
+
+def load_for_rollout(profile: Profile, checkpoint: str | Path, device="cpu") -> LoadedModel:
+    """Build the model a checkpoint was trained as (video-only or its variant) with its EMA weights."""
     state = load_checkpoint(checkpoint)
     check_compatible(checkpoint, state, profile.model.model_dump())
-    model, codec, text = build(profile, device)
+    variant = VariantConfig.model_validate(state["variant_config"]) if state.get("variant_config") else None
+    model, codec, text = build_world_model(profile, device, variant)
     load_model_weights(model, state, use_ema=True, strict=True)
     return LoadedModel(model.eval(), codec, text, state)
 
@@ -39,39 +51,73 @@ def window_frames(profile: Profile, train_clip_steps: int) -> int:
     return train_clip_steps + 1 - profile.model.chunk_frames
 
 
-def pick_windows(dataset: ClipDataset, per_game: int, seed: int) -> list[int]:
-    """``per_game`` dataset items per game, spread over episodes, deterministic."""
-    rng = np.random.default_rng(seed)
-    games = dataset.index_games()
-    picked = []
-    for g in range(len(dataset.games)):
-        items = np.flatnonzero(games == g)
-        if len(items):
-            picked += sorted(rng.choice(items, size=min(per_game, len(items)), replace=False).tolist())
-    return picked
-
-
 @torch.no_grad()
-def rollout_items(loaded: LoadedModel, dataset: ClipDataset, items: list[int], profile: Profile, horizon: int,
-                  train_clip_steps: int, inputs_for=None, batch_size: int = 16, seed: int = 0,
-                  use_cache: bool = True) -> dict[str, np.ndarray]:
-    """Generate ``horizon`` frames after the context of each item; returns arrays in the
-    rollout format (frames uint8 (N, H+1, Hpx, Wpx, 3), episode, start, game, actions, present)."""
+def rollout_windows(loaded: LoadedModel | None, dataset: ClipDataset, windows: dict[str, np.ndarray],
+                    profile: Profile, actions: np.ndarray | None = None, batch_size: int = 16, seed: int = 0,
+                    use_cache: bool = True, progress: bool = True) -> dict[str, np.ndarray]:
+    """Generate ``dataset.clip_steps`` frames after the context of each window.
+
+    Args:
+        loaded: the model, or None for ``static`` (every frame = the context frame).
+        windows: {'episode', 'start', 'game'} (N,) arrays (see eval.rollout_io.select_windows).
+        actions: (N, H, S) actions to feed instead of the recorded ones (binding test swaps).
+
+    Returns the rollout arrays: frames uint8 (N, H+1, Hpx, Wpx, 3), episode, start, game,
+    actions, present, and for state-token models pred_position (N, H+1, S, 2) float32 cells and
+    pred_facing (N, H+1, S).
+    """
+    horizon = dataset.clip_steps
+    n = len(windows["episode"])
+    out: dict[str, list] = {k: [] for k in ("frames", "actions", "present", "pred_position", "pred_facing")}
+    g = torch.Generator().manual_seed(seed)
+    bar = tqdm(total=n, desc=f"rollout h{horizon}", unit="clip", disable=not progress)
+    for i in range(0, n, batch_size):
+        rows = range(i, min(i + batch_size, n))
+        batch = torch.utils.data.default_collate(
+            [dataset.clip(int(windows["episode"][r]), int(windows["start"][r])) for r in rows])
+        acts = batch["actions"] if actions is None else torch.as_tensor(actions[i : i + len(rows)])
+        out["actions"].append(acts.numpy())
+        out["present"].append(batch["present"].numpy())
+        frames = batch["frames"]  # (B, 1+H, 3, Hpx, Wpx)
+        if loaded is None:
+            gen = frames[:, :1].expand(-1, horizon + 1, -1, -1, -1)
+        else:
+            gen, states = _generate(loaded, dataset, batch, acts, profile, horizon, g, use_cache)
+            if states is not None:
+                position, facing = loaded.model.grid.decode(states)
+                out["pred_position"].append(position.float().numpy())
+                out["pred_facing"].append(facing.numpy())
+        gen = gen.clone()
+        gen[:, 0] = frames[:, 0]  # the context frame is ground truth, exactly
+        out["frames"].append(gen.permute(0, 1, 3, 4, 2).numpy())
+        bar.update(len(rows))
+    bar.close()
+    result = {k: np.concatenate(v) for k, v in out.items() if v}
+    result.update({k: np.asarray(windows[k], dtype=np.int64) for k in ("episode", "start", "game")})
+    result["actions"] = result["actions"].astype(np.int64)
+    return result
+
+
+def _generate(loaded: LoadedModel, dataset, batch, actions, profile, horizon, generator, use_cache):
     model, codec, text = loaded.model, loaded.codec, loaded.text
     device = next(model.parameters()).device
-    out = {k: [] for k in ("frames", "episode", "start", "game", "actions", "present")}
-    g = torch.Generator().manual_seed(seed)
-    for i in range(0, len(items), batch_size):
-        batch = torch.utils.data.default_collate([dataset[j] for j in items[i : i + batch_size]])
-        context = codec.encode(batch["frames"][:, :1].to(device))
-        emb, mask = text([dataset.games[int(k)] for k in batch["game"]], device=device)
-        inputs_fn = inputs_for(batch, device) if inputs_for else None
-        latents = rollout(model, context, horizon, emb, mask, sampling_steps=profile.rollout.sampling_steps,
-                          shift=profile.rollout.timestep_shift, window_frames=window_frames(profile, train_clip_steps),
-                          generator=g, inputs_fn=inputs_fn, use_cache=use_cache)
-        frames = codec.decode(latents, profile.canvas_px)  # (B, 1+H, 3, H, W)
-        frames[:, 0] = batch["frames"][:, 0]  # the context frame is ground truth, exactly
-        out["frames"].append(frames.permute(0, 1, 3, 4, 2).cpu().numpy())
-        for k in ("episode", "start", "game", "actions", "present"):
-            out[k].append(batch[k].numpy())
-    return {k: np.concatenate(v) for k, v in out.items()}
+    games = [dataset.games[int(k)] for k in batch["game"]]
+    present = batch["present"].to(device)
+    actions = actions.to(device)
+    context = codec.encode(batch["frames"][:, :1].to(device))
+    emb, mask = text(games, device=device) if not text.with_actions else (None, None)
+    text_fn = None
+    if text.with_actions:
+        text_fn = lambda s, n: text(games, actions=actions[:, max(s, 0) : max(s, 0) + n], present=present,  # noqa: E731
+                                    device=device)
+    conditioned = hasattr(model, "inputs_from_batch")
+    context_state = None
+    if conditioned:
+        context_state = model.grid.encode(batch["position"][:, :1].to(device), batch["facing"][:, :1].to(device))
+    result = rollout(model, context, horizon, emb, mask, sampling_steps=profile.rollout.sampling_steps,
+                     shift=profile.rollout.timestep_shift, window_frames=window_frames(profile, loaded.train_clip_steps),
+                     generator=generator, actions=actions if conditioned else None,
+                     present=present if conditioned else None, context_state=context_state, text_fn=text_fn,
+                     use_cache=use_cache)
+    frames = codec.decode(result.latents, profile.canvas_px).cpu()
+    return frames, None if result.states is None else result.states.cpu()

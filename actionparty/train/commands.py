@@ -11,37 +11,104 @@ def _cmd_pretrain(args) -> None:
     from actionparty.train.trainer import TrainJob, train
 
     profile = load_profile(args.profile)
-    init = None
     job = TrainJob(profile, profile.pretrain, args.train_lmdb, args.out, "exp-138", build_world_model,
-                   init_from=init, stop_after=args.stop_after, progress=not args.quiet)
+                   stop_after=args.stop_after, progress=not args.quiet)
     final = train(job)
     if final.is_file():
         print(f"{final}: pretraining finished ({profile.pretrain.steps} steps)")
 
 
+def _cmd_finetune(args) -> None:
+    from actionparty.config import load_profile, load_variant
+    from actionparty.model.factory import build_world_model
+    from actionparty.train.trainer import TrainJob, train
+
+    profile = load_profile(args.profile)
+    variant = load_variant(args.variant)
+    job = TrainJob(profile, profile.finetune, args.train_lmdb, args.out, args.variant,
+                   lambda p, device: build_world_model(p, device, variant), init_from=args.init,
+                   stop_after=args.stop_after, progress=not args.quiet,
+                   extra_meta={"variant": args.variant, "variant_config": variant.model_dump()})
+    final = train(job)
+    if final.is_file():
+        print(f"{final}: {args.variant} ({variant.experiment}) finished ({profile.finetune.steps} steps)")
+
+
+def _cmd_rollout(args) -> None:
+    """Roll a model out over the profile's test windows (and the swapped-actions binding test)."""
+    import numpy as np
+
+    from actionparty.config import UNTRAINED_MODELS, load_profile
+    from actionparty.data.lmdb_dataset import ClipDataset
+    from actionparty.errors import UserError
+    from actionparty.eval.rollout_io import Rollout, choose_swaps, select_windows, swap_actions, write_rollout
+    from actionparty.rollout.generate import load_for_rollout, rollout_windows
+
+    profile = load_profile(args.profile)
+    if args.model == "static":
+        loaded = None
+    elif args.checkpoint is None:
+        raise UserError(f"model '{args.model}' needs --checkpoint")
+    else:
+        loaded = load_for_rollout(profile, args.checkpoint)
+        if args.model not in UNTRAINED_MODELS and loaded.state.get("variant") != args.model:
+            raise UserError(f"{args.checkpoint}: checkpoint of '{loaded.state.get('variant') or loaded.state['stage']}', "
+                            f"not of model '{args.model}'")
+    dataset = ClipDataset(args.lmdb, clip_steps=args.horizon, expect_canvas_px=profile.canvas_px)
+    windows = select_windows(dataset, profile.rollout.clips_per_game, profile.rollout.seed)
+    actions = swap = None
+    if args.swap:
+        clips = [dataset.clip(int(e), int(s)) for e, s in zip(windows["episode"], windows["start"])]
+        present = np.stack([c["present"].numpy() for c in clips])
+        visible = np.stack([c["visible"][0].numpy() for c in clips])
+        recorded = np.stack([c["actions"].numpy() for c in clips])
+        swap = choose_swaps(present, visible, profile.rollout.seed)
+        actions = swap_actions(recorded, swap)
+    arrays = rollout_windows(loaded, dataset, windows, profile, actions=actions, seed=profile.rollout.seed,
+                             progress=not args.quiet)
+    if swap is not None:
+        arrays["swap"] = swap
+    meta = {"variant": args.model, "horizon": args.horizon, "split": "test",
+            "sampling_steps": profile.rollout.sampling_steps, "seed": profile.rollout.seed}
+    write_rollout(args.out, Rollout(**arrays, meta=meta))
+    print(f"{args.out}: {len(windows['episode'])} rollouts of {args.horizon} steps ({args.model}"
+          f"{', swapped actions' if args.swap else ''})")
+
+
 def _cmd_sample(args) -> None:
     from actionparty.config import load_profile
     from actionparty.data.lmdb_dataset import ClipDataset
-    from actionparty.model.factory import build_world_model
+    from actionparty.eval.rollout_io import select_windows
     from actionparty.report.samples import side_by_side, write_gif, write_strip
-    from actionparty.rollout.generate import load_for_rollout, pick_windows, rollout_items
+    from actionparty.rollout.generate import load_for_rollout, rollout_windows
 
     profile = load_profile(args.profile)
-    loaded = load_for_rollout(profile, args.checkpoint, build_world_model)
+    loaded = load_for_rollout(profile, args.checkpoint)
     dataset = ClipDataset(args.lmdb, clip_steps=args.steps, expect_canvas_px=profile.canvas_px)
-    items = pick_windows(dataset, profile.rollout.sample_clips, profile.rollout.seed)
-    train_steps = loaded.state["profile"]["pretrain"]["clip_steps"]
-    result = rollout_items(loaded, dataset, items, profile, args.steps, train_steps, seed=profile.rollout.seed)
+    windows = select_windows(dataset, profile.rollout.sample_clips, profile.rollout.seed)
+    result = rollout_windows(loaded, dataset, windows, profile, seed=profile.rollout.seed, progress=False)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for n, item in enumerate(items):
-        gt = dataset[item]["frames"].permute(0, 2, 3, 1).numpy()
-        game = dataset.games[int(result["game"][n])]
+    for n in range(len(windows["episode"])):
+        gt = dataset.clip(int(windows["episode"][n]), int(windows["start"][n]))["frames"].permute(0, 2, 3, 1).numpy()
+        game = dataset.games[int(windows["game"][n])]
         name = f"{game}_{n:02d}"
         write_gif(out / f"{name}.gif", side_by_side(gt, result["frames"][n]))
         write_strip(out / f"{name}.png", [("ground truth", gt), ("generated", result["frames"][n])],
-                    f"{game}: {loaded.state['stage']} rollout, {args.steps} steps (left/top: ground truth)")
-    print(f"{out}: {len(items)} sample rollouts of {args.steps} steps")
+                    f"{game}: {loaded.state['stage']} rollout, {args.steps} steps (top: ground truth)")
+    print(f"{out}: {len(windows['episode'])} sample rollouts of {args.steps} steps")
+
+
+def _cmd_bench_model(args) -> None:
+    from actionparty.config import load_profile
+    from actionparty.train.bench import bench_model, print_model_bench
+
+    result = bench_model(load_profile(args.profile), steps=args.steps, threads=args.threads)
+    print_model_bench(result)
+    if args.json:
+        from actionparty.atomic import write_json
+
+        write_json(args.json, result)
 
 
 def add_commands(sub) -> None:
@@ -53,6 +120,27 @@ def add_commands(sub) -> None:
     p.add_argument("--stop-after", type=int, help="stop after this many steps of this invocation (resume later)")
     p.add_argument("--quiet", action="store_true")
 
+    p = sub.add_parser("finetune", help="action finetuning of one variant from the exp-138 checkpoint")
+    p.set_defaults(func=_cmd_finetune)
+    p.add_argument("--profile", required=True)
+    p.add_argument("--variant", required=True, help="a name in params/variants/")
+    p.add_argument("--init", required=True, type=Path, help="exp-138 checkpoint")
+    p.add_argument("--train-lmdb", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--stop-after", type=int)
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("rollout", help="roll a model out over the test windows (rollout format for evaluation)")
+    p.set_defaults(func=_cmd_rollout)
+    p.add_argument("--profile", required=True)
+    p.add_argument("--model", required=True, help="a variant, pretrained_ar or static")
+    p.add_argument("--checkpoint", type=Path, help="the model's checkpoint (none for static)")
+    p.add_argument("--lmdb", required=True, type=Path, help="test-split LMDB")
+    p.add_argument("--horizon", required=True, type=int)
+    p.add_argument("--swap", action="store_true", help="exchange two players' action sequences (binding test)")
+    p.add_argument("--out", required=True, type=Path, help="results/rollouts/<model>/h<H>.npz")
+    p.add_argument("--quiet", action="store_true")
+
     p = sub.add_parser("sample", help="roll a checkpoint out from test context frames; GIF + PNG per clip")
     p.set_defaults(func=_cmd_sample)
     p.add_argument("--profile", required=True)
@@ -60,3 +148,10 @@ def add_commands(sub) -> None:
     p.add_argument("--lmdb", required=True, type=Path)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--out", required=True, type=Path)
+
+    p = sub.add_parser("bench-model", help="training tokens/s and FLOP/s vs matmul; rollout with/without KV cache")
+    p.set_defaults(func=_cmd_bench_model)
+    p.add_argument("--profile", required=True)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--json", type=Path, help="also write the figures as JSON")

@@ -28,13 +28,13 @@ class LossOutput:
     extra: Any = None
 
 
-def chunk_anchors(latents: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Residual-prior anchors for frames 1..K of ``latents`` (B, C, 1+K, h, w): every frame of a
-    chunk starts from the last clean frame before that chunk (ground truth in training, the
-    model's own output in rollout). Returns (B, C, K, h, w)."""
-    k = latents.shape[2] - 1
-    index = torch.arange(k, device=latents.device) // chunk * chunk  # last frame before the chunk
-    return latents[:, :, index]
+def chunk_anchors(x: torch.Tensor, chunk: int, dim: int = 2) -> torch.Tensor:
+    """Residual-prior anchors for frames 1..K of ``x`` (frames along ``dim``, 1+K of them):
+    every frame of a chunk starts from the last clean frame before that chunk (ground truth in
+    training, the model's own output in rollout). Returns x with K frames along ``dim``."""
+    k = x.shape[dim] - 1
+    index = torch.arange(k, device=x.device) // chunk * chunk  # last frame before the chunk
+    return x.index_select(dim, index)
 
 
 def change_weights(latents: torch.Tensor, change_weight: float) -> torch.Tensor:
@@ -45,7 +45,8 @@ def change_weights(latents: torch.Tensor, change_weight: float) -> torch.Tensor:
 
 def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None,
                        cfg, sigma_chunks: torch.Tensor, noise: torch.Tensor,
-                       inputs: dict[str, Any] | None = None) -> LossOutput:
+                       inputs: dict[str, Any] | None = None, aux_noise: torch.Tensor | None = None,
+                       state_loss_weight: float = 1.0) -> LossOutput:
     """Loss of one batch.
 
     Args:
@@ -53,7 +54,11 @@ def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_ma
         latents: (B, C, 1+K, h, w) clean latents, frame 0 is the context.
         sigma_chunks: (B, K / chunk_frames) noise level of each chunk.
         noise: (B, C, K, h, w) standard normal noise.
-        inputs: conditioning inputs passed to the model.
+        inputs: conditioning inputs passed to the model; ``inputs["state"]`` (B, 1+K, S, D) are
+            the clean subject states (denoised jointly when the model has ``aux_dim``; otherwise
+            only the previous states are used, as reference positions) and ``inputs["present"]``
+            (B, S) the occupied slots.
+        aux_noise: (B, K, S, D) noise of the states.
     """
     core = getattr(model, "module", model)  # unwrap DistributedDataParallel for attributes
     chunk = core.chunk_frames
@@ -66,21 +71,47 @@ def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_ma
     x_in = torch.cat([latents[:, :, :1], x_noisy], dim=2)
     sigma_in = torch.cat([torch.zeros_like(sigma[:, :1]), sigma], dim=1)
     anchor = torch.cat([latents[:, :, :1], chunk_anchors(latents, chunk)], dim=2)
-    pred = model(x_in, sigma_in, anchor, text, text_mask, frame_offset=core.context_frame, inputs=inputs)
+    inputs = dict(inputs or {})
+    aux_in = aux_anchor = None
+    states = inputs.pop("state", None)
+    if states is not None:
+        aux_anchor = torch.cat([states[:, :1], chunk_anchors(states, chunk, dim=1)], dim=1)
+        if core.aux_dim:
+            aux_noisy = add_noise(states[:, 1:], aux_noise, sigma[:, :, None, None])
+            aux_in = torch.cat([states[:, :1], aux_noisy], dim=1)
+    pred = model(x_in, sigma_in, anchor, text, text_mask, frame_offset=core.context_frame, inputs=inputs,
+                 aux=aux_in, aux_anchor=aux_anchor)
     weight = change_weights(latents, cfg.change_weight)
     s = sigma[:, None, :, None, None]
     if core.prediction == "x0":
         err = (pred.x0[:, :, 1:] - x0) / s.clamp_min(cfg.min_sigma)
     else:
         err = pred.velocity[:, :, 1:] - (noise - x0)
-    loss = (weight * err.pow(2)).sum() / (weight.sum() * err.shape[1])
+    video_loss = (weight * err.pow(2)).sum() / (weight.sum() * err.shape[1])
+    loss, stats = video_loss, {}
+    if core.aux_dim:
+        # State loss over present players only, in the same velocity space as the video.
+        target = states[:, 1:]
+        s_aux = sigma[:, :, None, None]
+        if core.prediction == "x0":
+            aux_err = (pred.aux_x0[:, 1:] - target) / s_aux.clamp_min(cfg.min_sigma)
+        else:
+            aux_err = pred.aux_velocity[:, 1:] - (aux_noise - target)
+        present = inputs["present"][:, None, :, None].float()
+        state_loss = (present * aux_err.pow(2)).sum() / (present.sum() * k * aux_err.shape[-1]).clamp_min(1.0)
+        loss = video_loss + state_loss_weight * state_loss
+        stats["state_loss"] = float(state_loss.detach())
     with torch.no_grad():
         mse_x0 = (pred.x0[:, :, 1:] - x0).pow(2).mean()
-    return LossOutput(loss, {"loss": float(loss.detach()), "mse_x0": float(mse_x0)}, pred)
+    stats = {"loss": float(loss.detach()), "video_loss": float(video_loss.detach()), **stats, "mse_x0": float(mse_x0)}
+    return LossOutput(loss, stats, pred)
 
 
-def draw_noise(generator: torch.Generator, batch: int, chunks: int, latent_shape, shift: float):
-    """Global-batch noise levels (B, chunks) and noise (B, C, K, h, w) from one generator."""
+def draw_noise(generator: torch.Generator, batch: int, chunks: int, latent_shape, shift: float,
+               aux_shape: tuple[int, ...] | None = None):
+    """Global-batch noise levels (B, chunks), noise (B, C, K, h, w) and, with ``aux_shape``
+    (K, S, D), state noise (B, K, S, D), all from one generator."""
     sigma = sample_sigmas((batch, chunks), shift, generator)
     noise = torch.randn((batch, *latent_shape), generator=generator)
-    return sigma, noise
+    aux = torch.randn((batch, *aux_shape), generator=generator) if aux_shape else None
+    return sigma, noise, aux

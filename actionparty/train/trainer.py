@@ -29,6 +29,7 @@ from tqdm import tqdm
 from actionparty.atomic import write_text
 from actionparty.config import Profile, TrainConfig
 from actionparty.data.lmdb_dataset import ClipDataset
+from actionparty.games.actions import PLAYER_SLOTS
 from actionparty.train.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from actionparty.train.distributed import DistInfo, init_distributed, rank_slice, shutdown_distributed, step_generator
 from actionparty.train.ema import EMA
@@ -68,9 +69,8 @@ class TrainJob:
     train_lmdb: Path
     out: Path
     stage: str  # "pretrain" or a finetune variant name (recorded in the checkpoint)
-    build: Callable  # (profile, device) -> (model, frame_codec, text_embedder)
+    build: Callable  # (profile, device) -> (model, frame_codec, text_conditioner)
     init_from: Path | None = None  # checkpoint whose (EMA) weights initialise the model
-    batch_inputs: Callable | None = None  # (batch, device) -> conditioning inputs for the model
     stop_after: int | None = None  # stop after this many steps of this invocation (tests: a "kill")
     progress: bool = True
     extra_meta: dict = field(default_factory=dict)
@@ -111,7 +111,8 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model, codec, text = job.build(profile, device)
     games = dataset.games
-    model_meta = {"profile": profile.model_dump(), "stage": job.stage, "games": games, **job.extra_meta}
+    model_meta = {"profile": profile.model_dump(), "stage": job.stage, "games": games,
+                  "train_clip_steps": cfg.clip_steps, **job.extra_meta}
 
     if job.init_from is not None:
         init_state = load_checkpoint(job.init_from)
@@ -168,14 +169,18 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
             frames = batch["frames"].to(device)
             with torch.no_grad():
                 latents = codec.encode(frames)
-            emb, emb_mask = text([games[int(g)] for g in batch["game"]], device=device)
+            emb, emb_mask = text([games[int(g)] for g in batch["game"]], actions=batch["actions"],
+                                 present=batch["present"], device=device)
             g = step_generator(cfg.seed, step, stream=2)
-            sigma, noise = draw_noise(g, cfg.batch_size, chunks, (latents.shape[1], cfg.clip_steps, *latents.shape[3:]),
-                                      cfg.timestep_shift)
-            inputs = job.batch_inputs(batch, device) if job.batch_inputs else None
+            sigma, noise, aux_noise = draw_noise(
+                g, cfg.batch_size, chunks, (latents.shape[1], cfg.clip_steps, *latents.shape[3:]), cfg.timestep_shift,
+                (cfg.clip_steps, PLAYER_SLOTS, core.aux_dim) if core.aux_dim else None)
+            inputs = core.inputs_from_batch(batch, device) if hasattr(core, "inputs_from_batch") else None
             with autocast:
                 result = flow_matching_loss(model, latents, emb, emb_mask, cfg, sigma[part].to(device),
-                                            noise[part].to(device), inputs)
+                                            noise[part].to(device), inputs,
+                                            None if aux_noise is None else aux_noise[part].to(device),
+                                            getattr(cfg, "state_loss_weight", 0.0))
             optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.grad_clip)

@@ -1,0 +1,12 @@
+"""Evaluation: detectors trained on ground truth, metrics, and the per-variant metrics JSON.
+
+    config.py       EvalConfig: the profile's ``eval:`` section (load_eval_config)
+    detectors.py    TileClassifier (who and which facing in each cell), InverseDynamics (which
+                    action between two frames); training, held-out accuracy, checkpoint bundle
+    metrics.py      MA, SP, DR, EA, BA, ST, PSNR, SSIM, FD, I3D-FVD as pure functions
+    rollout_io.py   the rollout file format (write_rollout/read_rollout), window and swap choice
+    evaluate.py     rollouts (or the oracle's ground truth) -> results/metrics/{variant}.json
+    commands.py     CLI: train-detectors, evaluate, evaluate-oracle, combine-metrics
+
+See docs/EVALUATION.md for the definitions and the choices behind them.
+"""

@@ -1,0 +1,117 @@
+"""CLI commands of the evaluation stage (registered by actionparty.cli through add_commands).
+
+    actionparty train-detectors --profile P --train-lmdb data/lmdb/train.lmdb --val-lmdb data/lmdb/val.lmdb \
+        --out results/detectors/detectors.pt --accuracy results/detectors/accuracy.json
+    actionparty evaluate --profile P --variant full --test-lmdb data/lmdb/test.lmdb \
+        --detectors results/detectors/detectors.pt --rollouts results/rollouts/full/h4.npz ... \
+        [--swap-rollouts results/rollouts/full/h4_swap.npz ...] --out results/metrics/full.json
+    actionparty evaluate-oracle --profile P --test-lmdb data/lmdb/test.lmdb \
+        --detectors results/detectors/detectors.pt --out results/metrics/oracle.json
+    actionparty combine-metrics --out-json results/metrics/combined.json --out-csv results/metrics/combined.csv \
+        results/metrics/*.json
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _threads(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+
+
+def _cmd_train_detectors(args) -> None:
+    from actionparty.eval.config import load_eval_config
+    from actionparty.eval.detectors import train_detectors
+
+    cfg = load_eval_config(args.profile)
+    _threads(args)
+    acc = train_detectors(args.train_lmdb, args.val_lmdb, cfg, args.out, args.accuracy, progress=not args.quiet,
+                          stop_after=args.stop_after)
+    if acc:
+        o = acc["overall"]
+        print(f"{args.out}: tile slot {o['slot_accuracy']}, facing {o['facing_accuracy']}, "
+              f"background {o['background_accuracy']}; inverse dynamics {o['idm_accuracy']} (val)")
+
+
+def _cmd_evaluate(args) -> None:
+    from actionparty.atomic import write_json
+    from actionparty.eval.config import load_eval_config
+    from actionparty.eval.evaluate import evaluate_variant
+
+    cfg = load_eval_config(args.profile)
+    _threads(args)
+    result = evaluate_variant(args.variant, args.rollouts, args.swap_rollouts or [], args.test_lmdb, args.detectors,
+                              cfg, progress=not args.quiet)
+    write_json(args.out, result)
+    summary = ", ".join(f"{h}: MA {e['overall']['MA']} SP {e['overall']['SP']} BA {e['overall']['BA']}"
+                        for h, e in result["horizons"].items())
+    print(f"{args.out}: {summary}")
+
+
+def _cmd_evaluate_oracle(args) -> None:
+    from actionparty.atomic import write_json
+    from actionparty.eval.config import load_eval_config
+    from actionparty.eval.evaluate import evaluate_oracle
+
+    cfg = load_eval_config(args.profile)
+    _threads(args)
+    result = evaluate_oracle(args.test_lmdb, args.detectors, cfg, progress=not args.quiet)
+    write_json(args.out, result)
+    summary = ", ".join(f"{h}: MA {e['overall']['MA']} SP {e['overall']['SP']}" for h, e in result["horizons"].items())
+    print(f"{args.out}: oracle {summary}")
+
+
+def _cmd_combine_metrics(args) -> None:
+    from actionparty.eval.evaluate import combine_metrics, write_table
+
+    rows = combine_metrics(args.metrics)
+    write_table(rows, args.out_json, args.out_csv)
+    print(f"{args.out_csv}: {len(rows)} rows from {len(args.metrics)} metrics files")
+
+
+def add_commands(sub) -> None:
+    """Register the evaluation subcommands on an argparse subparsers object."""
+
+    def add(name, func, help):
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    def common(p, threads=True):
+        p.add_argument("--profile", required=True, help="params/<profile>.yaml (its eval: section)")
+        if threads:
+            p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+        p.add_argument("--quiet", action="store_true")
+
+    p = add("train-detectors", _cmd_train_detectors,
+            "train the tile and inverse-dynamics classifiers on ground truth; held-out accuracy on val")
+    common(p)
+    p.add_argument("--train-lmdb", required=True, type=Path)
+    p.add_argument("--val-lmdb", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="detector bundle (.pt)")
+    p.add_argument("--accuracy", required=True, type=Path, help="held-out accuracy per game (.json)")
+    p.add_argument("--stop-after", type=int, help="stop after this many steps (resume by rerunning)")
+
+    p = add("evaluate", _cmd_evaluate, "metrics of one model variant from its rollout files")
+    common(p)
+    p.add_argument("--variant", required=True)
+    p.add_argument("--test-lmdb", required=True, type=Path)
+    p.add_argument("--detectors", required=True, type=Path)
+    p.add_argument("--rollouts", nargs="+", required=True, type=Path, help="h{H}.npz files, one per horizon")
+    p.add_argument("--swap-rollouts", nargs="*", type=Path, help="h{H}_swap.npz files (BA), one per horizon")
+    p.add_argument("--out", required=True, type=Path, help="results/metrics/{variant}.json")
+
+    p = add("evaluate-oracle", _cmd_evaluate_oracle, "the oracle row: ground-truth frames through the same metrics")
+    common(p)
+    p.add_argument("--test-lmdb", required=True, type=Path)
+    p.add_argument("--detectors", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="results/metrics/oracle.json")
+
+    p = add("combine-metrics", _cmd_combine_metrics, "one table (JSON + CSV) of every variant's metrics")
+    p.add_argument("--out-json", required=True, type=Path)
+    p.add_argument("--out-csv", required=True, type=Path)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("metrics", nargs="+", type=Path, help="results/metrics/*.json")

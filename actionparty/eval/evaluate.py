@@ -1,0 +1,408 @@
+"""Metrics of one model variant (its rollout files) or of the oracle (ground truth), as JSON.
+
+Per horizon H, ``results/metrics/{variant}.json`` holds (see docs/EVALUATION.md)::
+
+    {"schema_version": 1, "variant": ..., "kind": "model" | "oracle", "tau": ..., "detectors": ...,
+     "horizons": {"h4": {"rollout": ..., "swap_rollout": ..., "meta": {...},
+                         "overall": {metrics}, "per_game": {game: {metrics}},
+                         "per_player_count": {"2": {metrics}}, "per_action": {"NOOP": {"MA", "player_steps"}},
+                         "ma_curve": [H values], "sp_curve": [...], "ba_curve": [...] | null}}}
+
+{metrics} = MA, MA_moving, MA_static, SP, DR, duplicated, vanished, EA, BA, BA_other, ST_l1,
+ST_exact, ST_facing, PSNR, SSIM, FD, FVD_I3D, rules_agreement, and the counts behind them
+(windows, player_steps, player_frames, interact_steps, binding_steps). A metric that does not apply
+(no INTERACT steps, no swap rollout, no predicted state, no I3D checkpoint) is null.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from actionparty.atomic import write_json, write_text
+from actionparty.data.lmdb_dataset import ClipDataset
+from actionparty.eval import metrics as M
+from actionparty.eval.config import EvalConfig
+from actionparty.eval.detectors import DetectorError, Detectors, classify_transitions, detect, load_detectors
+from actionparty.eval.rollout_io import Rollout, RolloutError, read_rollout, select_windows, swap_actions
+from actionparty.games.actions import CANONICAL_ACTIONS, INTERACT
+
+METRICS_SCHEMA = 1
+METRIC_KEYS = ("MA", "MA_moving", "MA_static", "SP", "DR", "duplicated", "vanished", "EA", "BA", "BA_other",
+               "ST_l1", "ST_exact", "ST_facing", "PSNR", "SSIM", "FD", "FVD_I3D", "rules_agreement")
+
+
+# ---------------------------------------------------------------------------------------------
+# Ground truth of the rolled-out windows
+# ---------------------------------------------------------------------------------------------
+
+
+def ground_truth(dataset: ClipDataset, episode: np.ndarray, start: np.ndarray, source: str) -> dict[str, np.ndarray]:
+    """The test windows (episode, start) (N,) of ``dataset`` (clip_steps = H), stacked:
+    frames (N, T, 3, H, W) uint8 and the labels of ClipDataset items, as numpy arrays."""
+    lookup = {(int(e), int(s)): i for i, (e, s) in enumerate(dataset.index)}
+    items = []
+    for e, s in zip(episode.tolist(), start.tolist()):
+        if (e, s) not in lookup:
+            raise RolloutError(f"{source}: window (episode {e}, start {s}) is not a {dataset.clip_steps}-step "
+                               f"window of {dataset.path}")
+        items.append(dataset[lookup[(e, s)]])
+    return {k: torch.stack([it[k] for it in items]).numpy() for k in items[0]}
+
+
+def _check_against_truth(rollout: Rollout, gt: dict, source: str) -> None:
+    if not np.array_equal(rollout.game, gt["game"]):
+        raise RolloutError(f"{source}: field 'game' differs from the test LMDB's games of those windows")
+    if not np.array_equal(rollout.present, gt["present"]):
+        raise RolloutError(f"{source}: field 'present' differs from the test LMDB's players of those windows")
+    expected = swap_actions(gt["actions"], rollout.swap) if rollout.is_swap else gt["actions"]
+    if not np.array_equal(rollout.actions, expected):
+        what = "the swapped actions of" if rollout.is_swap else "the actions of"
+        raise RolloutError(f"{source}: field 'actions' is not {what} the test windows")
+    context = np.abs(rollout.frames[:, 0].astype(np.int16) - gt["frames"][:, 0].transpose(0, 2, 3, 1)).mean()
+    if context > 2.0:  # lossy codecs may touch the context a little; another window differs a lot
+        raise RolloutError(f"{source}: frame 0 is not the context frame of its test window "
+                           f"(mean abs difference {context:.1f}); wrong test LMDB or windows")
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-element outcomes of one rollout file
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcomes:
+    """Everything the summaries average, per rollout n, step/frame t (1..H) and slot s."""
+
+    game: np.ndarray  # (N,) test LMDB game index
+    players: np.ndarray  # (N,)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # (N, H, S) or (N, H) outcomes and masks
+    features: dict[str, np.ndarray] = field(default_factory=dict)  # FD: (N, H, C); I3D: (N, D)
+
+
+def _videos(frames_nthwc: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(frames_nthwc.transpose(0, 1, 4, 2, 3)))
+
+
+def _detect_all(detectors: Detectors, frames: torch.Tensor, game: np.ndarray, cfg: EvalConfig):
+    """frames (N, T, 3, H, W) -> (Detections (N, T, S), features (N, T, C))."""
+    n, t = frames.shape[:2]
+    det, feats = detect(detectors.tile, frames.flatten(0, 1), torch.from_numpy(np.repeat(game, t)), cfg.tau,
+                        cfg.eval_batch_frames)
+    det = M.Detections(*(getattr(det, k).reshape(n, t, *getattr(det, k).shape[1:])
+                         for k in ("cell", "facing", "confidence", "count")))
+    return det, feats.reshape(n, t, -1).numpy()
+
+
+def rollout_outcomes(rollout: Rollout, gt: dict, detectors: Detectors, det_game: np.ndarray, walkable: np.ndarray,
+                     cfg: EvalConfig, i3d: M.I3DFeatures | None) -> Outcomes:
+    """All per-element outcomes of one (non-swapped) rollout against its ground truth."""
+    gen = _videos(rollout.frames)
+    det, feats = _detect_all(detectors, gen, det_game, cfg)
+    _, gt_feats = _detect_all(detectors, torch.from_numpy(gt["frames"][:, 1:]), det_game, cfg)
+    step_ok = M.step_mask(gt["present"], gt["visible"])
+    frame_ok = M.frame_mask(gt["present"], gt["visible"])
+    once, seen = M.presence_outcomes(det)
+    a = {
+        "step_valid": step_ok, "frame_valid": frame_ok, "action": gt["actions"],
+        "motion": M.motion_outcomes(det, gt["position"], gt["facing"]),
+        "moving": M.real_change(gt["position"], gt["facing"]),
+        "once": once, "seen": seen, "duplicated": det.count[:, 1:] >= 2, "vanished": det.count[:, 1:] == 0,
+        "rules": M.rule_agreement_outcomes(det, rollout.actions, walkable),
+    }
+    # EA: the inverse-dynamics classifier on the generated transitions of real INTERACT-with-effect steps.
+    idm_action = np.full(rollout.actions.shape, -1, np.int64)
+    want = (gt["actions"] == INTERACT) & gt["interact_effect"] & step_ok & det.found[:, :-1]
+    n, t, s = np.nonzero(want)
+    if n.size:
+        idm_action[n, t, s] = classify_transitions(
+            detectors.idm, gen[n, t], gen[n, t + 1], torch.from_numpy(det.cell[n, t, s]),
+            torch.from_numpy(det_game[n]), torch.from_numpy(s), cfg.eval_batch_frames)
+    a["ea_counted"], a["ea_hit"] = M.interact_outcomes(idm_action, gt["actions"], gt["interact_effect"])
+    a["ea_counted"] &= step_ok
+    # Pixels: per generated frame 1..H.
+    pred, real = gen[:, 1:].flatten(0, 1), torch.from_numpy(gt["frames"][:, 1:]).flatten(0, 1)
+    shape = gen.shape[:1] + (gen.shape[1] - 1,)
+    chunks = range(0, pred.shape[0], cfg.eval_batch_frames)  # SSIM's float64 maps are large
+    a["psnr"] = torch.cat([M.psnr(pred[i : i + cfg.eval_batch_frames], real[i : i + cfg.eval_batch_frames],
+                                  max_db=cfg.psnr_max_db) for i in chunks]).numpy().reshape(shape)
+    a["ssim"] = torch.cat([M.ssim(pred[i : i + cfg.eval_batch_frames], real[i : i + cfg.eval_batch_frames])
+                           for i in chunks]).numpy().reshape(shape)
+    # ST: the model's own predicted state (state-token variants only).
+    if rollout.pred_position is not None:
+        st = M.state_tracking_errors(rollout.pred_position[:, 1:].astype(np.float64), gt["position"][:, 1:],
+                                     None if rollout.pred_facing is None else rollout.pred_facing[:, 1:],
+                                     gt["facing"][:, 1:])
+        a["st_l1"], a["st_exact"] = st["l1"], st["exact"]
+        if "facing" in st:
+            a["st_facing"] = st["facing"]
+    out = Outcomes(gt["game"], gt["present"].sum(1), a, {"fd_gen": feats[:, 1:], "fd_real": gt_feats})
+    if i3d is not None:
+        out.features["i3d_gen"] = i3d(gen).numpy()
+        out.features["i3d_real"] = i3d(torch.from_numpy(gt["frames"])).numpy()
+    return out
+
+
+def binding_rollout_outcomes(rollout: Rollout, gt: dict, detectors: Detectors, det_game: np.ndarray,
+                             walkable: np.ndarray, cfg: EvalConfig) -> Outcomes:
+    """BA outcomes of one swapped rollout (only the swapped players count)."""
+    det, _ = _detect_all(detectors, _videos(rollout.frames), det_game, cfg)
+    counted, own, other = M.binding_outcomes(det, rollout.actions, rollout.swap, walkable)
+    return Outcomes(gt["game"], gt["present"].sum(1), {"ba_counted": counted, "ba_own": own, "ba_other": other})
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries
+# ---------------------------------------------------------------------------------------------
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 5)
+
+
+def _fd(a: np.ndarray, b: np.ndarray) -> float | None:
+    a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    return M.frechet_distance(a, b) if min(len(a), len(b)) >= 2 else None
+
+
+def summarise(main: Outcomes | None, binding: Outcomes | None, rows: np.ndarray | None,
+              rows_binding: np.ndarray | None) -> dict:
+    """The metrics dict of the windows ``rows`` (bool (N,)) of ``main`` and ``rows_binding`` of
+    ``binding`` (either may be None)."""
+    out: dict = {k: None for k in METRIC_KEYS}
+    if main is not None:
+        a = {k: v[rows] for k, v in main.arrays.items()}
+        sv, fv = a["step_valid"], a["frame_valid"]
+        out.update(
+            MA=M.share(a["motion"], sv), MA_moving=M.share(a["motion"], sv & a["moving"]),
+            MA_static=M.share(a["motion"], sv & ~a["moving"]), SP=M.share(a["once"], fv), DR=M.share(a["seen"], fv),
+            duplicated=M.share(a["duplicated"], fv), vanished=M.share(a["vanished"], fv),
+            EA=M.share(a["ea_hit"], a["ea_counted"]), rules_agreement=M.share(a["rules"], sv),
+            PSNR=float(a["psnr"].mean()) if a["psnr"].size else None,
+            SSIM=float(a["ssim"].mean()) if a["ssim"].size else None,
+            FD=_fd(main.features["fd_gen"][rows], main.features["fd_real"][rows]),
+        )
+        if "st_l1" in a:
+            out.update(ST_l1=float(a["st_l1"][fv].mean()) if fv.any() else None, ST_exact=M.share(a["st_exact"], fv))
+        if "st_facing" in a:
+            out["ST_facing"] = M.share(a["st_facing"], fv)
+        if "i3d_gen" in main.features:
+            out["FVD_I3D"] = _fd(main.features["i3d_gen"][rows], main.features["i3d_real"][rows])
+        out.update(windows=int(rows.sum()), player_steps=int(sv.sum()), player_frames=int(fv.sum()),
+                   interact_steps=int(a["ea_counted"].sum()))
+    if binding is not None:
+        b = {k: v[rows_binding] for k, v in binding.arrays.items()}
+        out.update(BA=M.share(b["ba_own"], b["ba_counted"]), BA_other=M.share(b["ba_other"], b["ba_counted"]),
+                   binding_steps=int(b["ba_counted"].sum()))
+    return {k: (_r(v) if isinstance(v, float) or v is None else v) for k, v in out.items()}
+
+
+def _curve(outcome: np.ndarray, mask: np.ndarray) -> list[float | None]:
+    return [_r(M.share(outcome[:, t], mask[:, t])) for t in range(outcome.shape[1])]
+
+
+def horizon_report(main: Outcomes | None, binding: Outcomes | None, games: list[str]) -> dict:
+    """overall / per_game / per_player_count / per_action / curves of one horizon."""
+    ref = main if main is not None else binding
+    every = np.ones(len(ref.game), bool)
+    every_b = None if binding is None else np.ones(len(binding.game), bool)
+
+    def rows(o, key, value):
+        return None if o is None else getattr(o, key) == value
+
+    report = {"overall": summarise(main, binding, every, every_b), "per_game": {}, "per_player_count": {}}
+    for g in sorted({int(x) for o in (main, binding) if o is not None for x in o.game}):
+        report["per_game"][games[g]] = summarise(main, binding, rows(main, "game", g), rows(binding, "game", g))
+    for p in sorted({int(x) for o in (main, binding) if o is not None for x in o.players}):
+        report["per_player_count"][str(p)] = summarise(main, binding, rows(main, "players", p), rows(binding, "players", p))
+    report["per_action"] = {}
+    if main is not None:
+        a = main.arrays
+        for i, name in enumerate(CANONICAL_ACTIONS):
+            mask = a["step_valid"] & (a["action"] == i)
+            report["per_action"][name] = {"MA": _r(M.share(a["motion"], mask)), "player_steps": int(mask.sum())}
+        report["ma_curve"] = _curve(a["motion"], a["step_valid"])
+        report["sp_curve"] = _curve(a["once"], a["frame_valid"])
+    else:
+        report["ma_curve"] = report["sp_curve"] = None
+    report["ba_curve"] = None if binding is None else _curve(binding.arrays["ba_own"], binding.arrays["ba_counted"])
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------------
+
+
+class _Context:
+    """The test LMDB (a ClipDataset of the current horizon), the detectors and their game mapping."""
+
+    def __init__(self, test_lmdb: str | Path, detectors_path: str | Path, cfg: EvalConfig):
+        self.test_lmdb, self.cfg = Path(test_lmdb), cfg
+        self.detectors_path = str(detectors_path)
+        self.detectors = load_detectors(detectors_path)
+        self.i3d = M.I3DFeatures(cfg.i3d_checkpoint) if cfg.i3d_checkpoint else None
+        self._dataset: ClipDataset | None = None
+
+    def dataset(self, horizon: int) -> ClipDataset:
+        if self._dataset is not None and self._dataset.clip_steps == horizon:
+            return self._dataset
+        self.close()
+        ds = ClipDataset(self.test_lmdb, clip_steps=horizon)
+        if ds.canvas_px != self.detectors.canvas_px:
+            raise DetectorError(f"{self.test_lmdb}: frames are {ds.canvas_px} px, the detectors were trained "
+                                f"on {self.detectors.canvas_px} px")
+        self._dataset = ds
+        return ds
+
+    def close(self) -> None:
+        """Release the LMDB handle: py-lmdb refuses a second handle on one LMDB in a process, so
+        the previous horizon's dataset (or a caller's) must not keep one open."""
+        if self._dataset is not None and getattr(self._dataset, "_env", None) is not None:
+            self._dataset._env.close()
+            self._dataset._env = None
+        self._dataset = None
+
+    def __enter__(self) -> "_Context":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def mapping(self, ds: ClipDataset, game: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(detector game index (N,), walkable (N, Hc, Wc)) of test-LMDB game indices."""
+        index = np.asarray(self.detectors.game_indices(ds.games, str(ds.path)), np.int64)
+        walk = np.stack([self.detectors.walkable[g] for g in ds.games])
+        return index[game], walk[game]
+
+    def header(self, variant: str, kind: str) -> dict:
+        return {"schema_version": METRICS_SCHEMA, "variant": variant, "kind": kind, "tau": self.cfg.tau,
+                "detectors": self.detectors_path, "test_lmdb": str(self.test_lmdb), "horizons": {}}
+
+
+def _load_checked(ctx: _Context, path: str | Path, variant: str, swap: bool) -> tuple[Rollout, dict, ClipDataset]:
+    rollout = read_rollout(path)
+    if rollout.meta.get("variant") != variant:
+        raise RolloutError(f"{path}: rollout of variant '{rollout.meta.get('variant')}', not '{variant}'")
+    if rollout.is_swap != swap:
+        raise RolloutError(f"{path}: {'no' if swap else 'a'} field 'swap' in a {'BA' if swap else 'plain'} rollout")
+    ds = ctx.dataset(rollout.horizon)
+    if rollout.frames.shape[2] != ds.canvas_px:
+        raise RolloutError(f"{path}: frames are {rollout.frames.shape[2]} px, the test LMDB's {ds.canvas_px} px")
+    gt = ground_truth(ds, rollout.episode, rollout.start, str(path))
+    _check_against_truth(rollout, gt, str(path))
+    return rollout, gt, ds
+
+
+def evaluate_variant(variant: str, rollouts: list[str | Path], swap_rollouts: list[str | Path],
+                     test_lmdb: str | Path, detectors_path: str | Path, cfg: EvalConfig, progress: bool = True) -> dict:
+    """Metrics of a model variant from its rollout files (one per horizon) and optional swapped
+    (BA) rollout files; returns the JSON dict (see the module docstring)."""
+    with _Context(test_lmdb, detectors_path, cfg) as ctx:
+        return _evaluate_variant(ctx, variant, rollouts, swap_rollouts, cfg, progress)
+
+
+def _evaluate_variant(ctx: _Context, variant: str, rollouts, swap_rollouts, cfg: EvalConfig, progress: bool) -> dict:
+    files = [(read_rollout(p).horizon, False, p) for p in rollouts] + [(read_rollout(p).horizon, True, p) for p in swap_rollouts]
+    result = ctx.header(variant, "model")
+    bar = tqdm(total=len(files), desc=f"evaluate {variant}", unit="file", disable=not progress)
+    for h in sorted({f[0] for f in files}):
+        found: dict[bool, tuple] = {}
+        for _, is_swap, path in (f for f in files if f[0] == h):
+            if is_swap in found:
+                raise RolloutError(f"{path}: a second {'BA ' if is_swap else ''}rollout of horizon {h}")
+            rollout, gt, ds = _load_checked(ctx, path, variant, is_swap)
+            det_game, walk = ctx.mapping(ds, rollout.game)
+            if is_swap:
+                outcomes = binding_rollout_outcomes(rollout, gt, ctx.detectors, det_game, walk, cfg)
+            else:
+                outcomes = rollout_outcomes(rollout, gt, ctx.detectors, det_game, walk, cfg, ctx.i3d)
+            found[is_swap] = (path, rollout, outcomes)
+            bar.update()
+        main, bind = found.get(False), found.get(True)
+        entry = {"rollout": None if main is None else str(main[0]), "swap_rollout": None if bind is None else str(bind[0]),
+                 "meta": (main or bind)[1].meta}
+        entry.update(horizon_report(None if main is None else main[2], None if bind is None else bind[2],
+                                    ctx.dataset(h).games))
+        result["horizons"][f"h{h}"] = entry
+    bar.close()
+    return result
+
+
+def oracle_rollout(dataset: ClipDataset, cfg: EvalConfig) -> Rollout:
+    """Ground-truth frames of the evaluation windows, in the rollout format."""
+    windows = select_windows(dataset, cfg.windows_per_game, cfg.seed)
+    gt = ground_truth(dataset, windows["episode"], windows["start"], str(dataset.path))
+    meta = {"variant": "oracle", "horizon": dataset.clip_steps, "split": dataset.meta.get("split", "test"),
+            "sampling_steps": 0, "seed": cfg.seed}
+    return Rollout(frames=np.ascontiguousarray(gt["frames"].transpose(0, 1, 3, 4, 2)), episode=windows["episode"],
+                   start=windows["start"], game=gt["game"], actions=gt["actions"], present=gt["present"], meta=meta)
+
+
+def evaluate_oracle(test_lmdb: str | Path, detectors_path: str | Path, cfg: EvalConfig, progress: bool = True) -> dict:
+    """The oracle row: ground-truth frames through the same code, for every configured horizon.
+    MA, SP, DR, EA there measure the detectors (any gap bounds every model's number);
+    rules_agreement measures BA's movement rules."""
+    with _Context(test_lmdb, detectors_path, cfg) as ctx:
+        return _evaluate_oracle(ctx, cfg, progress)
+
+
+def _evaluate_oracle(ctx: _Context, cfg: EvalConfig, progress: bool) -> dict:
+    result = ctx.header("oracle", "oracle")
+    for h in tqdm(cfg.horizons, desc="evaluate oracle", unit="horizon", disable=not progress):
+        ds = ctx.dataset(h)
+        rollout = oracle_rollout(ds, cfg)
+        gt = ground_truth(ds, rollout.episode, rollout.start, str(ds.path))
+        det_game, walk = ctx.mapping(ds, rollout.game)
+        outcomes = rollout_outcomes(rollout, gt, ctx.detectors, det_game, walk, cfg, ctx.i3d)
+        entry = {"rollout": None, "swap_rollout": None, "meta": rollout.meta}
+        entry.update(horizon_report(outcomes, None, ds.games))
+        result["horizons"][f"h{h}"] = entry
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Combined table
+# ---------------------------------------------------------------------------------------------
+
+TABLE_COLUMNS = ("variant", "kind", "horizon", "game", "MA", "MA_moving", "MA_static", "SP", "DR", "EA", "BA",
+                 "ST_l1", "ST_exact", "PSNR", "SSIM", "FD", "FVD_I3D", "rules_agreement", "windows", "player_steps")
+
+
+def combine_metrics(paths: list[str | Path]) -> list[dict]:
+    """One row per (metrics file, horizon, game) with game = 'all' for the overall row."""
+    rows = []
+    for path in paths:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise RolloutError(f"{path}: metrics file not found") from None
+        except json.JSONDecodeError as err:
+            raise RolloutError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(data, dict) or data.get("schema_version") != METRICS_SCHEMA:
+            raise RolloutError(f"{path}: not a metrics file of schema {METRICS_SCHEMA}")
+        for key, entry in sorted(data["horizons"].items(), key=lambda kv: int(kv[0][1:])):
+            groups = [("all", entry["overall"]), *sorted(entry["per_game"].items())]
+            for game, values in groups:
+                row = {"variant": data["variant"], "kind": data["kind"], "horizon": int(key[1:]), "game": game}
+                row.update({c: values.get(c) for c in TABLE_COLUMNS[4:]})
+                rows.append(row)
+    return rows
+
+
+def write_table(rows: list[dict], json_out: str | Path, csv_out: str | Path) -> None:
+    write_json(json_out, {"columns": list(TABLE_COLUMNS), "rows": rows})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=TABLE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row[k] is None else row[k] for k in TABLE_COLUMNS})
+    write_text(csv_out, buf.getvalue())

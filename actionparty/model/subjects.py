@@ -1,0 +1,267 @@
+"""ActionParty's action conditioning: subject state tokens, subject isolation, action cross-attention.
+
+For each player slot p (8 slots; absent players masked) and latent frame t, a **state token**
+carries the player's state s(t, p) = (x, y, facing):
+
+* ``state vector``: x, y in latent-grid units scaled to [-1, 1] and the facing one-hot scaled
+  to {-1, 1} (6 numbers), denoised jointly with the video at its frame's noise level (the
+  context frame's state is clean);
+* ``input`` = embed(noisy state) + embed(action a(t, p)) + embed(slot p) + embed(the player's
+  clean previous facing) — the previous facing matters because actions are relative to it;
+* ``spatial RoPE``: the token's rotary position is (t, y_ref, x_ref), the player's previous
+  position (ground truth in training, the model's own prediction in rollout), so its attention
+  is biased towards its player's neighbourhood (ablation ``no_rope_sa``: no spatial rotation);
+* ``subject-isolated self-attention`` (MSA): state tokens of player p see the video and p's
+  own state tokens; video tokens see everything (ablation ``no_msa``: everyone sees everyone);
+* ``masked action cross-attention`` (MCA): a cross-attention added to every block, from video
+  tokens to per-step action tokens, with spatial RoPE on both sides; frame-wise (video of step t
+  sees the actions of step t), or ``clipwise`` (sees every action of the call) or off (``no_mca``);
+* ``output``: a head on the state tokens predicts the clean state (added to the previous state
+  with the residual prior); loss = video + lambda * state.
+
+The baselines share the same backbone: ``global_action`` adds an embedding of all players'
+actions of a step to that frame's adaLN input; ``text_action`` writes them into the prompt
+(see model.text_conditioning).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from actionparty.games.actions import CANONICAL_ACTIONS, PLAYER_SLOTS
+from actionparty.model.attention import and_masks, attention
+from actionparty.model.dit import VIDEO_TAG, BlockContext, DiTConfig, ExtraTokens, RMSNorm
+from actionparty.model.rope import apply_rope
+from actionparty.model.world import WorldModel, to_x0_and_velocity
+
+STATE_DIM = 6  # x, y, facing one-hot (N, E, S, W)
+NO_ACTION = len(CANONICAL_ACTIONS)  # the context frame's token has no action
+
+
+# ------------------------------------------------------------------------------ state vectors
+
+
+@dataclass(frozen=True)
+class StateGrid:
+    """Canvas cells <-> token-grid units <-> normalised state coordinates."""
+
+    canvas_cells: int
+    grid_side: int  # tokens per side of a latent frame
+
+    @property
+    def tokens_per_cell(self) -> float:
+        return self.grid_side / self.canvas_cells
+
+    def cells_to_grid(self, cells: torch.Tensor) -> torch.Tensor:
+        """(..., 2) cell coordinates -> token-grid coordinates of the cell's centre."""
+        return (cells.float() + 0.5) * self.tokens_per_cell - 0.5
+
+    def grid_to_cells(self, grid: torch.Tensor) -> torch.Tensor:
+        return (grid + 0.5) / self.tokens_per_cell - 0.5
+
+    def encode(self, position: torch.Tensor, facing: torch.Tensor) -> torch.Tensor:
+        """position (..., 2) cells (x, y), facing (...) 0..3 -> state (..., 6) in [-1, 1]."""
+        xy = self.cells_to_grid(position) / max(self.grid_side - 1, 1) * 2 - 1
+        onehot = torch.nn.functional.one_hot(facing.long().clamp(0, 3), 4).float() * 2 - 1
+        return torch.cat([xy, onehot], dim=-1)
+
+    def decode(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """state (..., 6) -> position (..., 2) float cells, facing (...) long."""
+        grid = (state[..., :2] + 1) / 2 * max(self.grid_side - 1, 1)
+        return self.grid_to_cells(grid), state[..., 2:].argmax(-1)
+
+    def grid_position(self, state: torch.Tensor) -> torch.Tensor:
+        """state (..., 6) -> token-grid (y, x) (..., 2) for rotary positions."""
+        grid = (state[..., :2] + 1) / 2 * max(self.grid_side - 1, 1)
+        return grid.flip(-1)
+
+
+# ------------------------------------------------------------------------------ variants
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Which mechanisms a variant uses (params/variants.yaml)."""
+
+    kind: str  # "subject" | "global" | "text" | "none"
+    state: bool = True  # denoise the state (else the tokens carry the action only)
+    msa: bool = True
+    mca: str = "framewise"  # "framewise" | "clipwise" | "none"
+    spatial_rope: bool = True
+    state_loss_weight: float = 1.0
+
+
+# ------------------------------------------------------------------------------ MCA
+
+
+class ActionCrossAttention(nn.Module):
+    """Video tokens -> action tokens cross-attention with RoPE on both sides (MCA).
+
+    Called by a DiT block as ``x + module(x, ctx)``; ``ctx.payload`` holds the action tokens
+    (B, A, dim), their rotary cos/sin (B, A, head_dim/2) and the mask (B, Nv, A). The output
+    projection starts at zero so that the pretrained video model is unchanged at first.
+    """
+
+    def __init__(self, dim: int, num_heads: int, eps: float = 1e-6):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
+        nn.init.zeros_(self.o.weight)
+        nn.init.zeros_(self.o.bias)
+
+    def forward(self, x: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
+        payload = ctx.payload
+        if payload is None:
+            return torch.zeros_like(x)
+        nv = ctx.layout.num_video
+        heads = lambda t: t.unflatten(-1, (self.num_heads, -1))  # noqa: E731
+        video = self.norm(x[:, :nv]).to(self.q.weight.dtype)
+        q = apply_rope(heads(self.norm_q(self.q(video))), ctx.rope_cos[:, :nv], ctx.rope_sin[:, :nv])
+        tokens = payload["tokens"].to(self.k.weight.dtype)
+        k = apply_rope(heads(self.norm_k(self.k(tokens))), payload["cos"], payload["sin"])
+        v = heads(self.v(tokens))
+        y = self.o(attention(q, k, v, payload["mask"]).flatten(2)).float()
+        return torch.cat([y, torch.zeros_like(x[:, nv:])], dim=1)
+
+
+# ------------------------------------------------------------------------------ the model
+
+
+class ActionWorldModel(WorldModel):
+    """A :class:`WorldModel` conditioned on every player's actions (ActionParty and baselines).
+
+    Conditioning inputs (``inputs`` of :meth:`WorldModel.forward`), for the T frames of a call:
+      actions (B, T, S) long: the action that leads *into* each frame (NO_ACTION for a context frame)
+      present (B, S) bool: the slot holds a player
+      aux (B, T, S, 6) noisy states; aux_anchor (B, T, S, 6) clean previous states (reference
+      position for RoPE, previous facing)
+    """
+
+    def __init__(self, dit, conditioning: Conditioning, grid: StateGrid, prediction: str = "x0",
+                 residual_prior: bool = True):
+        super().__init__(dit, prediction, residual_prior)
+        self.conditioning = conditioning
+        self.grid = grid
+        cfg: DiTConfig = dit.config
+        dim = cfg.dim
+        c = conditioning
+        if c.kind == "subject":
+            self.aux_dim = STATE_DIM if c.state else 0
+            self.action_embed = nn.Embedding(NO_ACTION + 1, dim)
+            self.slot_embed = nn.Embedding(PLAYER_SLOTS, dim)
+            self.facing_embed = nn.Embedding(4, dim)
+            if c.state:
+                self.state_in = nn.Linear(STATE_DIM, dim)
+                self.state_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, STATE_DIM))
+                nn.init.zeros_(self.state_head[1].weight)  # residual prior: "stays where it was"
+                nn.init.zeros_(self.state_head[1].bias)
+            if c.mca != "none":
+                self.mca_action_embed = nn.Embedding(NO_ACTION + 1, dim)
+                self.mca_slot_embed = nn.Embedding(PLAYER_SLOTS, dim)
+                dit.install_extra_cross_attn(lambda i, cfg: ActionCrossAttention(cfg.dim, cfg.num_heads, cfg.eps))
+        elif c.kind == "global":
+            # One frame's actions of all slots, one-hot, -> the frame's adaLN input; zero-init gate.
+            self.global_action = nn.Sequential(nn.Linear(PLAYER_SLOTS * (NO_ACTION + 1), dim), nn.SiLU(),
+                                               nn.Linear(dim, dim))
+            nn.init.zeros_(self.global_action[2].weight)
+            nn.init.zeros_(self.global_action[2].bias)
+        elif c.kind not in ("text", "none"):
+            raise ValueError(f"unknown conditioning kind {c.kind!r}")
+
+    def inputs_from_batch(self, batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+        """Training inputs from a ClipDataset batch: clean states (B, 1+K, S, 6), the actions
+        leading into each frame (B, 1+K, S; NO_ACTION for the context) and the occupied slots."""
+        actions = batch["actions"].to(device)
+        context = torch.full_like(actions[:, :1], NO_ACTION)
+        return {
+            "state": self.grid.encode(batch["position"].to(device), batch["facing"].to(device)),
+            "actions": torch.cat([context, actions], dim=1),
+            "present": batch["present"].to(device),
+        }
+
+    # -------------------------------------------------------------------------- tokens
+
+    def _positions(self, frames: torch.Tensor, anchor: torch.Tensor, spatial: bool) -> torch.Tensor:
+        """(B, T, S, 3) rotary positions (t, y, x) of per-(frame, slot) tokens."""
+        b, t, s = anchor.shape[:3]
+        pos_t = frames.float().view(1, t, 1, 1).expand(b, t, s, 1)
+        yx = self.grid.grid_position(anchor) if spatial else torch.zeros(b, t, s, 2, device=anchor.device)
+        return torch.cat([pos_t, yx], dim=-1)
+
+    def condition(self, inputs: dict[str, Any], frame_offset: int, num_frames: int, sigma: torch.Tensor,
+                  kv_cache, window_frames: int | None) -> dict[str, Any]:
+        c = self.conditioning
+        if c.kind in ("none", "text"):
+            return super().condition(inputs, frame_offset, num_frames, sigma, kv_cache, window_frames)
+        actions = inputs["actions"]  # (B, T, S)
+        b, t, s = actions.shape
+        if c.kind == "global":
+            onehot = torch.nn.functional.one_hot(actions, NO_ACTION + 1).float()
+            onehot = onehot * inputs["present"][:, None, :, None]
+            out = super().condition(inputs, frame_offset, num_frames, sigma, kv_cache, window_frames)
+            return {**out, "frame_cond": self.global_action(onehot.flatten(2))}
+
+        present, anchor = inputs["present"], inputs["aux_anchor"]
+        device = actions.device
+        frames = torch.arange(frame_offset, frame_offset + t, device=device)
+        slots = torch.arange(s, device=device)
+        tokens = (self.action_embed(actions) + self.slot_embed(slots)[None, None]
+                  + self.facing_embed(anchor[..., 2:].argmax(-1)))
+        if c.state:
+            tokens = tokens + self.state_in(inputs["aux"])
+        extra = ExtraTokens(
+            tokens=tokens.flatten(1, 2),
+            positions=self._positions(frames, anchor, c.spatial_rope).flatten(1, 2),
+            timesteps=(sigma[:, :, None].expand(b, t, s) * 1000.0).flatten(1, 2),
+            frames=frames.repeat_interleave(s),
+            tags=slots.repeat(t),
+        )
+        layout = self.dit.token_layout(inputs["latent_shape"], extra, kv_cache, frame_offset)
+        window = (kv_cache.window_frames, kv_cache.sink_frames) if kv_cache is not None else (window_frames, 0)
+        mask = and_masks(self.dit.default_attn_mask(layout, *window), self.subject_mask(layout, present))
+        kwargs = {"extra": extra, "attn_mask": mask}
+        if c.mca != "none":
+            kwargs["extra_cross_ctx"] = self.action_payload(actions, present, anchor, frames, layout)
+        return kwargs
+
+    def subject_mask(self, layout, present: torch.Tensor) -> torch.Tensor:
+        """(B, Nq, Nk): absent players' tokens are never attended to; with MSA a state token
+        sees the video and its own player's state tokens only."""
+        q, k = layout.q_tags, layout.k_tags
+        key_slot = k.clamp_min(0)
+        key_ok = (k == VIDEO_TAG)[None] | present[:, key_slot]  # (B, Nk)
+        mask = key_ok[:, None, :].expand(present.shape[0], len(q), len(k))
+        if self.conditioning.msa:
+            isolate = (q[:, None] == VIDEO_TAG) | (k[None, :] == VIDEO_TAG) | (q[:, None] == k[None, :])
+            mask = mask & isolate[None]
+        return mask
+
+    def action_payload(self, actions, present, anchor, frames, layout) -> dict[str, torch.Tensor]:
+        """Action tokens of this call for MCA: embeddings, rotary angles at the players'
+        reference positions, and the (B, Nv, T*S) mask."""
+        b, t, s = actions.shape
+        slots = torch.arange(s, device=actions.device)
+        tokens = (self.mca_action_embed(actions) + self.mca_slot_embed(slots)[None, None]).flatten(1, 2)
+        cos, sin = self.dit.rope(self._positions(frames, anchor, True).flatten(1, 2))
+        key_ok = present[:, None, :].expand(b, t, s).flatten(1)  # (B, T*S)
+        video_frames = layout.q_frames[: layout.num_video]
+        if self.conditioning.mca == "framewise":
+            same = video_frames[:, None] == frames.repeat_interleave(s)[None, :]  # (Nv, T*S)
+            mask = same[None] & key_ok[:, None, :]
+        else:  # clipwise: every action of the call
+            mask = key_ok[:, None, :].expand(b, layout.num_video, t * s)
+        return {"tokens": tokens, "cos": cos, "sin": sin, "mask": mask}
+
+    # -------------------------------------------------------------------------- outputs
+
+    def predict_aux(self, out, inputs, sigma):
+        b, t, s, _ = inputs["aux"].shape
+        head = self.state_head(out.extra.view(b, t, s, -1))
+        return to_x0_and_velocity(head, inputs["aux"], sigma[:, :, None, None], inputs["aux_anchor"], self.prediction,
+                                  self.residual_prior, self.min_sigma)

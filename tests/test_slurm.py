@@ -1,0 +1,204 @@
+"""The smoke `data` DAG through SLURM, for real: a private one-node cluster (tools/slurm_local.sh)
+runs every job that `snakemake --profile profiles/slurm` submits with sbatch.
+
+Skipped, with the script's reason, where the cluster cannot start (no apt, not root, daemons refused);
+deselect with `-m "not slurm"`. Determinism: the per-player actions come from our seeded policies and
+are byte-identical between the SLURM run and a local run, and so are the LMDB meta (games, episodes
+with their seeds, canvas) and the clip index; Melting Pot's own state (frames, positions, facing,
+visibility, interact effects) is not reproducible between processes, so for those arrays only the
+files, shapes and dtypes are compared.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from actionparty.config import SPLITS, load_profile
+from actionparty.data.lmdb_dataset import ClipDataset
+from conftest import REPO, subprocess_env
+
+pytestmark = pytest.mark.slurm
+
+SCRIPT = REPO / "tools/slurm_local.sh"
+SKIP_CODE = 77
+WORKFLOW_FILES = ("Snakefile", "workflow", "params", "profiles")
+SMOKE = ("--configfile", "params/smoke.yaml")
+# Arrays that come from our seeded code, not from the Melting Pot simulation.
+DETERMINISTIC_ARRAYS = ("actions",)
+DETERMINISTIC_CLIP_FIELDS = ("actions", "present", "game", "episode", "start")
+SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+?)\)\.")
+
+
+def copy_workflow(dest: Path) -> Path:
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+    return dest
+
+
+def run(cmd, cwd, env, timeout):
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def stop_cluster(state: Path) -> None:
+    subprocess.run(["bash", str(SCRIPT), "stop", str(state)], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """(state dir, environment for snakemake/sbatch, seconds to start); daemons stopped at teardown."""
+    state = tmp_path_factory.mktemp("slurm")
+    t0 = time.monotonic()
+    try:
+        start = run(["bash", str(SCRIPT), "start", str(state)], REPO, None, timeout=900)
+    except BaseException:
+        stop_cluster(state)
+        raise
+    start_s = time.monotonic() - t0
+    if start.returncode == SKIP_CODE:
+        stop_cluster(state)
+        lines = start.stderr.strip().splitlines() or ["(no reason given)"]
+        pytest.skip(f"local SLURM cluster cannot run here: {lines[-1]}")
+    if start.returncode != 0:
+        stop_cluster(state)
+        pytest.fail(f"tools/slurm_local.sh start failed ({start.returncode}):\n{start.stderr[-3000:]}")
+    env = subprocess_env()
+    # Only our cluster: no outer allocation, no site defaults for partition/account.
+    for key in list(env):
+        if key.startswith(("SLURM_", "SBATCH_", "SRUN_", "SNAKEMAKE_PROFILE")):
+            del env[key]
+    env["SLURM_CONF"] = str(state / "slurm.conf")
+    try:
+        yield state, env, start_s
+    finally:
+        stop_cluster(state)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Snakemake's 'Job stats' table (of a dry run)."""
+    counts, table = {}, False
+    for line in output.splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            table = True
+        elif table and len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+        elif table and counts and not parts:
+            break
+    return counts
+
+
+@pytest.fixture(scope="module")
+def runs(cluster, tmp_path_factory):
+    """The smoke `data` target run locally and through SLURM, in two copies of the workflow."""
+    state, env, start_s = cluster
+    local = copy_workflow(tmp_path_factory.mktemp("local"))
+    dry = run(["snakemake", "data", "-n", *SMOKE], local, env, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    expected = job_counts(dry.stdout + dry.stderr)
+    expected.pop("total")
+    expected.pop("data")  # the target rule only collects inputs: Snakemake itself "runs" it
+    work = copy_workflow(tmp_path_factory.mktemp("slurm_smoke"))
+    cmd = ["snakemake", "data", "--profile", "profiles/slurm", *SMOKE,
+           "--slurm-status-command", "squeue",  # no slurmdbd here: sacct is disabled
+           "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
+           "--slurm-keep-successful-logs", "--latency-wait", "5", "--retries", "0"]
+    # The SLURM run waits on status checks much of the time: run the local reference meanwhile.
+    log = state / "snakemake_slurm.log"
+    t0 = time.monotonic()
+    with open(log, "w") as out, subprocess.Popen(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT) as slurm:
+        try:
+            done = run(["snakemake", "data", "--cores", "2", *SMOKE], local, env, timeout=600)
+            local_s = time.monotonic() - t0
+            slurm.wait(timeout=900)
+        finally:
+            if slurm.poll() is None:
+                slurm.kill()
+    slurm_s = time.monotonic() - t0
+    output = log.read_text()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert slurm.returncode == 0, output[-4000:]
+    print(f"\nslurm: cluster start {start_s:.1f}s, local run {local_s:.1f}s, slurm run {slurm_s:.1f}s, "
+          f"{len(SUBMITTED.findall(output))} sbatch jobs")
+    return local, work, output, expected
+
+
+def test_every_job_went_through_sbatch(cluster, runs):
+    state, _, _ = cluster
+    _, work, output, expected = runs
+    submitted = SUBMITTED.findall(output)
+    per_rule: dict[str, int] = {}
+    for _, _, log in submitted:
+        rule = re.search(r"/rule_([^/]+)/", log).group(1)
+        per_rule[rule] = per_rule.get(rule, 0) + 1
+    assert per_rule == expected, f"sbatch submissions per rule {per_rule} != jobs of the DAG {expected}"
+    slurm_ids = [int(sid) for _, sid, _ in submitted]
+    assert len(set(slurm_ids)) == len(slurm_ids)
+    assert "localrule episodes" not in output and "localrule lmdb" not in output
+    # The controller saw every submission, and every job completed (one jobcomp line per job).
+    ctld = (state / "slurmctld.log").read_text()
+    completed = {int(m) for m in re.findall(r"JobId=(\d+) .*?JobState=COMPLETED", (state / "jobcomp.txt").read_text())}
+    for sid in slurm_ids:
+        assert f"_slurm_rpc_submit_batch_job: JobId={sid} " in ctld
+        assert sid in completed, f"SLURM job {sid} did not complete"
+    # Each job's SLURM log shows the rule's command run inside the allocation (through srun).
+    for _, sid, log in submitted:
+        text = Path(log).read_text()
+        assert "Shell command: actionparty" in text and "Finished jobid" in text, log
+
+
+def test_slurm_outputs_match_a_local_run(runs):
+    local, work, _, _ = runs
+    files = {p.relative_to(local) for p in (local / "data").rglob("*") if p.is_file()}
+    assert files == {p.relative_to(work) for p in (work / "data").rglob("*") if p.is_file()}
+    profile = load_profile(local / "params/smoke.yaml")
+    for manifest in sorted(p for p in files if p.name == "manifest.json"):
+        a, b = json.loads((local / manifest).read_text()), json.loads((work / manifest).read_text())
+        for entry in a["episodes"] + b["episodes"]:
+            entry.pop("sha256")  # the simulation's frames differ, so do the files' digests
+        assert a == b, manifest
+    for npz in sorted(p for p in files if p.suffix == ".npz"):
+        with np.load(local / npz) as a, np.load(work / npz) as b:
+            assert a.files == b.files, npz
+            for key in a.files:
+                assert (a[key].shape, a[key].dtype) == (b[key].shape, b[key].dtype), (npz, key)
+                if key in DETERMINISTIC_ARRAYS:
+                    assert a[key].tobytes() == b[key].tobytes(), (npz, key)
+    for split in SPLITS:
+        a = ClipDataset(local / f"data/lmdb/{split}.lmdb", clip_steps=1, expect_canvas_px=profile.canvas_px)
+        b = ClipDataset(work / f"data/lmdb/{split}.lmdb", clip_steps=1, expect_canvas_px=profile.canvas_px)
+        assert a.meta == b.meta and a.games == list(profile.games)
+        assert len(a.meta["episodes"]) == getattr(profile.episodes.per_split, split) * len(profile.games)
+        assert np.array_equal(a.index, b.index)
+        for i in range(len(a)):
+            x, y = a[i], b[i]
+            assert x.keys() == y.keys()
+            for key in x:
+                assert (x[key].shape, x[key].dtype) == (y[key].shape, y[key].dtype), (split, i, key)
+                if key in DETERMINISTIC_CLIP_FIELDS:
+                    assert bool((x[key] == y[key]).all()), (split, i, key)
+
+
+def test_sbatch_command_profile_runs_a_job(cluster, tmp_path_factory):
+    """profiles/slurm-generic (cluster-generic executor + an sbatch command line): one job."""
+    state, env, _ = cluster
+    work = copy_workflow(tmp_path_factory.mktemp("slurm_generic"))
+    target = "data/episodes/val/coins"
+    done = run(["snakemake", target, "--profile", "profiles/slurm-generic", *SMOKE,
+                "--seconds-between-status-checks", "2", "--latency-wait", "5", "--retries", "0"],
+               work, env, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    ids = re.findall(r"Submitted job \d+ with external jobid '(\d+)'", output)
+    assert len(ids) == 1, output[-4000:]
+    assert (work / target / "manifest.json").is_file()
+    assert (work / f"logs/slurm/episodes/{ids[0]}.log").is_file()
+    assert re.search(rf"JobId={ids[0]} .*?JobState=COMPLETED", (state / "jobcomp.txt").read_text())
