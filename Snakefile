@@ -14,6 +14,7 @@ validate(config, "workflow/schemas/config.schema.json")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/finetune.smk"
 
 
 rule all:
@@ -22,3 +23,5 @@ rule all:
         rules.data.input,
         "reports/figures/games.png",
         rules.pretrain.input,
+        rules.finetune.input,
+        rules.rollouts.input,

@@ -1,0 +1,179 @@
+"""ActionParty's mechanisms act as defined: subject isolation, spatial RoPE, frame-wise MCA,
+ablation flags, empty slots."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import actionparty.model.dit as dit_module
+from actionparty.model.dit import make_dit
+from actionparty.model.subjects import NO_ACTION, STATE_DIM, ActionWorldModel, Conditioning, StateGrid
+
+S = 8
+GRID = 6  # tokens per side
+
+
+def make_model(layers=1, **flags) -> ActionWorldModel:
+    torch.manual_seed(0)
+    dit = make_dit("tiny", in_dim=12, out_dim=12, patch_size=(1, 1, 1), num_layers=layers, chunk_frames=1)
+    model = ActionWorldModel(dit, Conditioning("subject", **flags), StateGrid(GRID, GRID))
+    with torch.no_grad():  # random weights everywhere, zero-initialised gates included
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model.eval()
+
+
+def call(model, frames=1, aux=None, actions=None, present=None, x=None, offset=0, anchor=None):
+    torch.manual_seed(1)
+    x = torch.randn(1, 12, frames, GRID, GRID) if x is None else x
+    sigma = torch.full((1, frames), 0.5)
+    if aux is None:
+        aux = torch.rand(1, frames, S, STATE_DIM) * 2 - 1
+    if actions is None:
+        actions = torch.randint(0, NO_ACTION, (1, frames, S))
+    if present is None:
+        present = torch.ones(1, S, dtype=torch.bool)
+    text = torch.randn(1, 4, model.dit.config.text_dim)
+    return model(x, sigma, x, text, None, frame_offset=offset,
+                 inputs={"actions": actions, "present": present}, aux=aux,
+                 aux_anchor=aux if anchor is None else anchor)
+
+
+def state_out(pred, frames=1):
+    return pred.raw.extra.view(1, frames, S, -1)
+
+
+@pytest.mark.parametrize("msa", [True, False])
+def test_subject_isolation_within_a_layer(msa):
+    model = make_model(msa=msa, mca="none")
+    aux = torch.rand(1, 1, S, STATE_DIM) * 2 - 1
+    a = state_out(call(model, aux=aux))
+    moved = aux.clone()
+    moved[0, 0, 0] += 0.7  # perturb player 0's state token
+    b = state_out(call(model, aux=moved))
+    assert not torch.allclose(a[0, 0, 0], b[0, 0, 0])  # its own output changes
+    others_same = torch.allclose(a[0, 0, 1:], b[0, 0, 1:], atol=1e-6)
+    assert others_same == msa  # with MSA the other players cannot see it (one layer: no video relay)
+
+
+def _state_attention(model, monkeypatch, yx):
+    """Attention logits of slot 0's state token over the video tokens (block 0), (y, x) per head,
+    with the player's reference position (its previous state) at cell ``yx``."""
+    captured = {}
+    original = dit_module.attention
+
+    def spy(q, k, v, mask=None):
+        captured.setdefault("qk", (q, k, mask))
+        return original(q, k, v, mask)
+
+    monkeypatch.setattr(dit_module, "attention", spy)
+    grid = model.grid
+    aux = grid.encode(torch.zeros(1, 1, S, 2), torch.zeros(1, 1, S, dtype=torch.long))  # same token content
+    anchor = aux.clone()
+    anchor[0, 0, 0] = grid.encode(torch.tensor([float(yx[1]), float(yx[0])]), torch.tensor(0))
+    anchor[0, 0, 0, 2:] = aux[0, 0, 0, 2:]
+    x = torch.zeros(1, 12, 1, GRID, GRID)  # identical video tokens: only RoPE tells them apart
+    call(model, aux=aux, anchor=anchor, x=x, actions=torch.zeros(1, 1, S, dtype=torch.long))
+    q, k, _ = captured["qk"]
+    nv = GRID * GRID
+    logits = torch.einsum("hd,khd->hk", q[0, nv], k[0, :nv])
+    return logits.view(-1, GRID, GRID)
+
+
+def test_state_token_rope_follows_its_coordinate(monkeypatch):
+    model = make_model(mca="none")
+    a = _state_attention(model, monkeypatch, (1, 1))
+    monkeypatch.undo()
+    b = _state_attention(model, monkeypatch, (3, 4))
+    # Relative positions: moving the reference by (+2, +3) cells translates the attention logits.
+    torch.testing.assert_close(b[:, 2:, 3:], a[:, : GRID - 2, : GRID - 3], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(a, b)
+    # ... so the most-attended video token changes with it (head 0, in the shared interior).
+    inner_a, inner_b = a[0, : GRID - 2, : GRID - 3], b[0, 2:, 3:]
+    peak_a = divmod(int(inner_a.argmax()), GRID - 3)
+    peak_b = divmod(int(inner_b.argmax()), GRID - 3)
+    assert peak_a == peak_b  # same peak relative to the player's own position
+    full_peak_a, full_peak_b = divmod(int(a[0].argmax()), GRID), divmod(int(b[0].argmax()), GRID)
+    assert full_peak_a != full_peak_b
+
+
+def test_without_spatial_rope_the_coordinate_does_not_move_attention(monkeypatch):
+    model = make_model(mca="none", spatial_rope=False)
+    a = _state_attention(model, monkeypatch, (1, 1))
+    monkeypatch.undo()
+    b = _state_attention(model, monkeypatch, (3, 4))
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("mca, independent", [("framewise", True), ("clipwise", False)])
+def test_framewise_mca_keeps_other_steps_actions_out(mca, independent):
+    model = make_model(mca=mca)
+    actions = torch.randint(0, NO_ACTION, (1, 2, S))
+    a = call(model, frames=2, actions=actions).x0
+    other = actions.clone()
+    other[0, 1] = (other[0, 1] + 1) % NO_ACTION  # change only the second step's actions
+    b = call(model, frames=2, actions=other).x0
+    assert torch.allclose(a[:, :, 0], b[:, :, 0], atol=1e-6) == independent
+    assert not torch.allclose(a[:, :, 1], b[:, :, 1])  # the second step sees its own actions
+
+
+def test_no_mca_removes_action_cross_attention_only():
+    full, no_mca = make_model(), make_model(mca="none")
+    extra = {n for n, _ in full.named_parameters()} - {n for n, _ in no_mca.named_parameters()}
+    assert extra and all("extra_cross_attn" in n or n.startswith("mca_") for n in extra)
+    assert {n for n, _ in no_mca.named_parameters()} <= {n for n, _ in full.named_parameters()}
+
+
+def test_no_state_removes_state_input_and_head_only():
+    full, no_state = make_model(), make_model(state=False)
+    assert no_state.aux_dim == 0 and full.aux_dim == STATE_DIM
+    extra = {n for n, _ in full.named_parameters()} - {n for n, _ in no_state.named_parameters()}
+    assert extra and all(n.startswith(("state_in", "state_head")) for n in extra)
+
+
+def test_no_msa_changes_only_state_to_state_attention():
+    full, no_msa = make_model(), make_model(msa=False)
+    assert {n for n, _ in full.named_parameters()} == {n for n, _ in no_msa.named_parameters()}
+    layout = full.dit.token_layout((1, GRID, GRID), call_extra(full), None, 0)
+    present = torch.ones(1, S, dtype=torch.bool)
+    a, b = full.subject_mask(layout, present)[0], no_msa.subject_mask(layout, present)[0]
+    differ = a != b
+    q_state, k_state = layout.q_tags >= 0, layout.k_tags >= 0
+    assert differ.any()
+    assert not differ[~q_state].any() and not differ[:, ~k_state].any()  # only state->state entries
+    same_slot = layout.q_tags[:, None] == layout.k_tags[None, :]
+    assert not differ[same_slot].any()  # a player's own tokens are visible in both
+
+
+def call_extra(model):
+    from actionparty.model.dit import ExtraTokens
+
+    return ExtraTokens(torch.zeros(1, S, model.dit.config.dim), torch.zeros(1, S, 3), torch.zeros(1, S),
+                       torch.zeros(S, dtype=torch.long), tags=torch.arange(S))
+
+
+@pytest.mark.parametrize("msa", [True, False])
+def test_empty_slots_contribute_nothing(msa):
+    model = make_model(layers=2, msa=msa)
+    present = torch.tensor([[True, True, True, False, False, False, False, False]])
+    aux = torch.rand(1, 1, S, STATE_DIM) * 2 - 1
+    actions = torch.randint(0, NO_ACTION, (1, 1, S))
+    a = call(model, aux=aux, actions=actions, present=present)
+    aux2, actions2 = aux.clone(), actions.clone()
+    aux2[0, 0, 3:] = torch.rand(5, STATE_DIM)
+    actions2[0, 0, 3:] = (actions2[0, 0, 3:] + 3) % NO_ACTION
+    b = call(model, aux=aux2, actions=actions2, present=present)
+    torch.testing.assert_close(a.x0, b.x0)  # video unaffected
+    torch.testing.assert_close(state_out(a)[0, 0, :3], state_out(b)[0, 0, :3])  # present players unaffected
+
+
+def test_state_grid_round_trip():
+    grid = StateGrid(canvas_cells=12, grid_side=32)
+    pos = torch.tensor([[0.0, 0.0], [11.0, 5.0], [3.0, 7.0]])
+    facing = torch.tensor([0, 1, 3])
+    state = grid.encode(pos, facing)
+    assert state.abs().max() <= 1.0
+    back, f = grid.decode(state)
+    torch.testing.assert_close(back, pos)
+    assert torch.equal(f, facing)

@@ -1,0 +1,87 @@
+# Action finetuning from exp-138 (exp-139 = `full`, its ablations and baselines: one wildcard
+# value each) and the rollouts of every model from test-split context frames.
+
+VARIANTS = list(config["variants"])
+MODELS = VARIANTS + ["pretrained_ar", "static"]
+HORIZONS = [int(h) for h in config["rollout"]["horizons"]]
+
+
+wildcard_constraints:
+    variant="|".join(VARIANTS),
+    model="|".join(MODELS),
+    horizon=r"\d+",
+    swap="|_swap",
+
+
+rule finetune_variant:
+    input:
+        init="results/exp-138/checkpoint.pt",
+        train="data/lmdb/train.lmdb",
+        variant="params/variants/{variant}.yaml",
+    output:
+        checkpoint="results/finetune/{variant}/checkpoint.pt",
+        log="results/finetune/{variant}/train_log.jsonl",
+    params:
+        profile=PROFILE_FILE,
+        launcher=train_launcher(),
+        model=config["model"],
+        train=config["finetune"],
+        out=lambda wc, output: os.path.dirname(output.checkpoint),
+    threads: config["resources"]["train_threads"]
+    resources:
+        mem_mb=config["resources"]["train_mem_mb"],
+        runtime=config["resources"]["train_runtime_min"],
+        gpu=config["resources"]["train_gpus"],
+    log:
+        "logs/finetune/{variant}.log",
+    benchmark:
+        "benchmarks/runs/finetune/{variant}.tsv"
+    shell:
+        "{params.launcher} finetune --profile {params.profile} --variant {wildcards.variant} --init {input.init}"
+        " --train-lmdb {input.train} --out {params.out} > {log} 2>&1"
+
+
+def model_checkpoint(wildcards):
+    """The checkpoint a model is rolled out from (none for `static`)."""
+    if wildcards.model == "static":
+        return []
+    if wildcards.model == "pretrained_ar":
+        return ["results/exp-138/checkpoint.pt"]
+    return [f"results/finetune/{wildcards.model}/checkpoint.pt"]
+
+
+rule rollout:
+    input:
+        checkpoint=model_checkpoint,
+        test="data/lmdb/test.lmdb",
+    output:
+        rollout="results/rollouts/{model}/h{horizon}{swap}.npz",
+        meta="results/rollouts/{model}/h{horizon}{swap}.json",
+    params:
+        profile=PROFILE_FILE,
+        rollout=config["rollout"],
+        checkpoint=lambda wc, input: f"--checkpoint {input.checkpoint}" if input.checkpoint else "",
+        swap=lambda wc: "--swap" if wc.swap else "",
+    threads: config["resources"]["train_threads"]
+    resources:
+        mem_mb=config["resources"]["train_mem_mb"],
+        runtime=120,
+        gpu=min(config["resources"]["train_gpus"], 1),
+    log:
+        "logs/rollout/{model}/h{horizon}{swap}.log",
+    benchmark:
+        "benchmarks/runs/rollout/{model}/h{horizon}{swap}.tsv"
+    shell:
+        "actionparty rollout --profile {params.profile} --model {wildcards.model} {params.checkpoint}"
+        " --lmdb {input.test} --horizon {wildcards.horizon} {params.swap} --out {output.rollout} > {log} 2>&1"
+
+
+rule finetune:
+    input:
+        expand("results/finetune/{variant}/checkpoint.pt", variant=VARIANTS),
+
+
+rule rollouts:
+    input:
+        expand("results/rollouts/{model}/h{horizon}.npz", model=MODELS, horizon=HORIZONS),
+        expand("results/rollouts/{model}/h{horizon}_swap.npz", model=MODELS, horizon=min(HORIZONS)),
