@@ -76,6 +76,13 @@ def _cmd_validate(args) -> None:
     print(f"{args.profile}: ok ({len(specs)} games: {', '.join(s.name for s in specs)})")
 
 
+def _cmd_mask_figure(args) -> None:
+    from actionparty.report.mask_figure import draw_attention_masks
+
+    draw_attention_masks(args.out)
+    print(f"{args.out}: attention masks")
+
+
 def _cmd_schema(args) -> None:
     from actionparty.atomic import write_text
     from actionparty.config import dump_json_schema
@@ -127,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("validate", _cmd_validate, "validate a profile and its games")
     p.add_argument("--profile", required=True)
+
+    p = add("mask-figure", _cmd_mask_figure, "draw who attends to whom (MSA, no MSA, frame-wise MCA)")
+    p.add_argument("--out", required=True, type=Path)
 
     p = add("schema", _cmd_schema, "print the profile's JSON schema (for Snakemake)")
     p.add_argument("--out", type=Path)
