@@ -23,10 +23,10 @@ from actionparty.errors import UserError
 def _cmd_episodes(args) -> None:
     from actionparty.config import load_profile
     from actionparty.data.episodes import generate_episodes
-    from actionparty.config import selected_games
+    from actionparty.games import resolve_games
 
     profile = load_profile(args.profile)
-    (spec,) = selected_games(profile, [args.game])
+    (spec,) = resolve_games(profile, [args.game])
     generate_episodes(spec, args.split, profile, args.out, workers=args.workers, progress=not args.quiet)
 
 
@@ -60,19 +60,19 @@ def _cmd_contact_sheet(args) -> None:
 def _cmd_bench_episodes(args) -> None:
     from actionparty.config import load_profile
     from actionparty.data.bench import bench_episodes
-    from actionparty.config import selected_games
+    from actionparty.games import resolve_games
 
     profile = load_profile(args.profile)
-    specs = selected_games(profile, args.games or None)
+    specs = resolve_games(profile, args.games or None)
     bench_episodes(specs, profile, episodes=args.episodes, workers=args.workers)
 
 
 def _cmd_validate(args) -> None:
     from actionparty.config import load_profile
-    from actionparty.config import selected_games
+    from actionparty.games import resolve_games
 
     profile = load_profile(args.profile)
-    specs = selected_games(profile)
+    specs = resolve_games(profile)
     print(f"{args.profile}: ok ({len(specs)} games: {', '.join(s.name for s in specs)})")
 
 

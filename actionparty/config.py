@@ -264,18 +264,3 @@ def profile_json_schema() -> dict:
 def dump_json_schema() -> str:
     return json.dumps(profile_json_schema(), indent=2, sort_keys=True) + "\n"
 
-
-def selected_games(profile: Profile, names: list[str] | None = None):
-    """GameSpecs of ``names`` (default: the profile's games), in catalogue order when 'all'.
-
-    Raises ProfileError for a game the catalogue does not have.
-    """
-    from actionparty.games import load_catalogue
-
-    catalogue = load_catalogue(profile.catalogue)
-    if names is None:
-        names = list(catalogue) if profile.games == "all" else list(profile.games)
-    unknown = [n for n in names if n not in catalogue]
-    if unknown:
-        raise ProfileError(f"profile '{profile.profile}': unknown game(s) {unknown}; see {profile.catalogue}")
-    return [catalogue[n] for n in names]

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from actionparty.cli import main
-from actionparty.config import dump_json_schema, load_profile, selected_games
+from actionparty.config import dump_json_schema, load_profile
+from actionparty.games import CatalogueError, resolve_games
 from actionparty.errors import ProfileError
 
 PROFILES = ("smoke", "tiny", "paper")
@@ -18,16 +19,16 @@ PROFILES = ("smoke", "tiny", "paper")
 def test_shipped_profiles_validate(repo, name):
     profile = load_profile(repo / "params" / f"{name}.yaml")
     assert profile.profile == name
-    specs = selected_games(profile)
+    specs = resolve_games(profile)
     assert specs and all(max(s.width_cells, s.height_cells) <= profile.canvas_cells for s in specs)
 
 
 def test_paper_profile_has_every_catalogue_game(repo):
-    assert len(selected_games(load_profile(repo / "params/paper.yaml"))) == 46
+    assert len(resolve_games(load_profile(repo / "params/paper.yaml"))) == 46
 
 
 def test_tiny_profile_has_two_and_four_player_games(repo):
-    counts = {s.num_players for s in selected_games(load_profile(repo / "params/tiny.yaml"))}
+    counts = {s.num_players for s in resolve_games(load_profile(repo / "params/tiny.yaml"))}
     assert 2 in counts and 4 in counts
 
 
@@ -58,8 +59,8 @@ def test_bad_profile_is_refused_with_key(tmp_path, repo, edit, message):
 
 def test_unknown_game_is_refused(tmp_path, repo):
     path = _write(tmp_path, repo, lambda d: d.update(games=["coins", "pacman"]))
-    with pytest.raises(ProfileError, match=r"unknown game\(s\) \['pacman'\]"):
-        selected_games(load_profile(path))
+    with pytest.raises(CatalogueError, match=r"unknown game 'pacman'"):
+        resolve_games(load_profile(path))
 
 
 def test_cli_reports_one_line_and_exit_2(tmp_path, repo, capsys):

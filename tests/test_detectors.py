@@ -32,7 +32,7 @@ from actionparty.eval.detectors import (
     tile_targets,
     train_detectors,
 )
-from actionparty.eval.evaluate import evaluate_oracle, evaluate_variant, ground_truth, oracle_rollout
+from actionparty.eval.evaluate import evaluate_oracle, evaluate_variant, oracle_rollout
 from actionparty.eval.rollout_io import Rollout, choose_swaps, swap_actions, write_rollout
 from actionparty.games.actions import INTERACT, NOOP, TURN_LEFT
 
@@ -135,7 +135,8 @@ def write_world(root: Path, split: str, episodes: int, steps: int, seed: int) ->
         entries = []
         for i in range(episodes):
             name = f"ep_{i:05d}.npz"
-            entries.append({"file": name, "seed": seed + i, "sha256": save_npz(folder / name, random_episode(game, steps, rng))})
+            digest = save_npz(folder / name, random_episode(game, steps, rng))
+            entries.append({"file": name, "seed": seed + i, "sha256": digest})
         write_json(folder / MANIFEST_NAME, {
             "schema_version": EPISODE_SCHEMA_VERSION, "game": game, "substrate": game, "split": split,
             "num_players": GAMES[game]["players"], "steps": steps, "canvas_cells": CANVAS, "map_offset": [0, 0],
@@ -168,19 +169,10 @@ def world(tmp_path_factory):
     return dict(root=root, cfg=cfg, accuracy=accuracy, detectors=root / "detectors.pt", **lmdbs)
 
 
-def _close(ds: ClipDataset) -> None:
-    # py-lmdb allows one handle per LMDB and process; the evaluation opens its own.
-    if getattr(ds, "_env", None) is not None:
-        ds._env.close()
-        ds._env = None
-
-
 def ground_truth_rollout(world, horizon: int, variant: str) -> tuple[Rollout, dict]:
     ds = ClipDataset(world["test"], clip_steps=horizon)
-    rollout = oracle_rollout(ds, world["cfg"])
-    gt = ground_truth(ds, rollout.episode, rollout.start, "test")
+    rollout, gt = oracle_rollout(ds, world["cfg"])
     games = list(ds.games)
-    _close(ds)
     rollout.meta = dict(rollout.meta, variant=variant)
     return rollout, dict(gt, games=games)
 
@@ -283,13 +275,26 @@ def test_oracle_row_is_near_perfect(world, tmp_path):
         assert len(entry["ma_curve"]) == int(entry["meta"]["horizon"])
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # TorchScript, the format I3D checkpoints ship in
+def test_i3d_fvd_is_reported_when_a_checkpoint_is_configured(world, tmp_path):
+    class MeanColour(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, T, H, W) -> (B, 3 T)
+            return x.mean(dim=(3, 4)).flatten(1)
+
+    torch.jit.script(MeanColour()).save(str(tmp_path / "i3d.pt"))
+    cfg = world["cfg"].model_copy(update={"i3d_checkpoint": str(tmp_path / "i3d.pt"), "horizons": (4,)})
+    overall = evaluate_oracle(world["test"], world["detectors"], cfg, progress=False)["horizons"]["h4"]["overall"]
+    assert overall["FVD_I3D"] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_frozen_rollout_scores_only_the_players_that_stand_still(world, tmp_path):
     """The copy-the-context model: MA is 0 on steps where the real player moved or turned and
     ~1 where it did not; a rollout equal to the ground truth gets ~1 everywhere."""
     rollout, _ = ground_truth_rollout(world, 4, "static")
     frozen = Rollout(**{**rollout.__dict__, "frames": np.repeat(rollout.frames[:, :1], 5, axis=1)})
     write_rollout(tmp_path / "static/h4.npz", frozen)
-    write_rollout(tmp_path / "truth/h4.npz", Rollout(**{**rollout.__dict__, "meta": dict(rollout.meta, variant="truth")}))
+    as_truth = Rollout(**{**rollout.__dict__, "meta": dict(rollout.meta, variant="truth")})
+    write_rollout(tmp_path / "truth/h4.npz", as_truth)
     static = evaluate_variant("static", [tmp_path / "static/h4.npz"], [], world["test"], world["detectors"],
                               world["cfg"], progress=False)["horizons"]["h4"]["overall"]
     truth = evaluate_variant("truth", [tmp_path / "truth/h4.npz"], [], world["test"], world["detectors"],
@@ -318,7 +323,8 @@ def test_binding_accuracy_on_swapped_rollouts(world, tmp_path):
         write_rollout(tmp_path / f"{name}/h4_swap.npz", Rollout(
             frames=np.stack(frames), episode=rollout.episode, start=rollout.start, game=rollout.game, actions=fed,
             present=rollout.present, swap=swap, meta=dict(rollout.meta, variant=name)))
-        write_rollout(tmp_path / f"{name}/h4.npz", Rollout(**{**rollout.__dict__, "meta": dict(rollout.meta, variant=name)}))
+        plain = Rollout(**{**rollout.__dict__, "meta": dict(rollout.meta, variant=name)})
+        write_rollout(tmp_path / f"{name}/h4.npz", plain)
     results = {name: evaluate_variant(name, [tmp_path / f"{name}/h4.npz"], [tmp_path / f"{name}/h4_swap.npz"],
                                       world["test"], world["detectors"], world["cfg"], progress=False)
                for name in ("faithful", "ignoring")}

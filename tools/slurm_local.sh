@@ -12,7 +12,8 @@
 # slurm.conf, the munge key/socket, spool and state dirs, daemon logs, pid files. Nothing in /etc is
 # changed and the system's own slurm/munge services (if any) are not touched: the daemons use their
 # own ports (free ones from 16817 up) and their own munge socket. Client commands find the cluster
-# through SLURM_CONF; jobs inherit it (sbatch --export=ALL).
+# through SLURM_CONF; jobs inherit it (sbatch --export=ALL). The one thing outside STATE_DIR is the
+# link /run/slurm/conf/slurm.conf -> STATE_DIR/slurm.conf while the cluster runs (see link_conf).
 #
 # No cgroups, no accounting database: ProctrackType=proctrack/linuxproc, TaskPlugin=task/none,
 # AccountingStorageType=accounting_storage/none (so `sacct` does not work; MinJobAge is long enough
@@ -34,7 +35,7 @@ log() { echo "slurm_local: $*" >&2; }
 skip() { echo "slurm_local: SKIP: $*" >&2; exit "$SKIP"; }
 die() { echo "slurm_local: ERROR: $*" >&2; exit 1; }
 
-# The first error/fatal line of a daemon log (the real reason a daemon did not come up).
+# The line of a daemon log that says why it did not come up.
 first_error() {
     local f="$1"
     [ -s "$f" ] || { echo "(no log written: $f)"; return; }
@@ -71,12 +72,13 @@ job_pids() {
 }
 
 stop_daemons() {
-    local name pid i
+    local name pid
     # Cancel running jobs while the controller is up (slurmd then kills their process trees).
     if ours_alive slurmctld && ours_alive slurmd; then
         if [ -n "$(SLURM_CONF="$CONF" squeue -h -o %A 2>/dev/null)" ]; then
+            # shellcheck disable=SC2046  # one argument per job id
             SLURM_CONF="$CONF" scancel --quiet $(SLURM_CONF="$CONF" squeue -h -o %A) 2>/dev/null
-            for i in $(seq 50); do
+            for _ in $(seq 50); do
                 [ -z "$(SLURM_CONF="$CONF" squeue -h -o %A 2>/dev/null)" ] && break
                 sleep 0.2
             done
@@ -88,7 +90,7 @@ stop_daemons() {
         if ours_alive "$name"; then
             pid=$(cat "$STATE/$name.pid")
             kill -TERM "$pid" 2>/dev/null
-            for i in $(seq 50); do
+            for _ in $(seq 50); do
                 kill -0 "$pid" 2>/dev/null || break
                 sleep 0.1
             done
@@ -324,10 +326,15 @@ case "$CMD" in
         log "stopped; logs kept in $STATE"
         ;;
     status)
-        export SLURM_CONF="$CONF"
+        [ -f "$CONF" ] || die "no cluster config $CONF"
+        SLURM_CONF="$(cd "$STATE" && pwd)/slurm.conf"
+        export SLURM_CONF
         sinfo && squeue --states=all
         ;;
-    env) echo "export SLURM_CONF=$CONF" ;;
+    env)
+        [ -f "$CONF" ] || die "no cluster config $CONF ('$0 start $STATE' first)"
+        echo "export SLURM_CONF=$(cd "$STATE" && pwd)/slurm.conf"
+        ;;
     *)
         echo "usage: $0 {start|stop|status|env} [STATE_DIR]" >&2
         exit 1

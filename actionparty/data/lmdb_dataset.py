@@ -114,12 +114,34 @@ def build_lmdb(episode_dirs: list[str | Path], out_path: str | Path, split: str,
     return meta
 
 
+# py-lmdb allows one open handle per file and process: datasets of the same LMDB share it.
+# A handle is reopened when the file changed (rebuilt), and never crosses a fork (pid check).
+_OPEN: dict[Path, tuple[tuple, lmdb.Environment]] = {}
+
+
 def open_lmdb(path: str | Path) -> lmdb.Environment:
-    """Open an LMDB read-only, refusing missing, truncated or unreadable files in one line."""
-    path = Path(path)
+    """The process's read-only handle of an LMDB; refuses missing, truncated or unreadable files
+    in one line."""
+    path = Path(path).resolve()
     data_file = path / "data.mdb"
     if not data_file.is_file():
         raise DatasetError(f"{path}: not an LMDB dataset (no data.mdb; run the lmdb stage)")
+    st = data_file.stat()
+    signature = (os.getpid(), st.st_ino, st.st_size, st.st_mtime_ns)
+    if path in _OPEN:
+        old_signature, env = _OPEN.pop(path)
+        if old_signature == signature:
+            _OPEN[path] = (old_signature, env)
+            return env
+        # Also a handle inherited through a fork: py-lmdb refuses to open a path twice in a
+        # process, and closing a read-only, lock-free handle only unmaps it in this process.
+        env.close()
+    env = _open_checked(path, data_file)
+    _OPEN[path] = (signature, env)
+    return env
+
+
+def _open_checked(path: Path, data_file: Path) -> lmdb.Environment:
     try:
         env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False, max_readers=512)
     except lmdb.Error as err:
@@ -157,7 +179,7 @@ class ClipDataset(torch.utils.data.Dataset):
       visible (K+1, S) bool · interact_effect (K, S) bool · present (S,) bool
       game, episode, start: int64 scalars
 
-    The LMDB handle is opened lazily in each process, so the dataset is safe with
+    The LMDB handle is looked up per process (:func:`open_lmdb`), so the dataset is safe with
     multi-worker DataLoaders (a handle is never shared across a fork).
     """
 
@@ -165,11 +187,7 @@ class ClipDataset(torch.utils.data.Dataset):
                  expect_canvas_px: int | None = None):
         self.path = Path(path)
         self.clip_steps = clip_steps
-        env = open_lmdb(self.path)
-        try:
-            self.meta = read_meta(env, self.path)
-        finally:
-            env.close()
+        self.meta = read_meta(open_lmdb(self.path), self.path)
         self.canvas_px = int(self.meta["canvas_px"])
         if expect_canvas_px is not None and expect_canvas_px != self.canvas_px:
             raise DatasetError(f"{self.path}: frames are {self.canvas_px} px, the profile expects {expect_canvas_px} px")
@@ -182,8 +200,6 @@ class ClipDataset(torch.utils.data.Dataset):
         if not windows:
             raise DatasetError(f"{self.path}: no clips of {clip_steps} steps (episodes too short or no games)")
         self.index = np.asarray(windows, dtype=np.int64)
-        self._env = None
-        self._pid = None
         self._label_cache: dict[int, dict[str, np.ndarray]] = {}
 
     def _game_index(self, name: str) -> int:
@@ -201,13 +217,11 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_env"], state["_pid"], state["_label_cache"] = None, None, {}
+        state["_label_cache"] = {}
         return state
 
     def _txn(self):
-        if self._env is None or self._pid != os.getpid():
-            self._env, self._pid = open_lmdb(self.path), os.getpid()
-        return self._env.begin(buffers=True)
+        return open_lmdb(self.path).begin(buffers=True)
 
     def _frame(self, txn, episode: int, t: int) -> np.ndarray:
         key = _frame_key(episode, t)

@@ -146,7 +146,8 @@ class InverseDynamics(nn.Module):
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(width * side * side, width), nn.GELU(),
                                   nn.Linear(width, len(CANONICAL_ACTIONS)))
 
-    def forward(self, before: torch.Tensor, after: torch.Tensor, game: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+    def forward(self, before: torch.Tensor, after: torch.Tensor, game: torch.Tensor, slot: torch.Tensor
+                ) -> torch.Tensor:
         """before, after (B, 3, D, D) uint8 crops, game (B,), slot (B,) -> (B, 8) logits."""
         before, after = _to_unit(before), _to_unit(after)
         x = torch.cat([before, after, after - before], dim=1)
@@ -198,7 +199,8 @@ def detect(tile: TileClassifier, frames: torch.Tensor, game: torch.Tensor, tau: 
         slot_logits, facing_logits, h = tile(frames[i : i + batch], game[i : i + batch])
         parts.append(decode_detections(slot_logits.softmax(1)[:, 1:], facing_logits, tau))
         feats.append(h.mean(dim=(2, 3)))
-    det = Detections(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("cell", "facing", "confidence", "count")))
+    keys = ("cell", "facing", "confidence", "count")
+    det = Detections(*(np.concatenate([getattr(p, k) for p in parts]) for k in keys))
     return det, torch.cat(feats)
 
 
@@ -246,11 +248,10 @@ def _transitions(batch: dict) -> dict[str, torch.Tensor]:
     return {"row": rows, "slot": slots, "centre": pos[rows, 0, slots], "game": batch["game"][rows], "target": target}
 
 
-def _detector_losses(tile, idm, batch: dict, cfg: EvalConfig, game_map: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    frames = batch["frames"]  # (B, 2, 3, H, W)
-    b = frames.shape[0]
-    game = game_map[batch["game"]]
-    batch = dict(batch, game=game)
+def _detector_losses(tile: TileClassifier, idm: InverseDynamics, batch: dict, cfg: EvalConfig
+                     ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Both detectors' losses on a batch of 1-step clips (frames (B, 2, 3, H, W))."""
+    frames, game = batch["frames"], batch["game"]
     hc = frames.shape[-2] // CELL_PX
     flat = frames.flatten(0, 1)
     visible = batch["visible"] & batch["present"][:, None]
@@ -259,7 +260,8 @@ def _detector_losses(tile, idm, batch: dict, cfg: EvalConfig, game_map: torch.Te
     slot_logits, facing_logits, _ = tile(flat, game.repeat_interleave(2))
     weight = torch.where(slot_t > 0, cfg.tile.occupied_weight, 1.0)
     slot_loss = (F.cross_entropy(slot_logits, slot_t, reduction="none") * weight).sum() / weight.sum()
-    facing_loss = F.cross_entropy(facing_logits, face_t, ignore_index=IGNORE) if (face_t != IGNORE).any() else flat.sum() * 0
+    facing_loss = (F.cross_entropy(facing_logits, face_t, ignore_index=IGNORE) if (face_t != IGNORE).any()
+                   else slot_loss * 0)
     tr = _transitions(batch)
     if len(tr["row"]):
         m = idm.margin_cells
@@ -274,6 +276,11 @@ def _detector_losses(tile, idm, batch: dict, cfg: EvalConfig, game_map: torch.Te
 
 def _resume_path(out: Path) -> Path:
     return out.with_name(out.name + ".resume")
+
+
+def _lr_factor(step: int, total: int, warmup: int = 50) -> float:
+    """Linear warm-up, then cosine decay to 0 at ``total``."""
+    return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
 
 
 def train_detectors(train_lmdb: str | Path, val_lmdb: str | Path, cfg: EvalConfig, out: str | Path,
@@ -295,7 +302,7 @@ def train_detectors(train_lmdb: str | Path, val_lmdb: str | Path, cfg: EvalConfi
     tile, idm = build_models(len(games), cfg)
     params = list(tile.parameters()) + list(idm.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / cfg.train_steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg.train_steps))
     step = 0
     resume = _resume_path(out)
     fingerprint = {"config": cfg.model_dump(mode="json"), "games": games, "train": str(train_lmdb)}
@@ -308,16 +315,16 @@ def train_detectors(train_lmdb: str | Path, val_lmdb: str | Path, cfg: EvalConfi
             sched.load_state_dict(state["sched"])
             step = int(state["step"])
     # The whole sample order is fixed up front by the seed, so a resumed run sees the same batches.
-    order = torch.randint(len(train), (cfg.train_steps * cfg.batch_clips,), generator=torch.Generator().manual_seed(cfg.seed))
-    loader = torch.utils.data.DataLoader(train, batch_size=cfg.batch_clips, sampler=order[step * cfg.batch_clips :].tolist(),
-                                         num_workers=cfg.num_workers, persistent_workers=False)
-    game_map = torch.arange(len(games))
+    order = torch.randint(len(train), (cfg.train_steps * cfg.batch_clips,),
+                          generator=torch.Generator().manual_seed(cfg.seed))
+    loader = torch.utils.data.DataLoader(train, batch_size=cfg.batch_clips,
+                                         sampler=order[step * cfg.batch_clips :].tolist(), num_workers=cfg.num_workers)
     bar = tqdm(total=cfg.train_steps, initial=step, desc="detectors", unit="step", disable=not progress)
     tile.train()
     idm.train()
     start, logs = time.perf_counter(), {}
     for batch in loader:
-        loss, logs = _detector_losses(tile, idm, batch, cfg, game_map)
+        loss, logs = _detector_losses(tile, idm, batch, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -335,6 +342,7 @@ def train_detectors(train_lmdb: str | Path, val_lmdb: str | Path, cfg: EvalConfi
     bar.close()
     detectors = Detectors(tile.eval(), idm.eval(), games, walkable_cells(train), train.canvas_px, cfg)
     accuracy = detector_accuracy(detectors, val, cfg, progress=progress)
+
     accuracy["training"] = {"steps": cfg.train_steps, "seconds": round(time.perf_counter() - start, 1),
                             "final_losses": logs, "train_lmdb": str(train_lmdb), "val_lmdb": str(val_lmdb)}
     save_detectors(out, detectors, accuracy)
@@ -373,56 +381,57 @@ def detector_accuracy(detectors: Detectors, dataset: ClipDataset, cfg: EvalConfi
     indices = detectors.game_indices(dataset.games, str(dataset.path))
     items = _val_items(dataset, cfg.val_clips_per_game)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, items), batch_size=cfg.batch_clips)
-    keys = ("slot", "facing", "background", "once", "idm", "interact")
-    tally = {g: {k: [0, 0] for k in keys} | {"per_action": np.zeros((8, 2), np.int64)} for g in dataset.games}
+    names = {"slot": "slot_accuracy", "facing": "facing_accuracy", "background": "background_accuracy",
+             "once": "detected_exactly_once", "idm": "idm_accuracy", "interact": "idm_interact_recall"}
+    # per game and key: [hits, counted]; per game and effective action: [hits, counted]
+    tally = {g: {k: np.zeros(2, np.int64) for k in names} for g in dataset.games}
+    per_action = {g: np.zeros((len(CANONICAL_ACTIONS), 2), np.int64) for g in dataset.games}
     game_map = torch.as_tensor(indices)
     for batch in tqdm(loader, desc="detector accuracy", unit="batch", disable=not progress):
-        frames = batch["frames"].flatten(0, 1)
-        game = game_map[batch["game"]]
+        frames = batch["frames"].flatten(0, 1)  # frames t-1 and t of every clip
         hc = frames.shape[-2] // CELL_PX
-        visible = (batch["visible"] & batch["present"][:, None]).flatten(0, 1)
+        visible = (batch["visible"] & batch["present"][:, None]).flatten(0, 1).numpy()
         position, facing = batch["position"].flatten(0, 1), batch["facing"].flatten(0, 1)
-        slot_t, face_t = tile_targets(position, facing, visible, (hc, hc))
-        slot_logits, facing_logits, _ = detectors.tile(frames, game.repeat_interleave(2))
-        slot_p, face_p = slot_logits.argmax(1), facing_logits.argmax(1)
+        slot_t, face_t = tile_targets(position, facing, torch.from_numpy(visible), (hc, hc))
+        slot_t, face_t = slot_t.numpy(), face_t.numpy()
+        slot_logits, facing_logits, _ = detectors.tile(frames, game_map[batch["game"]].repeat_interleave(2))
+        slot_p, face_p = slot_logits.argmax(1).numpy(), facing_logits.argmax(1).numpy()
         det = decode_detections(slot_logits.softmax(1)[:, 1:], facing_logits, cfg.tau)
         once = (det.count == 1) & (det.cell == position.numpy()).all(-1)
-        frame_game = batch["game"].repeat_interleave(2)
-        tr = _transitions(dict(batch, game=game))
+        tr = _transitions(dict(batch, game=game_map[batch["game"]]))
         pred = classify_transitions(detectors.idm, batch["frames"][tr["row"], 0], batch["frames"][tr["row"], 1],
                                     tr["centre"], tr["game"], tr["slot"], cfg.eval_batch_frames)
         target = tr["target"].numpy()
+        frame_game = batch["game"].repeat_interleave(2).numpy()
+        cell_game = np.broadcast_to(frame_game[:, None, None], slot_t.shape)
         row_game = batch["game"][tr["row"]].numpy()
+        samples = {  # key -> (game of each sample, hit, counted)
+            "slot": (cell_game, slot_p == slot_t, slot_t > 0),
+            "facing": (cell_game, face_p == face_t, slot_t > 0),
+            "background": (cell_game, slot_p == 0, slot_t == 0),
+            "once": (np.broadcast_to(frame_game[:, None], visible.shape), once, visible),
+            "idm": (row_game, pred == target, np.ones_like(target, bool)),
+            "interact": (row_game, pred == INTERACT, target == INTERACT),
+        }
         for g, name in enumerate(dataset.games):
-            t = tally[name]
-            fm = (frame_game == g)[:, None, None]
-            occ, empty = (slot_t > 0) & fm, (slot_t == 0) & fm
-            t["slot"][0] += int((slot_p == slot_t)[occ].sum()); t["slot"][1] += int(occ.sum())
-            t["facing"][0] += int((face_p == face_t)[occ].sum()); t["facing"][1] += int(occ.sum())
-            t["background"][0] += int((slot_p == 0)[empty].sum()); t["background"][1] += int(empty.sum())
-            vm = visible.numpy() & (frame_game == g).numpy()[:, None]
-            t["once"][0] += int(once[vm].sum()); t["once"][1] += int(vm.sum())
-            rm = row_game == g
-            t["idm"][0] += int((pred == target)[rm].sum()); t["idm"][1] += int(rm.sum())
-            im = rm & (target == INTERACT)
-            t["interact"][0] += int((pred == INTERACT)[im].sum()); t["interact"][1] += int(im.sum())
-            np.add.at(t["per_action"], (target[rm], 0), (pred == target)[rm].astype(np.int64))
-            np.add.at(t["per_action"], (target[rm], 1), 1)
+            for key, (where, hit, counted) in samples.items():
+                m = counted & (where == g)
+                tally[name][key] += [int(hit[m].sum()), int(m.sum())]
+            m = row_game == g
+            np.add.at(per_action[name], (target[m], 0), (pred == target)[m])
+            np.add.at(per_action[name], (target[m], 1), 1)
 
-    def ratio(pair):
-        return round(pair[0] / pair[1], 4) if pair[1] else None
+    def ratio(pair) -> float | None:
+        return round(float(pair[0]) / float(pair[1]), 4) if pair[1] else None
 
-    names = {"slot": "slot_accuracy", "facing": "facing_accuracy", "background": "background_accuracy",
-             "once": "detected_exactly_once", "idm": "idm_accuracy", "interact": "idm_interact_recall"}
-    result = {"games": {}, "overall": {}}
+    result = {"games": {}, "overall": {}, "tau": cfg.tau}
     for name, t in tally.items():
-        row = {names[k]: ratio(t[k]) for k in keys}
-        row["counts"] = {names[k]: t[k][1] for k in keys}
-        row["idm_per_action"] = {CANONICAL_ACTIONS[a]: ratio(t["per_action"][a]) for a in range(8)}
+        row = {names[k]: ratio(t[k]) for k in names}
+        row["counts"] = {names[k]: int(t[k][1]) for k in names}
+        row["idm_per_action"] = {a: ratio(per_action[name][i]) for i, a in enumerate(CANONICAL_ACTIONS)}
         result["games"][name] = row
-    for k in keys:
-        result["overall"][names[k]] = ratio([sum(t[k][0] for t in tally.values()), sum(t[k][1] for t in tally.values())])
-    result["tau"] = cfg.tau
+    for k in names:
+        result["overall"][names[k]] = ratio(sum(t[k] for t in tally.values()))
     return result
 
 

@@ -29,9 +29,23 @@ from tqdm import tqdm
 from actionparty.atomic import write_json, write_text
 from actionparty.data.lmdb_dataset import ClipDataset
 from actionparty.eval import metrics as M
+from actionparty.errors import DatasetError
 from actionparty.eval.config import EvalConfig
-from actionparty.eval.detectors import DetectorError, Detectors, classify_transitions, detect, load_detectors
-from actionparty.eval.rollout_io import Rollout, RolloutError, read_rollout, select_windows, swap_actions
+from actionparty.eval.detectors import (
+    DetectorError,
+    Detectors,
+    classify_transitions,
+    detect,
+    load_detectors,
+)
+from actionparty.eval.rollout_io import (
+    Rollout,
+    RolloutError,
+    read_rollout,
+    read_rollout_meta,
+    select_windows,
+    swap_actions,
+)
 from actionparty.games.actions import CANONICAL_ACTIONS, INTERACT
 
 METRICS_SCHEMA = 1
@@ -47,13 +61,10 @@ METRIC_KEYS = ("MA", "MA_moving", "MA_static", "SP", "DR", "duplicated", "vanish
 def ground_truth(dataset: ClipDataset, episode: np.ndarray, start: np.ndarray, source: str) -> dict[str, np.ndarray]:
     """The test windows (episode, start) (N,) of ``dataset`` (clip_steps = H), stacked:
     frames (N, T, 3, H, W) uint8 and the labels of ClipDataset items, as numpy arrays."""
-    lookup = {(int(e), int(s)): i for i, (e, s) in enumerate(dataset.index)}
-    items = []
-    for e, s in zip(episode.tolist(), start.tolist()):
-        if (e, s) not in lookup:
-            raise RolloutError(f"{source}: window (episode {e}, start {s}) is not a {dataset.clip_steps}-step "
-                               f"window of {dataset.path}")
-        items.append(dataset[lookup[(e, s)]])
+    try:
+        items = [dataset.clip(e, s) for e, s in zip(episode.tolist(), start.tolist())]
+    except DatasetError as err:
+        raise RolloutError(f"{source}: a window is not in the test LMDB ({err})") from None
     return {k: torch.stack([it[k] for it in items]).numpy() for k in items[0]}
 
 
@@ -101,6 +112,12 @@ def _detect_all(detectors: Detectors, frames: torch.Tensor, game: np.ndarray, cf
     return det, feats.reshape(n, t, -1).numpy()
 
 
+def _per_frame(fn, pred: torch.Tensor, real: torch.Tensor, cfg: EvalConfig) -> np.ndarray:
+    """fn over (B, 3, H, W) frame pairs in chunks of ``eval_batch_frames`` (SSIM's maps are large)."""
+    step = cfg.eval_batch_frames
+    return torch.cat([fn(pred[i : i + step], real[i : i + step]) for i in range(0, len(pred), step)]).numpy()
+
+
 def rollout_outcomes(rollout: Rollout, gt: dict, detectors: Detectors, det_game: np.ndarray, walkable: np.ndarray,
                      cfg: EvalConfig, i3d: M.I3DFeatures | None) -> Outcomes:
     """All per-element outcomes of one (non-swapped) rollout against its ground truth."""
@@ -130,11 +147,8 @@ def rollout_outcomes(rollout: Rollout, gt: dict, detectors: Detectors, det_game:
     # Pixels: per generated frame 1..H.
     pred, real = gen[:, 1:].flatten(0, 1), torch.from_numpy(gt["frames"][:, 1:]).flatten(0, 1)
     shape = gen.shape[:1] + (gen.shape[1] - 1,)
-    chunks = range(0, pred.shape[0], cfg.eval_batch_frames)  # SSIM's float64 maps are large
-    a["psnr"] = torch.cat([M.psnr(pred[i : i + cfg.eval_batch_frames], real[i : i + cfg.eval_batch_frames],
-                                  max_db=cfg.psnr_max_db) for i in chunks]).numpy().reshape(shape)
-    a["ssim"] = torch.cat([M.ssim(pred[i : i + cfg.eval_batch_frames], real[i : i + cfg.eval_batch_frames])
-                           for i in chunks]).numpy().reshape(shape)
+    a["psnr"] = _per_frame(lambda p, r: M.psnr(p, r, max_db=cfg.psnr_max_db), pred, real, cfg).reshape(shape)
+    a["ssim"] = _per_frame(M.ssim, pred, real, cfg).reshape(shape)
     # ST: the model's own predicted state (state-token variants only).
     if rollout.pred_position is not None:
         st = M.state_tracking_errors(rollout.pred_position[:, 1:].astype(np.float64), gt["position"][:, 1:],
@@ -221,7 +235,8 @@ def horizon_report(main: Outcomes | None, binding: Outcomes | None, games: list[
     for g in sorted({int(x) for o in (main, binding) if o is not None for x in o.game}):
         report["per_game"][games[g]] = summarise(main, binding, rows(main, "game", g), rows(binding, "game", g))
     for p in sorted({int(x) for o in (main, binding) if o is not None for x in o.players}):
-        report["per_player_count"][str(p)] = summarise(main, binding, rows(main, "players", p), rows(binding, "players", p))
+        report["per_player_count"][str(p)] = summarise(main, binding, rows(main, "players", p),
+                                                       rows(binding, "players", p))
     report["per_action"] = {}
     if main is not None:
         a = main.arrays
@@ -242,39 +257,23 @@ def horizon_report(main: Outcomes | None, binding: Outcomes | None, games: list[
 
 
 class _Context:
-    """The test LMDB (a ClipDataset of the current horizon), the detectors and their game mapping."""
+    """The test LMDB (a ClipDataset per horizon), the detectors and their game mapping."""
 
     def __init__(self, test_lmdb: str | Path, detectors_path: str | Path, cfg: EvalConfig):
         self.test_lmdb, self.cfg = Path(test_lmdb), cfg
         self.detectors_path = str(detectors_path)
         self.detectors = load_detectors(detectors_path)
         self.i3d = M.I3DFeatures(cfg.i3d_checkpoint) if cfg.i3d_checkpoint else None
-        self._dataset: ClipDataset | None = None
+        self._datasets: dict[int, ClipDataset] = {}
 
     def dataset(self, horizon: int) -> ClipDataset:
-        if self._dataset is not None and self._dataset.clip_steps == horizon:
-            return self._dataset
-        self.close()
-        ds = ClipDataset(self.test_lmdb, clip_steps=horizon)
-        if ds.canvas_px != self.detectors.canvas_px:
-            raise DetectorError(f"{self.test_lmdb}: frames are {ds.canvas_px} px, the detectors were trained "
-                                f"on {self.detectors.canvas_px} px")
-        self._dataset = ds
-        return ds
-
-    def close(self) -> None:
-        """Release the LMDB handle: py-lmdb refuses a second handle on one LMDB in a process, so
-        the previous horizon's dataset (or a caller's) must not keep one open."""
-        if self._dataset is not None and getattr(self._dataset, "_env", None) is not None:
-            self._dataset._env.close()
-            self._dataset._env = None
-        self._dataset = None
-
-    def __enter__(self) -> "_Context":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        if horizon not in self._datasets:
+            ds = ClipDataset(self.test_lmdb, clip_steps=horizon)
+            if ds.canvas_px != self.detectors.canvas_px:
+                raise DetectorError(f"{self.test_lmdb}: frames are {ds.canvas_px} px, the detectors were trained "
+                                    f"on {self.detectors.canvas_px} px")
+            self._datasets[horizon] = ds
+        return self._datasets[horizon]
 
     def mapping(self, ds: ClipDataset, game: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(detector game index (N,), walkable (N, Hc, Wc)) of test-LMDB game indices."""
@@ -305,12 +304,9 @@ def evaluate_variant(variant: str, rollouts: list[str | Path], swap_rollouts: li
                      test_lmdb: str | Path, detectors_path: str | Path, cfg: EvalConfig, progress: bool = True) -> dict:
     """Metrics of a model variant from its rollout files (one per horizon) and optional swapped
     (BA) rollout files; returns the JSON dict (see the module docstring)."""
-    with _Context(test_lmdb, detectors_path, cfg) as ctx:
-        return _evaluate_variant(ctx, variant, rollouts, swap_rollouts, cfg, progress)
-
-
-def _evaluate_variant(ctx: _Context, variant: str, rollouts, swap_rollouts, cfg: EvalConfig, progress: bool) -> dict:
-    files = [(read_rollout(p).horizon, False, p) for p in rollouts] + [(read_rollout(p).horizon, True, p) for p in swap_rollouts]
+    ctx = _Context(test_lmdb, detectors_path, cfg)
+    files = [(read_rollout_meta(p)["horizon"], is_swap, p)
+             for is_swap, paths in ((False, rollouts), (True, swap_rollouts)) for p in paths]
     result = ctx.header(variant, "model")
     bar = tqdm(total=len(files), desc=f"evaluate {variant}", unit="file", disable=not progress)
     for h in sorted({f[0] for f in files}):
@@ -324,11 +320,11 @@ def _evaluate_variant(ctx: _Context, variant: str, rollouts, swap_rollouts, cfg:
                 outcomes = binding_rollout_outcomes(rollout, gt, ctx.detectors, det_game, walk, cfg)
             else:
                 outcomes = rollout_outcomes(rollout, gt, ctx.detectors, det_game, walk, cfg, ctx.i3d)
-            found[is_swap] = (path, rollout, outcomes)
+            found[is_swap] = (path, rollout.meta, outcomes)
             bar.update()
         main, bind = found.get(False), found.get(True)
-        entry = {"rollout": None if main is None else str(main[0]), "swap_rollout": None if bind is None else str(bind[0]),
-                 "meta": (main or bind)[1].meta}
+        entry = {"rollout": None if main is None else str(main[0]),
+                 "swap_rollout": None if bind is None else str(bind[0]), "meta": (main or bind)[1]}
         entry.update(horizon_report(None if main is None else main[2], None if bind is None else bind[2],
                                     ctx.dataset(h).games))
         result["horizons"][f"h{h}"] = entry
@@ -336,30 +332,27 @@ def _evaluate_variant(ctx: _Context, variant: str, rollouts, swap_rollouts, cfg:
     return result
 
 
-def oracle_rollout(dataset: ClipDataset, cfg: EvalConfig) -> Rollout:
-    """Ground-truth frames of the evaluation windows, in the rollout format."""
+def oracle_rollout(dataset: ClipDataset, cfg: EvalConfig) -> tuple[Rollout, dict[str, np.ndarray]]:
+    """The evaluation windows' ground-truth frames in the rollout format, and the ground truth
+    (:func:`ground_truth`) itself."""
     windows = select_windows(dataset, cfg.windows_per_game, cfg.seed)
     gt = ground_truth(dataset, windows["episode"], windows["start"], str(dataset.path))
     meta = {"variant": "oracle", "horizon": dataset.clip_steps, "split": dataset.meta.get("split", "test"),
             "sampling_steps": 0, "seed": cfg.seed}
-    return Rollout(frames=np.ascontiguousarray(gt["frames"].transpose(0, 1, 3, 4, 2)), episode=windows["episode"],
-                   start=windows["start"], game=gt["game"], actions=gt["actions"], present=gt["present"], meta=meta)
+    rollout = Rollout(frames=np.ascontiguousarray(gt["frames"].transpose(0, 1, 3, 4, 2)), episode=windows["episode"],
+                      start=windows["start"], game=gt["game"], actions=gt["actions"], present=gt["present"], meta=meta)
+    return rollout, gt
 
 
 def evaluate_oracle(test_lmdb: str | Path, detectors_path: str | Path, cfg: EvalConfig, progress: bool = True) -> dict:
     """The oracle row: ground-truth frames through the same code, for every configured horizon.
     MA, SP, DR, EA there measure the detectors (any gap bounds every model's number);
     rules_agreement measures BA's movement rules."""
-    with _Context(test_lmdb, detectors_path, cfg) as ctx:
-        return _evaluate_oracle(ctx, cfg, progress)
-
-
-def _evaluate_oracle(ctx: _Context, cfg: EvalConfig, progress: bool) -> dict:
+    ctx = _Context(test_lmdb, detectors_path, cfg)
     result = ctx.header("oracle", "oracle")
     for h in tqdm(cfg.horizons, desc="evaluate oracle", unit="horizon", disable=not progress):
         ds = ctx.dataset(h)
-        rollout = oracle_rollout(ds, cfg)
-        gt = ground_truth(ds, rollout.episode, rollout.start, str(ds.path))
+        rollout, gt = oracle_rollout(ds, cfg)
         det_game, walk = ctx.mapping(ds, rollout.game)
         outcomes = rollout_outcomes(rollout, gt, ctx.detectors, det_game, walk, cfg, ctx.i3d)
         entry = {"rollout": None, "swap_rollout": None, "meta": rollout.meta}

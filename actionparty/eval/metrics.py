@@ -173,7 +173,7 @@ def apply_moves(cell: np.ndarray, facing: np.ndarray, action: np.ndarray, walkab
     free = inside & np.take_along_axis(walk, flat_index[..., None], axis=-1)[..., 0]
     taken = ((blockers == target[..., None, :]).all(axis=-1) & blocker_found).any(axis=-1)
     new_cell = np.where((moves & free & ~taken)[..., None], target, cell)
-    new_facing = np.where(action == TURN_LEFT, (facing + 3) % 4, np.where(action == TURN_RIGHT, (facing + 1) % 4, facing))
+    new_facing = np.select([action == TURN_LEFT, action == TURN_RIGHT], [(facing + 3) % 4, (facing + 1) % 4], facing)
     return new_cell, new_facing
 
 
@@ -348,7 +348,8 @@ class I3DFeatures:
         except Exception as err:  # torch raises assorted errors for non-TorchScript files
             raise UserError(f"{path}: not a TorchScript I3D module ({str(err).splitlines()[0]})") from None
         names = {arg.name for arg in self.module.forward.schema.arguments}
-        self.kwargs = {k: v for k, v in (("rescale", False), ("resize", False), ("return_features", True)) if k in names}
+        wanted = {"rescale": False, "resize": False, "return_features": True}
+        self.kwargs = {k: v for k, v in wanted.items() if k in names}
 
     @torch.no_grad()
     def __call__(self, videos: torch.Tensor) -> torch.Tensor:

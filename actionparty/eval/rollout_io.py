@@ -118,13 +118,15 @@ def _check_arrays(arrays: dict, source: str) -> None:
         raise RolloutError(f"{source}: field 'swap' holds slots outside -1..{PLAYER_SLOTS - 1}")
 
 
-def _check_meta(meta, horizon: int, source: str) -> None:
+def _check_meta(meta, horizon: int | None, source: str) -> None:
     if not isinstance(meta, dict):
         raise RolloutError(f"{source}: must hold a JSON object")
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
         raise RolloutError(f"{source}: field '{missing[0]}' is missing")
-    if meta["horizon"] != horizon:
+    if not isinstance(meta["horizon"], int) or meta["horizon"] < 1:
+        raise RolloutError(f"{source}: field 'horizon' must be a positive integer")
+    if horizon is not None and meta["horizon"] != horizon:
         raise RolloutError(f"{source}: field 'horizon' is {meta['horizon']} but the frames hold {horizon} steps")
 
 
@@ -144,6 +146,20 @@ def write_rollout(path: str | Path, rollout: Rollout) -> None:
     write_json(meta_path(path), rollout.meta)
 
 
+def read_rollout_meta(path: str | Path) -> dict:
+    """The sidecar JSON of a rollout file (its keys checked; the horizon is checked against the
+    frames by :func:`read_rollout`)."""
+    side = meta_path(path)
+    if not side.is_file():
+        raise RolloutError(f"{side}: rollout metadata not found")
+    try:
+        meta = json.loads(side.read_text())
+    except json.JSONDecodeError as err:
+        raise RolloutError(f"{side}: not valid JSON ({err})") from None
+    _check_meta(meta, None, str(side))
+    return meta
+
+
 def read_rollout(path: str | Path) -> Rollout:
     """Read and validate a rollout file and its sidecar; RolloutError names the file and field."""
     path = Path(path)
@@ -155,14 +171,8 @@ def read_rollout(path: str | Path) -> Rollout:
     except (ValueError, OSError, zipfile.BadZipFile) as err:
         raise RolloutError(f"{path}: not a readable .npz ({str(err).splitlines()[0]})") from None
     _check_arrays(arrays, str(path))
-    side = meta_path(path)
-    if not side.is_file():
-        raise RolloutError(f"{side}: rollout metadata not found")
-    try:
-        meta = json.loads(side.read_text())
-    except json.JSONDecodeError as err:
-        raise RolloutError(f"{side}: not valid JSON ({err})") from None
-    _check_meta(meta, int(arrays["frames"].shape[1]) - 1, str(side))
+    meta = read_rollout_meta(path)
+    _check_meta(meta, int(arrays["frames"].shape[1]) - 1, str(meta_path(path)))
     return Rollout(**arrays, meta=meta)
 
 

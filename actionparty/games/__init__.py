@@ -8,6 +8,7 @@ from actionparty.games.actions import CANONICAL_ACTIONS, CELL_PX, FACINGS, MAX_P
 from actionparty.games.catalogue import (
     CatalogueError,
     GameSpec,
+    game_descriptions,
     left_out_substrates,
     load_catalogue,
     resolve_games,
@@ -24,6 +25,7 @@ __all__ = [
     "GameEnv",
     "GameSpec",
     "StepRecord",
+    "game_descriptions",
     "left_out_substrates",
     "load_catalogue",
     "resolve_games",

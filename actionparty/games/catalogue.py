@@ -112,37 +112,50 @@ def left_out_substrates(path: str | Path) -> dict[str, str]:
     return {substrate: " ".join(reason.split()) for substrate, reason in data["left_out"].items()}
 
 
-def load_catalogue(path: str | Path) -> dict[str, GameSpec]:
-    """Read and fully validate the catalogue; games in file order."""
+def load_catalogue(path: str | Path, games: Sequence[str] | None = None) -> dict[str, GameSpec]:
+    """Read and validate the catalogue; games in file order.
+
+    Building a game's lab2d settings (the part of validation that takes time) is done for
+    ``games`` only when given (a stage that needs one game need not check all 46); the
+    file-level checks (left-out list, duplicate substrates, unknown names) always cover all.
+    """
     path = Path(path)
     data = _read_yaml(path)
     left_out = left_out_substrates(path)
-    games: dict[str, GameSpec] = {}
+    if games is not None:
+        unknown = [name for name in games if name not in data["games"]]
+        if unknown:
+            raise CatalogueError(f"{path}: unknown game '{unknown[0]}' (see docs/GAMES.md for the list)")
+    result: dict[str, GameSpec] = {}
     used: dict[str, str] = {}  # substrate -> game
     for name, entry in data["games"].items():
-        spec = _parse_game(str(path), str(name), entry)
-        if spec.substrate in left_out:
-            raise CatalogueError(f"{path}: game '{name}': substrate '{spec.substrate}' is listed in left_out")
-        if spec.substrate in used:
+        substrate = entry.get("substrate") if isinstance(entry, dict) else None
+        if substrate in left_out:
+            raise CatalogueError(f"{path}: game '{name}': substrate '{substrate}' is listed in left_out")
+        if substrate in used:
             raise CatalogueError(
-                f"{path}: game '{name}': duplicate substrate '{spec.substrate}' (already used by game '{used[spec.substrate]}')"
+                f"{path}: game '{name}': duplicate substrate '{substrate}' (already used by game '{used[substrate]}')"
             )
-        used[spec.substrate] = spec.name
-        games[spec.name] = spec
-    return games
+        used[substrate] = name
+        if games is None or name in games:
+            result[str(name)] = _parse_game(str(path), str(name), entry)
+    return result
+
+
+def game_descriptions(path: str | Path) -> dict[str, str]:
+    """Every game's description (whitespace normalised as in GameSpec), without building games."""
+    data = _read_yaml(Path(path))
+    return {str(name): " ".join(str(entry.get("description", "")).split()) for name, entry in data["games"].items()}
 
 
 def resolve_games(profile, names: Sequence[str] | None = None) -> list[GameSpec]:
     """The GameSpecs a profile asks for (``profile.catalogue``, ``profile.games``: a list of
     names or ``"all"``), or ``names`` from that catalogue when given."""
-    catalogue = load_catalogue(profile.catalogue)
     wanted = names if names is not None else profile.games
     if wanted == "all":
-        return list(catalogue.values())
-    unknown = [name for name in wanted if name not in catalogue]
-    if unknown:
-        raise CatalogueError(f"{profile.catalogue}: unknown game '{unknown[0]}' (see docs/GAMES.md for the list)")
-    return [catalogue[name] for name in wanted]
+        return list(load_catalogue(profile.catalogue).values())
+    catalogue = load_catalogue(profile.catalogue, list(wanted))
+    return [catalogue[name] for name in wanted]  # in the order asked for
 
 
 # -- one game -----------------------------------------------------------------------------

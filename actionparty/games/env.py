@@ -123,12 +123,13 @@ def _plain_json(value):
 class GameEnv:
     """One dmlab2d substrate built from a GameSpec; a context manager.
 
-    ``reset()`` rebuilds the Lua environment (as Melting Pot does: reusing it crashed clean_up)
-    with a fresh seed drawn from ``seed``, and returns the first state; ``step(actions)`` takes
-    (P,) canonical action ids and returns the next. Every catalogue game runs at least 1000 steps
-    before the substrate ends the episode (``running`` turns False); stepping further raises.
-    Melting Pot is not fully reproducible for a given seed (its Lua iterates hash tables), so the
-    records, not the seed, are the ground truth.
+    ``reset()`` rebuilds the Lua environment with a fresh seed drawn from ``seed`` (as Melting
+    Pot does; restarting one in place aborted the process in clean_up) and returns the first
+    state; ``step(actions)`` takes (P,) canonical action ids and returns the next. Every catalogue
+    game runs at least 1000 steps before the substrate ends the episode (``running`` turns
+    False); stepping further raises. Melting Pot is not fully reproducible for a given seed (two
+    runs of clean_up with one seed spawned players differently), so the records, not the seed,
+    are the ground truth.
     """
 
     def __init__(self, spec: GameSpec, seed: int):
@@ -274,6 +275,18 @@ class GameEnv:
         self._running = True
         self._previous = StepRecord(frame, position, facing, visible, np.zeros(self.num_players, bool))
         return self._previous
+
+    def raw_step(self, actions) -> np.ndarray:
+        """The bare dmlab2d step (act, advance, ``WORLD.RGB``) with no labels: the reference
+        rate that episode generation is benchmarked against. Returns the frame."""
+        self._action_vector[self._action_columns] = self._action_values[np.asarray(actions)]
+        self._stdout.enter()
+        try:
+            self._env.act_discrete(self._action_vector)
+            self._env.advance()
+            return self._env.observation("WORLD.RGB")
+        finally:
+            self._stdout.exit()
 
     def step(self, actions) -> StepRecord:
         """Advance one step; ``actions`` is (P,) canonical action ids (0..7)."""

@@ -59,9 +59,9 @@ class TextConditioner:
 
 def game_descriptions(profile: Profile) -> dict[str, str]:
     """Every catalogue game's description (the tiny encoder's vocabulary covers all of them)."""
-    from actionparty.games import load_catalogue
+    from actionparty.games import game_descriptions as read_descriptions
 
-    return {name: spec.description for name, spec in load_catalogue(profile.catalogue).items()}
+    return read_descriptions(profile.catalogue)
 
 
 def build_text_embedder(profile: Profile, device="cpu") -> TextEmbedder:

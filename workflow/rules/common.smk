@@ -2,7 +2,8 @@
 import os
 import yaml
 
-from actionparty.config import SPLITS, selected_games, validate_profile
+from actionparty.config import SPLITS, validate_profile
+from actionparty.games import resolve_games
 
 PROFILE = validate_profile(config, source="snakemake config")
 PROFILE_FILE = f"params/{PROFILE.profile}.yaml"
@@ -12,7 +13,7 @@ with open(PROFILE_FILE) as _f:
     if validate_profile(yaml.safe_load(_f), PROFILE_FILE) != PROFILE:
         raise ValueError(f"the Snakemake config differs from {PROFILE_FILE}: edit the file instead of overriding")
 
-GAMES = [spec.name for spec in selected_games(PROFILE)]
+GAMES = [spec.name for spec in resolve_games(PROFILE)]
 with open(PROFILE.catalogue) as _f:
     _CATALOGUE_ENTRIES = yaml.safe_load(_f)["games"]
 
