@@ -15,6 +15,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/finetune.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:
@@ -25,3 +26,4 @@ rule all:
         rules.pretrain.input,
         rules.finetune.input,
         rules.rollouts.input,
+        rules.evaluate.input,

@@ -141,9 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("schema", _cmd_schema, "print the profile's JSON schema (for Snakemake)")
     p.add_argument("--out", type=Path)
 
+    from actionparty.eval.commands import add_commands as add_eval_commands
     from actionparty.train.commands import add_commands as add_train_commands
 
     add_train_commands(sub)
+    add_eval_commands(sub)
     return parser
 
 

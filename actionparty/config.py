@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from actionparty.errors import ProfileError
+from actionparty.eval.config import EvalConfig
 
 SPLITS = ("train", "val", "test")
 # Episode seeds of different splits never overlap: seed = base + SPLIT_SEED_STRIDE * split + index.
@@ -202,6 +203,7 @@ class Profile(StrictModel):
     finetune: FinetuneConfig
     variants: list[str]  # finetuned variants to run (params/variants/<name>.yaml)
     rollout: RolloutConfig
+    eval: EvalConfig
     resources: ResourcesConfig
 
     @field_validator("variants")

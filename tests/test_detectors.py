@@ -147,11 +147,14 @@ def write_world(root: Path, split: str, episodes: int, steps: int, seed: int) ->
     return out
 
 
+WINDOWS_PER_GAME = 6  # test windows per game and horizon (profile.rollout.clips_per_game)
+
+
 def eval_config(**overrides) -> EvalConfig:
     cfg = dict(seed=0, tile=dict(patch_width=32, width=32, context_cells=1, game_embedding=True, occupied_weight=4.0),
                idm=dict(margin_cells=1, patch_width=48, width=48), train_steps=260, batch_clips=16, lr=3e-3,
-               checkpoint_every=100, val_clips_per_game=60, num_workers=0, tau=0.5, horizons=[4, 8],
-               windows_per_game=6, eval_batch_frames=128, psnr_max_db=100.0, i3d_checkpoint=None)
+               checkpoint_every=100, val_clips_per_game=60, num_workers=0, tau=0.5,
+               eval_batch_frames=128, psnr_max_db=100.0, i3d_checkpoint=None)
     cfg.update(overrides)
     return EvalConfig.model_validate(cfg)
 
@@ -171,7 +174,7 @@ def world(tmp_path_factory):
 
 def ground_truth_rollout(world, horizon: int, variant: str) -> tuple[Rollout, dict]:
     ds = ClipDataset(world["test"], clip_steps=horizon)
-    rollout, gt = oracle_rollout(ds, world["cfg"])
+    rollout, gt = oracle_rollout(ds, WINDOWS_PER_GAME, 0)
     games = list(ds.games)
     rollout.meta = dict(rollout.meta, variant=variant)
     return rollout, dict(gt, games=games)
@@ -263,7 +266,8 @@ def test_bad_detector_checkpoints_are_refused(tmp_path):
 
 
 def test_oracle_row_is_near_perfect(world, tmp_path):
-    result = evaluate_oracle(world["test"], world["detectors"], world["cfg"], progress=False)
+    result = evaluate_oracle(world["test"], world["detectors"], world["cfg"], (4, 8), WINDOWS_PER_GAME, 0,
+                             progress=False)
     assert result["kind"] == "oracle" and set(result["horizons"]) == {"h4", "h8"}
     for entry in result["horizons"].values():
         o = entry["overall"]
@@ -282,8 +286,9 @@ def test_i3d_fvd_is_reported_when_a_checkpoint_is_configured(world, tmp_path):
             return x.mean(dim=(3, 4)).flatten(1)
 
     torch.jit.script(MeanColour()).save(str(tmp_path / "i3d.pt"))
-    cfg = world["cfg"].model_copy(update={"i3d_checkpoint": str(tmp_path / "i3d.pt"), "horizons": (4,)})
-    overall = evaluate_oracle(world["test"], world["detectors"], cfg, progress=False)["horizons"]["h4"]["overall"]
+    cfg = world["cfg"].model_copy(update={"i3d_checkpoint": str(tmp_path / "i3d.pt")})
+    overall = evaluate_oracle(world["test"], world["detectors"], cfg, (4,), WINDOWS_PER_GAME, 0,
+                              progress=False)["horizons"]["h4"]["overall"]
     assert overall["FVD_I3D"] == pytest.approx(0.0, abs=1e-6)
 
 

@@ -13,7 +13,7 @@ import yaml
 from actionparty.errors import ProfileError, UserError
 from actionparty.eval import metrics as M
 from actionparty.eval.commands import add_commands
-from actionparty.eval.config import EvalConfig, load_eval_config
+from actionparty.eval.config import EvalConfig
 from actionparty.eval.evaluate import combine_metrics, write_table
 from actionparty.eval.rollout_io import (
     Rollout,
@@ -389,24 +389,26 @@ def test_swaps_and_windows():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_proposed_eval_sections_validate_and_bad_keys_are_named(repo, tmp_path):
-    proposals = yaml.safe_load((repo / "params/eval_defaults.yaml").read_text())
+def test_profiles_eval_sections_validate_and_bad_keys_are_named(repo, tmp_path):
+    from actionparty.config import load_profile
+
     for profile in ("smoke", "tiny", "paper"):
-        cfg = EvalConfig.model_validate(proposals[profile]["eval"])
-        assert 4 in cfg.horizons
-    section = proposals["smoke"]["eval"]
+        assert isinstance(load_profile(repo / f"params/{profile}.yaml").eval, EvalConfig)
+    data = yaml.safe_load((repo / "params/smoke.yaml").read_text())
     path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump({"profile": "x", "eval": section}))
-    assert load_eval_config(path).tau == section["tau"]
-    path.write_text(yaml.safe_dump({"profile": "x", "eval": dict(section, tile=dict(section["tile"], depth=3))}))
+    data["eval"]["tile"]["depth"] = 3
+    path.write_text(yaml.safe_dump(data))
     with pytest.raises(ProfileError, match=r"p.yaml: eval.tile.depth: unknown key"):
-        load_eval_config(path)
-    path.write_text(yaml.safe_dump({"profile": "x", "eval": dict(section, tau=1.5)}))
+        load_profile(path)
+    del data["eval"]["tile"]["depth"]
+    data["eval"]["tau"] = 1.5
+    path.write_text(yaml.safe_dump(data))
     with pytest.raises(ProfileError, match=r"p.yaml: eval.tau: "):
-        load_eval_config(path)
-    path.write_text(yaml.safe_dump({"profile": "x"}))
+        load_profile(path)
+    del data["eval"]
+    path.write_text(yaml.safe_dump(data))
     with pytest.raises(ProfileError, match="p.yaml: eval: missing key"):
-        load_eval_config(path)
+        load_profile(path)
 
 
 def _metrics_file(variant, kind, ma):

@@ -11,6 +11,7 @@ files, shapes and dtypes are compared.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -34,6 +35,7 @@ SMOKE = ("--configfile", "params/smoke.yaml")
 # Arrays that come from our seeded code, not from the Melting Pot simulation.
 DETERMINISTIC_ARRAYS = ("actions",)
 DETERMINISTIC_CLIP_FIELDS = ("actions", "present", "game", "episode", "start")
+PLUGINS = ("snakemake_executor_plugin_slurm", "snakemake_executor_plugin_cluster_generic")
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+?)\)\.")
 
 
@@ -55,6 +57,9 @@ def stop_cluster(state: Path) -> None:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """(state dir, environment for snakemake/sbatch, seconds to start); daemons stopped at teardown."""
+    missing = [name for name in PLUGINS if importlib.util.find_spec(name) is None]
+    if missing:  # an install defect, not a property of the machine: fail, do not skip
+        pytest.fail(f"{', '.join(missing)} not installed: they belong to the project's dependencies")
     state = tmp_path_factory.mktemp("slurm")
     t0 = time.monotonic()
     try:

@@ -1,6 +1,6 @@
 """Evaluation: detectors trained on ground truth, metrics, and the per-variant metrics JSON.
 
-    config.py       EvalConfig: the profile's ``eval:`` section (load_eval_config)
+    config.py       EvalConfig: the profile's ``eval:`` section
     detectors.py    TileClassifier (who and which facing in each cell), InverseDynamics (which
                     action between two frames); training, held-out accuracy, checkpoint bundle
     metrics.py      MA, SP, DR, EA, BA, ST, PSNR, SSIM, FD, I3D-FVD as pure functions

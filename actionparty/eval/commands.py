@@ -23,10 +23,10 @@ def _threads(args) -> None:
 
 
 def _cmd_train_detectors(args) -> None:
-    from actionparty.eval.config import load_eval_config
+    from actionparty.config import load_profile
     from actionparty.eval.detectors import train_detectors
 
-    cfg = load_eval_config(args.profile)
+    cfg = load_profile(args.profile).eval
     _threads(args)
     acc = train_detectors(args.train_lmdb, args.val_lmdb, cfg, args.out, args.accuracy, progress=not args.quiet,
                           stop_after=args.stop_after)
@@ -38,10 +38,10 @@ def _cmd_train_detectors(args) -> None:
 
 def _cmd_evaluate(args) -> None:
     from actionparty.atomic import write_json
-    from actionparty.eval.config import load_eval_config
+    from actionparty.config import load_profile
     from actionparty.eval.evaluate import evaluate_variant
 
-    cfg = load_eval_config(args.profile)
+    cfg = load_profile(args.profile).eval
     _threads(args)
     result = evaluate_variant(args.variant, args.rollouts, args.swap_rollouts or [], args.test_lmdb, args.detectors,
                               cfg, progress=not args.quiet)
@@ -53,12 +53,14 @@ def _cmd_evaluate(args) -> None:
 
 def _cmd_evaluate_oracle(args) -> None:
     from actionparty.atomic import write_json
-    from actionparty.eval.config import load_eval_config
+    from actionparty.config import load_profile
     from actionparty.eval.evaluate import evaluate_oracle
 
-    cfg = load_eval_config(args.profile)
+    profile = load_profile(args.profile)
     _threads(args)
-    result = evaluate_oracle(args.test_lmdb, args.detectors, cfg, progress=not args.quiet)
+    r = profile.rollout
+    result = evaluate_oracle(args.test_lmdb, args.detectors, profile.eval, r.horizons, r.clips_per_game, r.seed,
+                             progress=not args.quiet)
     write_json(args.out, result)
     summary = ", ".join(f"{h}: MA {e['overall']['MA']} SP {e['overall']['SP']}" for h, e in result["horizons"].items())
     print(f"{args.out}: oracle {summary}")

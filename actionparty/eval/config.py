@@ -1,20 +1,17 @@
 """Evaluation parameters: the ``eval:`` section of a profile (params/<profile>.yaml).
 
-Until the section is part of :class:`actionparty.config.Profile`, :func:`load_eval_config` reads
-it from the raw YAML; either way an unknown, missing or ill-typed key is refused in one line
-naming the file and the dotted key.
+It is the ``eval`` field of :class:`actionparty.config.Profile`: an unknown, missing or ill-typed
+key is refused in one line naming the file and the dotted key. The horizons, test windows and
+their seed are the rollout stage's (``profile.rollout``), so rollouts and the oracle see the
+same windows by construction.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from actionparty.config import _format_error as format_validation_error
-from actionparty.errors import ProfileError
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
@@ -59,38 +56,6 @@ class EvalConfig(BaseModel):
     num_workers: Annotated[int, Field(ge=0)]  # DataLoader workers while training
     # Metrics.
     tau: Probability  # a slot is detected in a cell when its probability there is >= tau
-    horizons: tuple[PositiveInt, ...]  # rollout lengths evaluated (the paper: 4 and 20)
-    windows_per_game: PositiveInt  # test windows per game and horizon (rollouts and oracle)
     eval_batch_frames: PositiveInt  # frames per detector forward pass at evaluation
     psnr_max_db: Annotated[float, Field(gt=0.0)]  # PSNR of identical frames (otherwise infinite)
     i3d_checkpoint: str | None  # TorchScript I3D feature extractor; None = no I3D-FVD
-
-    @field_validator("horizons")
-    @classmethod
-    def _distinct(cls, horizons: tuple[int, ...]) -> tuple[int, ...]:
-        if not horizons or len(set(horizons)) != len(horizons):
-            raise ValueError("horizons must be a non-empty list of distinct step counts")
-        return horizons
-
-
-def load_eval_config(profile_path: str | Path) -> EvalConfig:
-    """The validated ``eval:`` section of a profile file (ProfileError on any problem)."""
-    path = Path(profile_path)
-    if not path.is_file():
-        raise ProfileError(f"{path}: profile not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ProfileError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ProfileError(f"{path}: a profile must be a mapping")
-    if "eval" not in data:
-        raise ProfileError(f"{path}: eval: missing key (params/eval_defaults.yaml has one)")
-    try:
-        return _EvalSection.model_validate({"eval": data.get("eval")}).eval
-    except ValidationError as err:
-        raise ProfileError(format_validation_error(str(path), err)) from None
-
-
-class _EvalSection(_Strict):
-    eval: EvalConfig

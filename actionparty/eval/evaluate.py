@@ -332,27 +332,28 @@ def evaluate_variant(variant: str, rollouts: list[str | Path], swap_rollouts: li
     return result
 
 
-def oracle_rollout(dataset: ClipDataset, cfg: EvalConfig) -> tuple[Rollout, dict[str, np.ndarray]]:
+def oracle_rollout(dataset: ClipDataset, windows_per_game: int, seed: int) -> tuple[Rollout, dict[str, np.ndarray]]:
     """The evaluation windows' ground-truth frames in the rollout format, and the ground truth
-    (:func:`ground_truth`) itself."""
-    windows = select_windows(dataset, cfg.windows_per_game, cfg.seed)
+    (:func:`ground_truth`) itself; windows as the rollout stage picks them (profile.rollout)."""
+    windows = select_windows(dataset, windows_per_game, seed)
     gt = ground_truth(dataset, windows["episode"], windows["start"], str(dataset.path))
     meta = {"variant": "oracle", "horizon": dataset.clip_steps, "split": dataset.meta.get("split", "test"),
-            "sampling_steps": 0, "seed": cfg.seed}
+            "sampling_steps": 0, "seed": seed}
     rollout = Rollout(frames=np.ascontiguousarray(gt["frames"].transpose(0, 1, 3, 4, 2)), episode=windows["episode"],
                       start=windows["start"], game=gt["game"], actions=gt["actions"], present=gt["present"], meta=meta)
     return rollout, gt
 
 
-def evaluate_oracle(test_lmdb: str | Path, detectors_path: str | Path, cfg: EvalConfig, progress: bool = True) -> dict:
+def evaluate_oracle(test_lmdb: str | Path, detectors_path: str | Path, cfg: EvalConfig, horizons, windows_per_game: int,
+                    window_seed: int, progress: bool = True) -> dict:
     """The oracle row: ground-truth frames through the same code, for every configured horizon.
     MA, SP, DR, EA there measure the detectors (any gap bounds every model's number);
     rules_agreement measures BA's movement rules."""
     ctx = _Context(test_lmdb, detectors_path, cfg)
     result = ctx.header("oracle", "oracle")
-    for h in tqdm(cfg.horizons, desc="evaluate oracle", unit="horizon", disable=not progress):
+    for h in tqdm(horizons, desc="evaluate oracle", unit="horizon", disable=not progress):
         ds = ctx.dataset(h)
-        rollout, gt = oracle_rollout(ds, cfg)
+        rollout, gt = oracle_rollout(ds, windows_per_game, window_seed)
         det_game, walk = ctx.mapping(ds, rollout.game)
         outcomes = rollout_outcomes(rollout, gt, ctx.detectors, det_game, walk, cfg, ctx.i3d)
         entry = {"rollout": None, "swap_rollout": None, "meta": rollout.meta}

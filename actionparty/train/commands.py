@@ -111,6 +111,16 @@ def _cmd_bench_model(args) -> None:
         write_json(args.json, result)
 
 
+def _cmd_estimate(args) -> None:
+    from actionparty.config import load_profile, load_variant
+    from actionparty.train.estimate import estimate, print_estimate
+
+    profile = load_profile(args.profile)
+    print_estimate(estimate(profile))
+    for name in args.variants or profile.variants[:1]:
+        print_estimate(estimate(profile, load_variant(name)))
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("pretrain", help="video-only pretraining (exp-138) on an LMDB")
     p.set_defaults(func=_cmd_pretrain)
@@ -155,3 +165,8 @@ def add_commands(sub) -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--threads", type=int)
     p.add_argument("--json", type=Path, help="also write the figures as JSON")
+
+    p = sub.add_parser("estimate", help="GPU memory and time estimates of the training stages (meta device)")
+    p.set_defaults(func=_cmd_estimate)
+    p.add_argument("--profile", required=True)
+    p.add_argument("--variants", nargs="*", help="finetune variants to estimate (default: the first)")

@@ -1,0 +1,108 @@
+"""Memory and time estimates of a profile's training jobs, from the real model built on the
+meta device (no memory, no weights needed): tokens per clip, parameters, optimizer state,
+activations with gradient checkpointing, FLOPs per step. docs/TRAINING.md shows the arithmetic."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from actionparty.config import Profile, VariantConfig
+from actionparty.games.actions import PLAYER_SLOTS
+
+GB = 1e9
+
+
+@dataclass
+class TrainingEstimate:
+    profile: str
+    stage: str
+    parameters: int
+    latent_side: int  # latent pixels per side of one frame
+    tokens_per_frame: int
+    frames_per_clip: int  # 1 context + clip_steps
+    video_tokens_per_clip: int
+    state_tokens_per_clip: int
+    tokens_per_clip: int
+    text_tokens: int
+    clips_per_gpu: int
+    weights_gb: float  # fp32 master weights
+    grads_gb: float
+    adam_gb: float
+    ema_gb: float
+    activations_gb_per_clip: float  # stored block inputs (checkpointing) + one block's peak
+    memory_gb_per_gpu: float
+    flops_per_clip: float  # forward + backward (+ recompute), matmuls and attention
+    hours_at_40pct_h100: float  # the whole stage on the profile's GPUs at 40% of 989 TFLOP/s bf16
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_on_meta(profile: Profile, variant: VariantConfig | None = None):
+    """The profile's DiT (and action modules) on the meta device, with the codec's real shapes."""
+    from actionparty.model.dit import make_dit
+    from actionparty.model.subjects import ActionWorldModel, StateGrid
+    from actionparty.model.world import WorldModel
+
+    cfg = profile.model
+    latent_channels, factor, patch = (16, 8, (1, 2, 2)) if cfg.codec == "wan-vae" else (192, 8, (1, 1, 1))
+    text_dim = 4096 if cfg.text_encoder == "umt5" else 64
+    side = (cfg.resolution or profile.canvas_px) // factor
+    with torch.device("meta"):
+        dit = make_dit(cfg.size, in_dim=latent_channels, out_dim=latent_channels, text_dim=text_dim,
+                       text_len=cfg.text_len, patch_size=patch, chunk_frames=cfg.chunk_frames)
+        if variant is None:
+            model = WorldModel(dit, cfg.prediction, cfg.residual_prior)
+        else:
+            grid = StateGrid(profile.canvas_cells, side // patch[1])
+            model = ActionWorldModel(dit, variant.conditioning(profile.finetune.state_loss_weight), grid,
+                                     cfg.prediction, cfg.residual_prior)
+    return model, side
+
+
+def estimate(profile: Profile, variant: VariantConfig | None = None) -> TrainingEstimate:
+    train = profile.pretrain if variant is None else profile.finetune
+    model, side = build_on_meta(profile, variant)
+    d = model.dit.config
+    params = sum(p.numel() for p in model.parameters())
+    tokens_per_frame = (side // d.patch_size[1]) * (side // d.patch_size[2])
+    frames = 1 + train.clip_steps
+    video = frames * tokens_per_frame
+    state = frames * PLAYER_SLOTS if variant is not None and variant.kind == "subject" else 0
+    n = video + state
+    gpus = max(profile.resources.train_gpus, 1)
+    clips_per_gpu = max(train.batch_size // gpus, 1)
+    act_bytes = 2 if profile.model.precision == "bf16" else 4
+    # Checkpointing keeps each block's fp32 input; recomputing one block needs its largest
+    # intermediates (q, k, v, o and the FFN hidden layer) in the compute dtype.
+    stored = d.num_layers * n * d.dim * 4
+    block_peak = n * (5 * d.dim + d.ffn_dim) * act_bytes
+    activations = (stored + block_peak if profile.model.gradient_checkpointing
+                   else d.num_layers * (stored / d.num_layers + block_peak))
+    weights = params * 4
+    memory = weights * 2 + weights * 2 + weights + clips_per_gpu * activations  # w, grad, adam m+v, ema
+    # FLOPs: 2 per multiply-add; fwd + 2x bwd = 3x fwd (+1 fwd recompute with checkpointing).
+    matmul_fwd = 2 * params * n
+    attention_fwd = d.num_layers * 4 * n * n * d.dim + d.num_layers * 4 * n * d.text_len * d.dim
+    passes = 4 if profile.model.gradient_checkpointing else 3
+    flops = passes * (matmul_fwd + attention_fwd)
+    hours = flops * train.batch_size * train.steps / (gpus * 0.4 * 989e12) / 3600
+    return TrainingEstimate(
+        profile=profile.profile, stage="pretrain" if variant is None else f"finetune:{variant.experiment}",
+        parameters=params, latent_side=side, tokens_per_frame=tokens_per_frame, frames_per_clip=frames,
+        video_tokens_per_clip=video, state_tokens_per_clip=state, tokens_per_clip=n, text_tokens=d.text_len,
+        clips_per_gpu=clips_per_gpu, weights_gb=weights / GB, grads_gb=weights / GB, adam_gb=2 * weights / GB,
+        ema_gb=weights / GB, activations_gb_per_clip=activations / GB, memory_gb_per_gpu=memory / GB,
+        flops_per_clip=flops, hours_at_40pct_h100=hours)
+
+
+def print_estimate(e: TrainingEstimate) -> None:
+    print(f"{e.profile} {e.stage}: {e.parameters:,} parameters; {e.tokens_per_clip} tokens per clip "
+          f"({e.frames_per_clip} frames x {e.tokens_per_frame} video tokens + {e.state_tokens_per_clip} state tokens), "
+          f"{e.text_tokens} text tokens")
+    print(f"  per GPU: weights {e.weights_gb:.1f} GB + grads {e.grads_gb:.1f} + Adam {e.adam_gb:.1f} + EMA "
+          f"{e.ema_gb:.1f} + activations {e.activations_gb_per_clip:.2f} GB/clip x {e.clips_per_gpu} = "
+          f"{e.memory_gb_per_gpu:.1f} GB")
+    print(f"  {e.flops_per_clip / 1e12:.1f} TFLOP per clip; {e.hours_at_40pct_h100:.1f} h at 40% of H100 bf16 peak")

@@ -1,0 +1,96 @@
+# Evaluation: detectors trained on ground-truth episodes, metrics per model (and the oracle),
+# and the combined table.
+
+SWAP_HORIZON = min(HORIZONS)
+
+
+rule detectors:
+    input:
+        train="data/lmdb/train.lmdb",
+        val="data/lmdb/val.lmdb",
+    output:
+        bundle="results/detectors/detectors.pt",
+        accuracy="results/detectors/accuracy.json",
+    params:
+        profile=PROFILE_FILE,
+        eval=config["eval"],
+    threads: 1
+    resources:
+        mem_mb=config["resources"]["train_mem_mb"],
+        runtime=config["resources"]["train_runtime_min"],
+        gpu=min(config["resources"]["train_gpus"], 1),
+    log:
+        "logs/detectors.log",
+    benchmark:
+        "benchmarks/runs/detectors.tsv"
+    shell:
+        "actionparty train-detectors --profile {params.profile} --train-lmdb {input.train} --val-lmdb {input.val}"
+        " --out {output.bundle} --accuracy {output.accuracy} --threads {threads} > {log} 2>&1"
+
+
+rule metrics:
+    input:
+        test="data/lmdb/test.lmdb",
+        detectors="results/detectors/detectors.pt",
+        rollouts=expand("results/rollouts/{{model}}/h{horizon}.npz", horizon=HORIZONS),
+        swaps=f"results/rollouts/{{model}}/h{SWAP_HORIZON}_swap.npz",
+    output:
+        "results/metrics/{model}.json",
+    params:
+        profile=PROFILE_FILE,
+        eval=config["eval"],
+    threads: 1
+    resources:
+        mem_mb=config["resources"]["train_mem_mb"],
+        runtime=60,
+    log:
+        "logs/metrics/{model}.log",
+    benchmark:
+        "benchmarks/runs/metrics/{model}.tsv"
+    shell:
+        "actionparty evaluate --profile {params.profile} --variant {wildcards.model} --test-lmdb {input.test}"
+        " --detectors {input.detectors} --rollouts {input.rollouts} --swap-rollouts {input.swaps}"
+        " --out {output} --threads {threads} > {log} 2>&1"
+
+
+rule oracle_metrics:
+    input:
+        test="data/lmdb/test.lmdb",
+        detectors="results/detectors/detectors.pt",
+    output:
+        "results/metrics/oracle.json",
+    params:
+        profile=PROFILE_FILE,
+        eval=config["eval"],
+    threads: 1
+    resources:
+        mem_mb=config["resources"]["train_mem_mb"],
+        runtime=60,
+    log:
+        "logs/metrics/oracle.log",
+    benchmark:
+        "benchmarks/runs/metrics/oracle.tsv"
+    shell:
+        "actionparty evaluate-oracle --profile {params.profile} --test-lmdb {input.test}"
+        " --detectors {input.detectors} --out {output} --threads {threads} > {log} 2>&1"
+
+
+rule combined_metrics:
+    input:
+        expand("results/metrics/{model}.json", model=MODELS),
+        "results/metrics/oracle.json",
+    output:
+        json="results/metrics/combined.json",
+        csv="results/metrics/combined.csv",
+    log:
+        "logs/metrics/combined.log",
+    benchmark:
+        "benchmarks/runs/metrics/combined.tsv"
+    shell:
+        "actionparty combine-metrics --out-json {output.json} --out-csv {output.csv} {input} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        rules.combined_metrics.output,
+        "results/detectors/accuracy.json",
