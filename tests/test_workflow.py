@@ -1,4 +1,4 @@
-"""The real Snakemake DAG on the smoke profile (no mocks): data target end to end."""
+"""The real Snakemake DAG on the smoke profile (no mocks): the whole DAG end to end."""
 
 from __future__ import annotations
 
@@ -32,13 +32,13 @@ def snakemake(cwd, env, target, *args, timeout=600):
 def smoke_data(tmp_path_factory):
     env = subprocess_env()
     work = copy_workflow(REPO, tmp_path_factory.mktemp("smoke"))
-    run = snakemake(work, env, "data")
+    run = snakemake(work, env, "all")
     assert run.returncode == 0, run.stderr[-3000:]
     return work, env, run
 
 
 @pytest.mark.slow
-def test_smoke_data_dag_runs_for_real(smoke_data):
+def test_smoke_dag_runs_for_real(smoke_data):
     work, _, run = smoke_data
     profile = load_profile(work / "params/smoke.yaml")
     for split in SPLITS:
@@ -49,6 +49,18 @@ def test_smoke_data_dag_runs_for_real(smoke_data):
         for game in profile.games:
             assert (work / f"logs/episodes/{split}/{game}.log").is_file()
             assert (work / f"benchmarks/runs/episodes/{split}/{game}.tsv").is_file()
+    # Every model of the profile went through finetuning (variants), rollout and evaluation.
+    import json
+
+    models = list(profile.variants) + ["pretrained_ar", "static"]
+    for variant in profile.variants:
+        assert (work / f"results/finetune/{variant}/checkpoint.pt").is_file()
+    for model in models + ["oracle"]:
+        metrics = json.loads((work / f"results/metrics/{model}.json").read_text())
+        assert set(metrics["horizons"]) == {f"h{h}" for h in profile.rollout.horizons}
+    combined = json.loads((work / "results/metrics/combined.json").read_text())
+    assert {row["variant"] for row in combined["rows"]} == set(models) | {"oracle"}
+    assert any((work / "reports/figures/samples/exp-138").glob("*.gif"))
     # Lua's stdout noise must not reach the logs of our commands.
     log = (work / "logs/episodes/train/clean_up.log").read_text()
     assert "episodes" in log and "WARNING" not in log.upper().replace("WARNINGS", "")

@@ -75,10 +75,33 @@ def build_text_embedder(profile: Profile, device="cpu") -> TextEmbedder:
     return make_text_embedder("umt5", descriptions, path=cfg.text_path, device=device, max_len=cfg.text_len)
 
 
+def check_weight_paths(profile: Profile) -> None:
+    """Refuse, in one line naming the key, a profile whose local weight files are missing
+    (nothing can be downloaded: see docs/TRAINING.md for what to put where)."""
+    from pathlib import Path
+
+    from actionparty.errors import UserError
+
+    cfg = profile.model
+    needed = [("model.init_checkpoint", cfg.init_checkpoint, False)]
+    if cfg.codec == "wan-vae":
+        needed.append(("model.vae_path", cfg.vae_path, True))
+    if cfg.text_encoder == "umt5":
+        needed.append(("model.text_path", cfg.text_path, True))
+    for key, path, required in needed:
+        if path is None and required:
+            raise UserError(f"profile '{profile.profile}': {key} must be set for model.codec={cfg.codec}, "
+                            f"model.text_encoder={cfg.text_encoder}")
+        if path is not None and not Path(path).exists():
+            raise UserError(f"profile '{profile.profile}': {key} = {path} not found "
+                            "(weights cannot be downloaded here; see docs/TRAINING.md)")
+
+
 def build_world_model(profile: Profile, device="cpu", variant: VariantConfig | None = None,
                       ) -> tuple[WorldModel, FrameCodec, TextConditioner]:
     """The profile's world model (weights freshly initialised): the video-only model of exp-138,
     or, with ``variant``, an action-conditioned one."""
+    check_weight_paths(profile)
     codec = build_frame_codec(profile.model, device=device)
     embedder = build_text_embedder(profile, device=device)
     dit = build_dit(profile.model, codec.latent_channels, embedder.dim, codec.codec.dit_patch_size)

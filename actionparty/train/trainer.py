@@ -114,6 +114,13 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
     model_meta = {"profile": profile.model_dump(), "stage": job.stage, "games": games,
                   "train_clip_steps": cfg.clip_steps, **job.extra_meta}
 
+    if job.init_from is None and profile.model.init_checkpoint and not last.is_file():
+        # Pretraining from the official Wan2.1 weights (new modules are reported, not silently dropped).
+        from actionparty.model.checkpoint_io import load_wan_checkpoint
+
+        report = load_wan_checkpoint(model.dit, profile.model.init_checkpoint)
+        if info.is_main:
+            print(report.summary())
     if job.init_from is not None:
         init_state = load_checkpoint(job.init_from)
         check_compatible(job.init_from, init_state, profile.model.model_dump())

@@ -1,0 +1,397 @@
+"""The paper's tables from ``results/metrics/{model}.json``, as Markdown, CSV and LaTeX.
+
+=================  ================================================================================
+main               ActionParty (full), the baselines and the oracle x MA SP DR EA BA PSNR SSIM FD
+                   x horizons (4, 20)
+ablation           full vs the ablations, the same metrics plus state tracking (ST)
+per_game           MA and SP per model x game (shortest horizon, h4)
+per_player_count   MA and SP per model x number of players (h4)
+=================  ================================================================================
+
+Values are copied exactly as the metrics JSON holds them (``repr`` of the parsed number), so a
+reader can grep a table for a number of the JSON. In Markdown and LaTeX the best non-oracle value
+of each column is bold (ties: all of them); the oracle bounds every other row, it does not compete.
+Models whose metrics file is missing are listed under the table, not silently dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from actionparty.atomic import write_text
+from actionparty.config import UNTRAINED_MODELS, VARIANT_DIR, load_variant
+from actionparty.errors import UserError
+
+METRICS_SCHEMA = 1  # the schema evaluate.py writes (docs/EVALUATION.md)
+
+# Order of rows everywhere: ActionParty, its ablations, the baselines, the copy floor, the oracle.
+ABLATIONS = ("no_msa", "no_mca", "clipwise_mca", "no_rope_sa", "no_state")
+BASELINES = ("text_action", "global_action", "pretrained_ar")
+MODELS = ("full", *ABLATIONS, *BASELINES, "static", "oracle")
+VARIANTS = tuple(m for m in MODELS if m not in (*UNTRAINED_MODELS, "oracle"))  # finetuned from exp-138
+
+DISPLAY_NAMES = {
+    "full": "ActionParty",
+    "no_msa": "w/o MSA",
+    "no_mca": "w/o MCA",
+    "clipwise_mca": "Clip-wise MCA",
+    "no_rope_sa": "No RoPE in SA",
+    "no_state": "w/o state",
+    "text_action": "Text-Action",
+    "global_action": "Global-Action",
+    "pretrained_ar": "Pretrained AR",
+    "static": "Static (copy context)",
+    "oracle": "Oracle (ground truth)",
+}
+# Used when params/variants/ cannot be read (a reviewer with results/ only): docs/ABLATIONS.md.
+BUILTIN_EXPERIMENTS = {
+    "full": "exp-139", "no_msa": "exp-140", "no_mca": "exp-141", "clipwise_mca": "exp-142",
+    "no_rope_sa": "exp-143", "no_state": "exp-144", "text_action": "exp-145", "global_action": "exp-146",
+    "pretrained_ar": "exp-138",
+}
+
+# Metrics where lower is better; every other shown metric is better higher.
+LOWER_IS_BETTER = frozenset({"FD", "FVD_I3D", "ST_l1", "duplicated", "vanished", "BA_other"})
+MAIN_METRICS = ("MA", "SP", "DR", "EA", "BA", "PSNR", "SSIM", "FD")
+ABLATION_METRICS = ("MA", "SP", "DR", "EA", "BA", "ST_l1", "ST_exact", "PSNR", "SSIM", "FD")
+BREAKDOWN_METRICS = ("MA", "SP")
+
+
+class MetricsError(UserError):
+    """A metrics file (or another report input) that is unreadable or not in the documented layout."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading results/metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def _horizon_number(key: str) -> int | None:
+    m = re.fullmatch(r"h(\d+)", key)
+    return int(m.group(1)) if m else None
+
+
+def read_metrics_file(path: str | Path, model: str | None = None) -> dict:
+    """Parse and check one metrics file: schema, ``horizons`` = {"h<H>": {"overall": {...}, ...}}.
+    MetricsError (one line naming the file and the field) on anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise MetricsError(f"{path}: metrics file not found")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MetricsError(f"{path}: not valid JSON ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict) or data.get("schema_version") != METRICS_SCHEMA:
+        raise MetricsError(f"{path}: not a metrics file of schema {METRICS_SCHEMA} (field 'schema_version')")
+    if model is not None and data.get("variant") != model:
+        raise MetricsError(f"{path}: field 'variant' is '{data.get('variant')}', expected '{model}'")
+    horizons = data.get("horizons")
+    if not isinstance(horizons, dict) or not horizons:
+        raise MetricsError(f"{path}: field 'horizons' is missing or empty")
+    for key, entry in horizons.items():
+        if _horizon_number(key) is None:
+            raise MetricsError(f"{path}: horizon key '{key}' is not of the form h<steps>")
+        if not isinstance(entry, dict) or not isinstance(entry.get("overall"), dict):
+            raise MetricsError(f"{path}: field 'horizons.{key}.overall' is missing")
+        groups = {f"horizons.{key}.overall": entry["overall"]}
+        for part in ("per_game", "per_player_count"):
+            if not isinstance(entry.get(part, {}), dict):
+                raise MetricsError(f"{path}: field 'horizons.{key}.{part}' is not an object")
+            groups.update({f"horizons.{key}.{part}.{g}": v for g, v in entry.get(part, {}).items()})
+        for where, values in groups.items():
+            if not isinstance(values, dict):
+                raise MetricsError(f"{path}: field '{where}' is not an object")
+            bad = [k for k, v in values.items() if v is not None and (isinstance(v, bool) or
+                                                                       not isinstance(v, (int, float)))]
+            if bad:
+                raise MetricsError(f"{path}: field '{where}.{bad[0]}' is not a number or null")
+        for curve in ("ma_curve", "sp_curve", "ba_curve"):
+            if entry.get(curve) is not None and not isinstance(entry[curve], list):
+                raise MetricsError(f"{path}: field 'horizons.{key}.{curve}' is not a list")
+    return data
+
+
+@dataclass
+class MetricsSet:
+    """The metrics files found under ``results/metrics``: model -> parsed JSON, and the missing
+    ones (model -> expected path)."""
+
+    root: Path
+    models: dict[str, dict]
+    missing: dict[str, Path] = field(default_factory=dict)
+
+    def horizons(self) -> list[int]:
+        """Every horizon any model reports, ascending."""
+        return sorted({_horizon_number(k) for d in self.models.values() for k in d["horizons"]})
+
+    def entry(self, model: str, horizon: int) -> dict | None:
+        data = self.models.get(model)
+        return None if data is None else data["horizons"].get(f"h{horizon}")
+
+    def value(self, model: str, horizon: int, metric: str, part: str = "overall", group: str | None = None):
+        """One number (or None): ``part`` is overall, per_game or per_player_count (then ``group``
+        is the game or the player count)."""
+        entry = self.entry(model, horizon)
+        if entry is None:
+            return None
+        values = entry.get(part, {}) if group is None else entry.get(part, {}).get(group)
+        return None if not isinstance(values, dict) else values.get(metric)
+
+    def groups(self, part: str, horizon: int) -> list[str]:
+        """Games (sorted by name) or player counts (numerically) that any model reports."""
+        keys = {k for m in self.models for k in ((self.entry(m, horizon) or {}).get(part) or {})}
+        return sorted(keys, key=lambda k: (int(k), k) if k.isdigit() else (0, k))
+
+
+def load_metrics(metrics_dir: str | Path, models: tuple[str, ...] = MODELS) -> MetricsSet:
+    """Read ``{metrics_dir}/{model}.json`` of every model that has one; missing ones are recorded.
+    MetricsError if the folder holds none of them, or if a present file is corrupt."""
+    root = Path(metrics_dir)
+    found, missing = {}, {}
+    for model in models:
+        path = root / f"{model}.json"
+        if path.exists():
+            found[model] = read_metrics_file(path, model)
+        else:
+            missing[model] = path
+    if not found:
+        raise MetricsError(f"{root}: no metrics files ({', '.join(f'{m}.json' for m in models[:3])}, ...); "
+                           "run the evaluate stage first")
+    return MetricsSet(root, found, missing)
+
+
+def experiment_ids(models: tuple[str, ...] = MODELS, variant_dir: str | Path = VARIANT_DIR) -> dict[str, str]:
+    """Experiment id of each model: the ``experiment`` field of params/variants/<model>.yaml when
+    readable, else the built-in map of docs/ABLATIONS.md ('' for static and the oracle)."""
+    out = {}
+    for model in models:
+        exp = BUILTIN_EXPERIMENTS.get(model, "")
+        path = Path(variant_dir) / f"{model}.yaml"
+        if path.is_file():
+            try:
+                exp = load_variant(model, variant_dir).experiment
+            except UserError:
+                pass  # an unreadable variant file does not stop the report; the built-in id stands
+        out[model] = exp
+    return out
+
+
+def row_label(model: str, experiments: dict[str, str]) -> str:
+    name = DISPLAY_NAMES.get(model, model)
+    exp = experiments.get(model, "")
+    return f"{name} ({exp})" if exp else name
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    group: str  # header above the metric: 'h4', a game, '3 players'
+    metric: str
+    source: str = ""  # where the value lives in the JSON: the horizon key, game or player count
+
+    @property
+    def key(self) -> str:
+        return f"{self.group}/{self.metric}"
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.metric in LOWER_IS_BETTER
+
+
+@dataclass
+class Row:
+    model: str
+    label: str
+    experiment: str
+    values: list  # one per column: float, int or None (exactly as in the JSON)
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    columns: list[Column]
+    rows: list[Row]
+    notes: list[str] = field(default_factory=list)
+
+    def best(self) -> list[set[int]]:
+        """Per column, the indices of the rows holding the best non-oracle value."""
+        out = []
+        for c, col in enumerate(self.columns):
+            vals = [(i, r.values[c]) for i, r in enumerate(self.rows)
+                    if r.model != "oracle" and isinstance(r.values[c], (int, float))]
+            if not vals:
+                out.append(set())
+                continue
+            target = (min if col.lower_is_better else max)(v for _, v in vals)
+            out.append({i for i, v in vals if v == target})
+        return out
+
+
+def format_value(value) -> str:
+    """The number as the JSON wrote it (no rounding); '' for null."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _missing_note(metrics: MetricsSet, models: tuple[str, ...]) -> list[str]:
+    gone = [m for m in models if m in metrics.missing]
+    if not gone:
+        return []
+    return ["Not available (no metrics file): " + ", ".join(f"{m} ({metrics.missing[m]})" for m in gone)]
+
+
+def _rows(metrics: MetricsSet, models: tuple[str, ...], columns: list[Column], experiments: dict[str, str],
+          lookup) -> list[Row]:
+    return [Row(m, row_label(m, experiments), experiments.get(m, ""), [lookup(m, c) for c in columns])
+            for m in models if m in metrics.models]
+
+
+def _horizon_columns(metrics: MetricsSet, names: tuple[str, ...]) -> list[Column]:
+    return [Column(f"h{h}", name, str(h)) for h in metrics.horizons() for name in names]
+
+
+def _overall(metrics: MetricsSet):
+    return lambda model, col: metrics.value(model, int(col.source), col.metric)
+
+
+def main_table(metrics: MetricsSet, experiments: dict[str, str]) -> Table:
+    models = ("full", *BASELINES, "static", "oracle")
+    columns = _horizon_columns(metrics, MAIN_METRICS)
+    return Table("main", "Main results: ActionParty against the baselines, the copy floor and the oracle",
+                 columns, _rows(metrics, models, columns, experiments, _overall(metrics)),
+                 _missing_note(metrics, models))
+
+
+def ablation_table(metrics: MetricsSet, experiments: dict[str, str]) -> Table:
+    models = ("full", *ABLATIONS)
+    columns = _horizon_columns(metrics, ABLATION_METRICS)
+    return Table("ablation", "Ablations of ActionParty's mechanisms (ST: state tracking of the predicted "
+                 "coordinates, l1 in cells and share exact)", columns,
+                 _rows(metrics, models, columns, experiments, _overall(metrics)), _missing_note(metrics, models))
+
+
+def breakdown_table(metrics: MetricsSet, experiments: dict[str, str], part: str) -> Table:
+    """per_game or per_player_count: MA and SP per model x group at the shortest horizon."""
+    horizon = metrics.horizons()[0]
+    groups = metrics.groups(part, horizon)
+    label = (lambda g: g) if part == "per_game" else (lambda g: f"{g} players")
+    columns = [Column(label(g), name, g) for g in groups for name in BREAKDOWN_METRICS]
+
+    def value(model, col):
+        return metrics.value(model, horizon, col.metric, part, col.source)
+
+    what = "game" if part == "per_game" else "number of players"
+    return Table(part, f"MA and SP per {what}, horizon {horizon}", columns,
+                 _rows(metrics, MODELS, columns, experiments, value), _missing_note(metrics, MODELS))
+
+
+def build_tables(metrics: MetricsSet, experiments: dict[str, str]) -> list[Table]:
+    return [main_table(metrics, experiments), ablation_table(metrics, experiments),
+            breakdown_table(metrics, experiments, "per_game"),
+            breakdown_table(metrics, experiments, "per_player_count")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------
+
+_DASH = "–"
+
+
+def to_markdown(table: Table) -> str:
+    best = table.best()
+    head = ["method"] + [f"{c.group} {c.metric}" for c in table.columns]
+    lines = [f"**{table.title}.** Best non-oracle value per column in bold; {_DASH} = not applicable "
+             "or not measured.", "", "| " + " | ".join(head) + " |",
+             "|" + "|".join([":---"] + ["---:"] * len(table.columns)) + "|"]
+    for i, row in enumerate(table.rows):
+        cells = [row.label]
+        for c, value in enumerate(row.values):
+            text = format_value(value) or _DASH
+            cells.append(f"**{text}**" if i in best[c] else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    if not table.rows:
+        lines.append("| (no model of this table has a metrics file) |" + " |" * len(table.columns))
+    lines += [""] + [f"_{note}_" for note in table.notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def to_csv(table: Table) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["model", "experiment", "label"] + [c.key for c in table.columns])
+    for row in table.rows:
+        writer.writerow([row.model, row.experiment, row.label] + [format_value(v) for v in row.values])
+    return buf.getvalue()
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+
+
+def latex_escape(text: str) -> str:
+    return re.sub(r"[\\&%$#_{}~^]", lambda m: _LATEX_SPECIAL[m.group()], text)
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs table: a header row of groups (horizons, games, player counts) over the metrics."""
+    best = table.best()
+    groups: list[tuple[str, int]] = []
+    for col in table.columns:
+        if groups and groups[-1][0] == col.group:
+            groups[-1] = (col.group, groups[-1][1] + 1)
+        else:
+            groups.append((col.group, 1))
+    lines = [r"% generated by `actionparty report` from results/metrics; needs \usepackage{booktabs,graphicx}",
+             r"\begin{table}[t]", r"\centering",
+             rf"\caption{{{latex_escape(table.title)}. Best non-oracle value per column in bold.}}",
+             rf"\label{{tab:{table.name.replace('_', '-')}}}",
+             r"\resizebox{\textwidth}{!}{%", r"\begin{tabular}{l" + "r" * len(table.columns) + "}", r"\toprule"]
+    spans, start = [], 2
+    for name, n in groups:
+        spans.append(rf"\multicolumn{{{n}}}{{c}}{{{latex_escape(name)}}}")
+    lines.append(" & " + " & ".join(spans) + r" \\")
+    rules = []
+    for _, n in groups:
+        rules.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
+        start += n
+    lines.append(" ".join(rules))
+    lines.append("Method & " + " & ".join(latex_escape(c.metric) for c in table.columns) + r" \\")
+    lines.append(r"\midrule")
+    for i, row in enumerate(table.rows):
+        if row.model == "oracle":
+            lines.append(r"\midrule")
+        cells = []
+        for c, value in enumerate(row.values):
+            text = latex_escape(format_value(value)) or "--"
+            cells.append(rf"\textbf{{{text}}}" if i in best[c] else text)
+        lines.append(latex_escape(row.label) + " & " + " & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}}"]
+    for note in table.notes:
+        lines.append(r"\par\smallskip\footnotesize " + latex_escape(note))
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(table: Table, folder: str | Path) -> list[Path]:
+    """``{folder}/{name}.md|csv|tex``, each written atomically; returns the paths."""
+    folder = Path(folder)
+    paths = []
+    for ext, render in (("md", to_markdown), ("csv", to_csv), ("tex", to_latex)):
+        path = folder / f"{table.name}.{ext}"
+        write_text(path, render(table))
+        paths.append(path)
+    return paths

@@ -1,0 +1,61 @@
+"""The paper profile: real wan-1.3b shapes on the meta device, tokens per clip, memory inputs,
+and clear errors for the weights that must be provided locally."""
+
+from __future__ import annotations
+
+import pytest
+
+from actionparty.config import load_profile, load_variant
+from actionparty.errors import UserError
+from actionparty.model.factory import build_world_model
+from actionparty.train.estimate import build_on_meta, estimate
+
+WAN_13B_PARAMETERS = 1_418_996_800
+
+
+@pytest.fixture(scope="module")
+def paper():
+    from conftest import REPO
+
+    return load_profile(REPO / "params/paper.yaml")
+
+
+def test_paper_pretraining_model_has_the_official_shapes(paper):
+    model, side = build_on_meta(paper)
+    cfg = model.dit.config
+    assert (cfg.dim, cfg.num_layers, cfg.num_heads, cfg.ffn_dim, cfg.patch_size) == (1536, 30, 12, 8960, (1, 2, 2))
+    assert (cfg.in_dim, cfg.text_dim, cfg.text_len) == (16, 4096, 512)
+    assert sum(p.numel() for p in model.parameters()) == WAN_13B_PARAMETERS
+    assert side == 64 and all(p.is_meta for p in model.parameters())
+
+
+def test_paper_estimate_inputs(paper):
+    e = estimate(paper)
+    assert e.tokens_per_frame == 32 * 32  # 512 px -> 64 latent -> patch 2
+    assert e.frames_per_clip == 5 and e.tokens_per_clip == 5 * 1024
+    assert e.parameters == WAN_13B_PARAMETERS
+    assert e.clips_per_gpu == 64 // 8
+    assert e.weights_gb == pytest.approx(WAN_13B_PARAMETERS * 4 / 1e9)
+    assert e.adam_gb == pytest.approx(2 * e.weights_gb)
+    # checkpointed activations: 30 stored fp32 block inputs + one bf16 block peak, per clip
+    stored = 30 * 5120 * 1536 * 4
+    peak = 5120 * (5 * 1536 + 8960) * 2
+    assert e.activations_gb_per_clip == pytest.approx((stored + peak) / 1e9)
+    assert e.memory_gb_per_gpu < 80  # fits one H100 with DDP
+
+
+def test_paper_actionparty_adds_state_tokens_and_mca(paper):
+    e = estimate(paper, load_variant("full"))
+    assert e.tokens_per_clip == 5 * 1024 + 5 * 8
+    assert e.parameters > WAN_13B_PARAMETERS
+    base = estimate(paper, load_variant("global_action"))
+    assert base.state_tokens_per_clip == 0
+
+
+def test_missing_weights_are_named(paper):
+    with pytest.raises(UserError, match=r"model.init_checkpoint = weights/Wan2.1-T2V-1.3B not found"):
+        build_world_model(paper)
+    no_vae = paper.model_copy(update={"model": paper.model.model_copy(update={"init_checkpoint": None,
+                                                                              "vae_path": None})})
+    with pytest.raises(UserError, match=r"model.vae_path must be set"):
+        build_world_model(no_vae)

@@ -1,0 +1,350 @@
+"""Reports rebuilt from a synthetic results/ tree: tables copy the metrics JSON exactly and mark
+the best non-oracle value, figures exist as PNG and PDF, index.md lists everything, missing
+models are reported, corrupt inputs are one-line errors, and action icons are judged with the
+metric code."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from actionparty.atomic import write_json, write_text
+from actionparty.data.lmdb_dataset import ClipDataset, build_lmdb
+from actionparty.errors import UserError
+from actionparty.eval import metrics as M
+from actionparty.eval.config import EvalConfig
+from actionparty.eval.detectors import Detectors, build_models, load_detectors, save_detectors
+from actionparty.eval.evaluate import METRIC_KEYS, ground_truth
+from actionparty.eval.rollout_io import Rollout, select_windows, write_rollout
+from actionparty.games.actions import FORWARD, NOOP, TURN_RIGHT
+from actionparty.report import figures as F
+from actionparty.report import tables as T
+from actionparty.report.build import build_report
+from actionparty.report.commands import add_commands
+from conftest import write_synthetic_episodes
+
+GAMES = {"alpha": 2, "beta": 3}  # game -> players
+CANVAS = 6
+# MA at h4 of each model with a metrics file (pretrained_ar, no_mca, ... have none).
+BASE = {"full": 0.77912, "no_msa": 0.61234, "text_action": 0.15833, "global_action": 0.21011, "static": 0.37601,
+        "oracle": 0.99512}
+HORIZONS = (4, 20)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------
+# A synthetic results/ tree
+# ---------------------------------------------------------------------------------------------
+
+
+def _metrics_values(model: str, base: float) -> dict:
+    """Every metric key, each a distinct 5-decimal number derived from ``base``."""
+    values = {}
+    for j, key in enumerate(METRIC_KEYS):
+        values[key] = round(min(base + 0.001 * j, 0.99999), 5)
+    values.update(PSNR=round(20 + 10 * base, 5), FD=round(5 * (1 - base), 5), FVD_I3D=None,
+                  ST_l1=round(2 * (1 - base), 5) if model in ("full", "no_msa") else None)
+    if model not in ("full", "no_msa"):
+        values.update(ST_exact=None, ST_facing=None)
+    if model == "text_action":
+        values["EA"] = None
+    values.update(windows=4, player_steps=40, player_frames=40, interact_steps=3, binding_steps=8)
+    return values
+
+
+def metrics_json(model: str) -> dict:
+    horizons = {}
+    for h in HORIZONS:
+        base = BASE[model] - (0.1 if h == 20 else 0.0)
+        horizons[f"h{h}"] = {
+            "rollout": None if model == "oracle" else f"results/rollouts/{model}/h{h}.npz", "swap_rollout": None,
+            "meta": {"variant": model, "horizon": h, "split": "test", "sampling_steps": 8, "seed": 0},
+            "overall": _metrics_values(model, base),
+            "per_game": {"alpha": _metrics_values(model, base + 0.01), "beta": _metrics_values(model, base - 0.01)},
+            "per_player_count": {"2": _metrics_values(model, base + 0.02), "3": _metrics_values(model, base - 0.02)},
+            "per_action": {"NOOP": {"MA": base, "player_steps": 5}},
+            "ma_curve": [round(base - 0.01 * t, 5) for t in range(h)],
+            "sp_curve": [round(base + 0.1 - 0.005 * t, 5) for t in range(h)],
+            "ba_curve": [round(base - 0.02 * t, 5) for t in range(h)] if h == 4 else None,
+        }
+    return {"schema_version": 1, "variant": model, "kind": "oracle" if model == "oracle" else "model", "tau": 0.5,
+            "detectors": "results/detectors/detectors.pt", "test_lmdb": "data/lmdb/test.lmdb", "horizons": horizons}
+
+
+def eval_config() -> EvalConfig:
+    return EvalConfig.model_validate(dict(
+        seed=0, tile=dict(patch_width=8, width=8, context_cells=1, game_embedding=True, occupied_weight=4.0),
+        idm=dict(margin_cells=1, patch_width=8, width=8), train_steps=1, batch_clips=2, lr=1e-3, checkpoint_every=1,
+        val_clips_per_game=1, num_workers=0, tau=0.5, eval_batch_frames=64,
+        psnr_max_db=100.0, i3d_checkpoint=None))
+
+
+def write_rollouts(results: Path, test_lmdb: Path) -> None:
+    """full: the ground-truth frames with predicted coordinates near the real ones; global_action:
+    the context frame copied (both are valid rollout files of the test windows)."""
+    for h in HORIZONS:
+        ds = ClipDataset(test_lmdb, clip_steps=h)
+        w = select_windows(ds, per_game=2, seed=0)
+        gt = ground_truth(ds, w["episode"], w["start"], "test")
+        frames = np.ascontiguousarray(gt["frames"].transpose(0, 1, 3, 4, 2))
+        for model in ("full", "global_action"):
+            gen = frames if model == "full" else np.repeat(frames[:, :1], h + 1, axis=1)
+            pred = (gt["position"] + 0.2).astype(np.float32) if model == "full" else None
+            write_rollout(results / "rollouts" / model / f"h{h}.npz", Rollout(
+                gen, w["episode"], w["start"], gt["game"], gt["actions"], gt["present"], pred_position=pred,
+                meta={"variant": model, "horizon": h, "split": "test", "sampling_steps": 8, "seed": 0}))
+
+
+def make_results(root: Path) -> tuple[Path, Path]:
+    """results/ with metrics of BASE's models, train logs, a learning curve, rollouts of full and
+    global_action, an (untrained) detector bundle; and the test LMDB the rollouts come from."""
+    folders = [root / "episodes" / g for g in GAMES]
+    for seed, (folder, (game, players)) in enumerate(zip(folders, GAMES.items())):
+        write_synthetic_episodes(folder, game, "test", episodes=2, steps=24, players=players, canvas_cells=CANVAS,
+                                 seed=seed)
+    test_lmdb = root / "test.lmdb"
+    build_lmdb(folders, test_lmdb, "test", map_size_mb=16, progress=False)
+    results = root / "results"
+    for model in BASE:
+        write_json(results / "metrics" / f"{model}.json", metrics_json(model))
+    write_text(results / "metrics" / "combined.csv", "variant\n")
+    logs = {results / "exp-138": 0.5, results / "finetune" / "full": 0.3, results / "finetune" / "global_action": 0.4}
+    for folder, loss in logs.items():
+        records = [{"step": s, "loss": loss / s, "video_loss": loss / s, "mse_x0": 0.1, "grad_norm": 1.0,
+                    "lr": 1e-3, "tokens_per_s": 100.0} for s in range(10, 60, 10)]
+        if folder.name == "full":
+            for r in records:
+                r["state_loss"] = 0.01
+        write_text(folder / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    write_json(results / "finetune" / "full" / "curve.json", {"steps": [100, 200], "MA": [0.3, 0.6], "BA": [None, 0.5]})
+    write_rollouts(results, test_lmdb)
+    torch.manual_seed(0)
+    cfg = eval_config()
+    tile, idm = build_models(len(GAMES), cfg)
+    walkable = {g: np.ones((CANVAS, CANVAS), bool) for g in GAMES}
+    save_detectors(results / "detectors" / "detectors.pt", Detectors(tile, idm, list(GAMES), walkable, CANVAS * 8, cfg))
+    return results, test_lmdb
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The report built twice: from results/ alone, and with the test LMDB."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("report")
+    results, test_lmdb = make_results(root)
+    alone = build_report(results, root / "reports", windows=2, progress=False)
+    with_truth = build_report(results, root / "reports_gt", test_lmdb=test_lmdb, windows=2, progress=False)
+    return dict(root=root, results=results, test_lmdb=test_lmdb, out=root / "reports", alone=alone,
+                out_gt=root / "reports_gt", with_truth=with_truth)
+
+
+def read_csv(path: Path) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(path.read_text())))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+
+
+def test_every_table_is_written_in_three_formats(built):
+    for name in ("main", "ablation", "per_game", "per_player_count"):
+        for ext in ("md", "csv", "tex"):
+            assert (built["out"] / "tables" / f"{name}.{ext}").stat().st_size > 0
+
+
+def test_main_table_rows_columns_and_values_are_copied_exactly(built):
+    rows = read_csv(built["out"] / "tables" / "main.csv")
+    assert [r["model"] for r in rows] == ["full", "text_action", "global_action", "static", "oracle"]
+    assert list(rows[0])[3:] == [f"h{h}/{m}" for h in HORIZONS for m in T.MAIN_METRICS]
+    by_model = {r["model"]: r for r in rows}
+    assert by_model["full"]["experiment"] == "exp-139" and "exp-146" in by_model["global_action"]["label"]
+    for model, row in by_model.items():
+        data = metrics_json(model)["horizons"]
+        for h in HORIZONS:
+            for m in T.MAIN_METRICS:
+                expected = data[f"h{h}"]["overall"][m]
+                assert row[f"h{h}/{m}"] == ("" if expected is None else repr(expected)), (model, h, m)
+    assert by_model["full"]["h4/MA"] == "0.77912"
+
+
+def test_best_non_oracle_value_is_marked(built):
+    md = (built["out"] / "tables" / "main.md").read_text()
+    tex = (built["out"] / "tables" / "main.tex").read_text()
+    full = next(line for line in md.splitlines() if line.startswith("| ActionParty (exp-139)"))
+    oracle = next(line for line in md.splitlines() if line.startswith("| Oracle"))
+    assert "**0.77912**" in full and "**" not in oracle  # the oracle's higher MA does not compete
+    assert r"\textbf{0.77912}" in tex and r"\textbf{0.99512}" not in tex
+    fd_full = repr(metrics_json("full")["horizons"]["h4"]["overall"]["FD"])
+    assert f"**{fd_full}**" in full  # FD: lower is better
+    text_row = next(line for line in md.splitlines() if line.startswith("| Text-Action"))
+    assert "–" in text_row  # its EA is null
+
+
+def test_ablation_and_breakdown_tables(built):
+    ablation = read_csv(built["out"] / "tables" / "ablation.csv")
+    assert [r["model"] for r in ablation] == ["full", "no_msa"]
+    assert ablation[0]["h4/ST_l1"] == repr(metrics_json("full")["horizons"]["h4"]["overall"]["ST_l1"])
+    md = (built["out"] / "tables" / "ablation.md").read_text()
+    assert "no_mca" in md and "no_state" in md  # reported as missing, not dropped silently
+    per_game = read_csv(built["out"] / "tables" / "per_game.csv")
+    assert list(per_game[0])[3:] == ["alpha/MA", "alpha/SP", "beta/MA", "beta/SP"]
+    assert [r["model"] for r in per_game] == ["full", "no_msa", "text_action", "global_action", "static", "oracle"]
+    assert per_game[0]["beta/SP"] == repr(metrics_json("full")["horizons"]["h4"]["per_game"]["beta"]["SP"])
+    counts = read_csv(built["out"] / "tables" / "per_player_count.csv")
+    assert list(counts[0])[3:] == ["2 players/MA", "2 players/SP", "3 players/MA", "3 players/SP"]
+    assert counts[0]["3 players/MA"] == repr(metrics_json("full")["horizons"]["h4"]["per_player_count"]["3"]["MA"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures, GIFs, index
+# ---------------------------------------------------------------------------------------------
+
+
+def test_figures_are_png_and_pdf(built):
+    names = {"per_player_count", "ma_curve", "training_curves", "learning_curves", "rollout_full",
+             "rollout_global_action"}
+    assert set(built["alone"].figures) == names
+    for name in names:
+        assert (built["out"] / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (built["out"] / "figures" / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_index_lists_every_output_and_what_is_missing(built):
+    summary = built["alone"]
+    index = (built["out"] / "index.md").read_text()
+    outputs = [p for kind in (summary.tables, summary.figures, summary.gifs) for ps in kind.values() for p in ps]
+    assert len(outputs) == 4 * 3 + 6 * 2 + 2 * 2
+    for path in outputs:
+        assert path.relative_to(built["out"]).as_posix() in index
+    assert "pretrained_ar" in index and "no_state" in index  # missing metrics
+    assert "--test-lmdb" in index  # no ground truth in this build
+    assert "MA per rollout step" in index and "horizon 20" in index
+
+
+def test_ground_truth_appears_beside_generated_with_the_test_lmdb(built):
+    caption = built["with_truth"].captions["rollout_full"]
+    assert "rows: ground truth, generated" in caption
+    assert "rows: generated only" in built["alone"].captions["rollout_full"]
+    import imageio.v2 as imageio
+
+    alone = imageio.mimread(built["out"] / "gifs" / "full_0.gif")
+    paired = imageio.mimread(built["out_gt"] / "gifs" / "full_0.gif")
+    assert len(alone) == len(paired) == 21  # the longest rollout, h20
+    assert paired[0].shape[1] > 2 * alone[0].shape[1]  # ground truth | gap | generated
+
+
+def test_rollout_view_judges_every_fed_action(built):
+    detectors = load_detectors(built["results"] / "detectors" / "detectors.pt")
+    view = F.rollout_view(built["results"] / "rollouts" / "full" / "h4.npz", "full", 2, detectors, built["test_lmdb"])
+    assert view.verdict.shape == (2, 4, 8) and view.truth_frames.shape == view.frames.shape
+    assert (view.verdict[~np.broadcast_to(view.present[:, None], view.verdict.shape)] == -1).all()
+    assert view.titles[0].startswith("alpha") and view.titles[1].startswith("beta")  # one window per game first
+
+
+# ---------------------------------------------------------------------------------------------
+# Missing and corrupt inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def test_missing_rollouts_and_models_are_reported_not_fatal(built, tmp_path):
+    summary = build_report(built["results"], tmp_path / "r", rollout_models=("pretrained_ar",), windows=1,
+                           progress=False)
+    assert "rollout_pretrained_ar" not in summary.figures
+    assert any("rollouts of pretrained_ar" in m for m in summary.missing)
+    assert any("metrics of pretrained_ar" in m for m in summary.missing)
+
+
+def _report_cli(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["report", *argv])
+
+
+def test_corrupt_metrics_file_is_a_one_line_error_naming_it(built, tmp_path):
+    results = tmp_path / "results"
+    write_json(results / "metrics" / "full.json", metrics_json("full"))
+    bad = results / "metrics" / "static.json"
+    write_text(bad, '{"schema_version": 1, "horizons": {"h4": ')
+    args = _report_cli(["--results", str(results), "--out", str(tmp_path / "r"), "--quiet"])
+    with pytest.raises(UserError) as err:
+        args.func(args)
+    message = str(err.value)
+    assert message.startswith(str(bad)) and "\n" not in message
+    write_json(bad, dict(metrics_json("static"), horizons={"h4": {"per_game": {}}}))
+    with pytest.raises(T.MetricsError, match=r"static\.json: field 'horizons\.h4\.overall'"):
+        T.load_metrics(results / "metrics")
+    broken = metrics_json("static")
+    broken["horizons"]["h20"]["per_game"]["beta"]["MA"] = "0.5"
+    write_json(bad, broken)
+    with pytest.raises(T.MetricsError, match=r"field 'horizons\.h20\.per_game\.beta\.MA' is not a number"):
+        T.load_metrics(results / "metrics")
+    write_json(bad, metrics_json("full"))  # another model's file under this name
+    with pytest.raises(T.MetricsError, match="field 'variant' is 'full', expected 'static'"):
+        T.load_metrics(results / "metrics")
+
+
+def test_no_metrics_at_all_and_corrupt_train_log_are_refused(tmp_path):
+    with pytest.raises(T.MetricsError, match="no metrics files"):
+        T.load_metrics(tmp_path / "metrics")
+    log = tmp_path / "train_log.jsonl"
+    write_text(log, '{"step": 10, "loss": 1.0}\n{"step": 20, "lo')
+    with pytest.raises(T.MetricsError, match=r"train_log\.jsonl: line 2 is not valid JSON"):
+        F.read_train_log(log)
+
+
+# ---------------------------------------------------------------------------------------------
+# Judging an action from detections (hand-made)
+# ---------------------------------------------------------------------------------------------
+
+
+def _detections(cell: list, facing: list, count: list) -> M.Detections:
+    """One window, T frames, S = 2 slots from nested lists."""
+    cell, facing, count = np.array([cell]), np.array([facing]), np.array([count])
+    return M.Detections(cell, facing, np.ones(count.shape, np.float32), count)
+
+
+def test_judge_actions_against_the_real_change_and_the_movement_rules():
+    # slot 0 moves north twice (facing N); slot 1 turns right then stays; frames 0..2.
+    det = _detections(cell=[[[2, 3], [4, 4]], [[2, 2], [4, 4]], [[2, 1], [4, 4]]],
+                      facing=[[0, 1], [0, 2], [0, 2]], count=[[1, 1], [1, 1], [1, 0]])
+    actions = np.array([[[FORWARD, TURN_RIGHT], [FORWARD, NOOP]]])
+    present = np.array([[True, True]])
+    truth = {"position": np.array([[[[2, 3], [4, 4]], [[2, 2], [4, 4]], [[2, 2], [4, 4]]]]),  # slot 0 blocked at t=2
+             "facing": np.array([[[0, 1], [0, 2], [0, 2]]]),
+             "visible": np.array([[[True, True], [True, True], [True, True]]])}
+    verdict = F.judge_actions(det, actions, present, truth=truth)
+    # step 1: both as real; step 2: slot 0 moved but really stayed; slot 1 vanished -> not executed
+    assert verdict.tolist() == [[[1, 1], [0, 0]]]
+    truth["visible"][0, 2, 1] = False  # slot 1 not drawn in the real frame 2: not scored
+    assert F.judge_actions(det, actions, present, truth=truth).tolist() == [[[1, 1], [0, -1]]]
+    # Without ground truth: the movement rules on an open floor (the move north is expected).
+    walkable = np.ones((1, 6, 6), bool)
+    assert F.judge_actions(det, actions, present, walkable).tolist() == [[[1, 1], [1, 0]]]
+    walkable[0, 1, 2] = False  # a wall north of (2, 2): moving there was not possible
+    assert F.judge_actions(det, actions, np.array([[True, False]]), walkable).tolist() == [[[1, -1], [0, -1]]]
+
+
+def test_pick_windows_spreads_over_games():
+    game = np.array([0, 0, 0, 1, 1, 2])
+    assert F.pick_windows(game, 4) == [0, 3, 5, 1]
+    assert F.pick_windows(game, 10) == [0, 3, 5, 1, 4, 2]
+
+
+def test_latex_escapes_and_formats():
+    assert T.latex_escape("no_msa 5% & #1") == r"no\_msa 5\% \& \#1"
+    assert T.format_value(0.1) == "0.1" and T.format_value(None) == "" and T.format_value(12) == "12"
