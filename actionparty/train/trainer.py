@@ -112,7 +112,7 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
     model, codec, text = job.build(profile, device)
     games = dataset.games
     model_meta = {"profile": profile.model_dump(), "stage": job.stage, "games": games,
-                  "train_clip_steps": cfg.clip_steps, **job.extra_meta}
+                  "train_clip_steps": cfg.clip_steps, "train_config": cfg.model_dump(), **job.extra_meta}
 
     if job.init_from is None and profile.model.init_checkpoint and not last.is_file():
         # Pretraining from the official Wan2.1 weights (new modules are reported, not silently dropped).
@@ -138,6 +138,13 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
     ema = EMA(model, cfg.ema_decay)
     start = 0
+    if last.is_file() and load_checkpoint(last).get("train_config") != cfg.model_dump():
+        # A periodic checkpoint of a run with other settings cannot be resumed exactly: start over.
+        if info.is_main:
+            print(f"{last}: written with other training settings; starting from step 0")
+            last.unlink()
+        if info.world_size > 1:
+            torch.distributed.barrier()
     if last.is_file():
         state = load_checkpoint(last)
         model.load_state_dict(state["model"])
