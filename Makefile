@@ -33,7 +33,8 @@ $(STAMP): pyproject.toml $(MELTINGPOT_WHEEL) | $(VENV)/bin/python
 
 demo: install
 	$(BIN)/snakemake all --profile profiles/local --cores $(CORES) --configfile params/$(PROFILE).yaml
-	@echo "demo finished: contact sheet in reports/figures/games.png, datasets in data/lmdb/"
+	$(BIN)/snakemake --report reports/report.html --configfile params/$(PROFILE).yaml
+	@echo "demo finished: report in reports/index.md (tables in reports/tables/, figures in reports/figures/) and reports/report.html"
 
 data: install
 	$(BIN)/snakemake data --profile profiles/local --cores $(CORES) --configfile params/$(PROFILE).yaml

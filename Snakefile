@@ -16,6 +16,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -27,3 +28,4 @@ rule all:
         rules.finetune.input,
         rules.rollouts.input,
         rules.evaluate.input,
+        rules.report.input,

@@ -61,6 +61,15 @@ def test_smoke_dag_runs_for_real(smoke_data):
     combined = json.loads((work / "results/metrics/combined.json").read_text())
     assert {row["variant"] for row in combined["rows"]} == set(models) | {"oracle"}
     assert any((work / "reports/figures/samples/exp-138").glob("*.gif"))
+    # The paper's tables and figures, and Snakemake's HTML report with their captions.
+    for table in ("main", "ablation", "per_game", "per_player_count"):
+        for ext in ("md", "csv", "tex"):
+            assert (work / f"reports/tables/{table}.{ext}").stat().st_size > 0
+    assert "ActionParty" in (work / "reports/tables/main.md").read_text()
+    html = subprocess.run(["snakemake", "--report", "reports/report.html", "--configfile", "params/smoke.yaml"],
+                          cwd=work, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert html.returncode == 0, html.stderr[-2000:]
+    assert "action following" in (work / "reports/report.html").read_text()
     # Lua's stdout noise must not reach the logs of our commands.
     log = (work / "logs/episodes/train/clean_up.log").read_text()
     assert "episodes" in log and "WARNING" not in log.upper().replace("WARNINGS", "")
