@@ -113,7 +113,7 @@ class ModelConfig(StrictModel):
     @field_validator("size")
     @classmethod
     def _known_size(cls, size: str) -> str:
-        from actionparty.model import DIT_SIZES
+        from actionparty.model.sizes import DIT_SIZES
 
         if size not in DIT_SIZES:
             raise ValueError(f"unknown size {size!r}; known: {', '.join(DIT_SIZES)}")
