@@ -5,6 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _cmd_pretrain(args) -> None:
     from actionparty.config import load_profile
     from actionparty.model.factory import build_world_model
@@ -50,7 +56,7 @@ def _cmd_rollout(args) -> None:
     elif args.checkpoint is None:
         raise UserError(f"model '{args.model}' needs --checkpoint")
     else:
-        loaded = load_for_rollout(profile, args.checkpoint)
+        loaded = load_for_rollout(profile, args.checkpoint, device=_device())
         if args.model not in UNTRAINED_MODELS and loaded.state.get("variant") != args.model:
             raise UserError(f"{args.checkpoint}: checkpoint of '{loaded.state.get('variant') or loaded.state['stage']}', "
                             f"not of model '{args.model}'")
@@ -83,7 +89,7 @@ def _cmd_sample(args) -> None:
     from actionparty.rollout.generate import load_for_rollout, rollout_windows
 
     profile = load_profile(args.profile)
-    loaded = load_for_rollout(profile, args.checkpoint)
+    loaded = load_for_rollout(profile, args.checkpoint, device=_device())
     dataset = ClipDataset(args.lmdb, clip_steps=args.steps, expect_canvas_px=profile.canvas_px)
     windows = select_windows(dataset, profile.rollout.sample_clips, profile.rollout.seed)
     result = rollout_windows(loaded, dataset, windows, profile, seed=profile.rollout.seed, progress=False)

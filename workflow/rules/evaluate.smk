@@ -18,7 +18,6 @@ rule detectors:
     resources:
         mem_mb=config["resources"]["train_mem_mb"],
         runtime=config["resources"]["train_runtime_min"],
-        gpu=min(config["resources"]["train_gpus"], 1),
     log:
         "logs/detectors.log",
     benchmark:
