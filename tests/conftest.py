@@ -14,6 +14,31 @@ from actionparty.data.episodes import EPISODE_SCHEMA_VERSION, MANIFEST_NAME
 from actionparty.data.npz import save_npz
 
 REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ("Snakefile", "workflow", "params", "profiles")
+
+
+def copy_workflow(dest: Path, files=WORKFLOW_FILES) -> Path:
+    """Copy the workflow (Snakefile, rules, params, profiles) into ``dest`` for a real run."""
+    import shutil
+
+    for name in files:
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+    return dest
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Snakemake's 'Job stats' table (of a dry run) as {rule: count}."""
+    counts, table = {}, False
+    for line in output.splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            table = True
+        elif table and len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+        elif table and counts and not parts:
+            break
+    return counts
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest
@@ -17,8 +16,8 @@ from conftest import write_synthetic_episodes
 
 @pytest.fixture
 def dataset(tmp_path):
-    a = write_synthetic_episodes(tmp_path / "eps/train/alpha", "alpha", "train", episodes=2, steps=6, players=2)
-    b = write_synthetic_episodes(tmp_path / "eps/train/beta", "beta", "train", episodes=1, steps=6, players=4, seed=7)
+    write_synthetic_episodes(tmp_path / "eps/train/alpha", "alpha", "train", episodes=2, steps=6, players=2)
+    write_synthetic_episodes(tmp_path / "eps/train/beta", "beta", "train", episodes=1, steps=6, players=4, seed=7)
     out = tmp_path / "train.lmdb"
     build_lmdb([tmp_path / "eps/train/alpha", tmp_path / "eps/train/beta"], out, "train", map_size_mb=64,
                progress=False)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -24,26 +23,18 @@ import pytest
 
 from actionparty.config import SPLITS, load_profile
 from actionparty.data.lmdb_dataset import ClipDataset
-from conftest import REPO, subprocess_env
+from conftest import REPO, copy_workflow, job_counts, subprocess_env
 
 pytestmark = pytest.mark.slurm
 
 SCRIPT = REPO / "tools/slurm_local.sh"
 SKIP_CODE = 77
-WORKFLOW_FILES = ("Snakefile", "workflow", "params", "profiles")
 SMOKE = ("--configfile", "params/smoke.yaml")
 # Arrays that come from our seeded code, not from the Melting Pot simulation.
 DETERMINISTIC_ARRAYS = ("actions",)
 DETERMINISTIC_CLIP_FIELDS = ("actions", "present", "game", "episode", "start")
 PLUGINS = ("snakemake_executor_plugin_slurm", "snakemake_executor_plugin_cluster_generic")
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+?)\)\.")
-
-
-def copy_workflow(dest: Path) -> Path:
-    for name in WORKFLOW_FILES:
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
-    return dest
 
 
 def run(cmd, cwd, env, timeout):
@@ -85,20 +76,6 @@ def cluster(tmp_path_factory):
         yield state, env, start_s
     finally:
         stop_cluster(state)
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """Snakemake's 'Job stats' table (of a dry run)."""
-    counts, table = {}, False
-    for line in output.splitlines():
-        parts = line.split()
-        if parts[:2] == ["job", "count"]:
-            table = True
-        elif table and len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
-        elif table and counts and not parts:
-            break
-    return counts
 
 
 @pytest.fixture(scope="module")

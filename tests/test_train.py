@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from actionparty.config import load_profile, validate_profile
-from actionparty.data.lmdb_dataset import ClipDataset, build_lmdb
+from actionparty.config import validate_profile
+from actionparty.data.lmdb_dataset import build_lmdb
 from actionparty.model.factory import build_world_model
 from actionparty.rollout.sampler import rollout
 from actionparty.train.checkpoint import load_checkpoint

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import pytest
@@ -10,17 +9,7 @@ import yaml
 
 from actionparty.config import SPLITS, load_profile
 from actionparty.data.lmdb_dataset import ClipDataset
-from conftest import REPO, subprocess_env
-
-WORKFLOW_FILES = ("Snakefile", "workflow", "params", "profiles")
-
-
-def copy_workflow(repo, dest):
-    for name in WORKFLOW_FILES:
-        src = repo / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
-    return dest
-
+from conftest import copy_workflow, job_counts, subprocess_env
 
 def snakemake(cwd, env, target, *args, timeout=600):
     # Targets go first: --configfile takes every following word as a file.
@@ -31,7 +20,7 @@ def snakemake(cwd, env, target, *args, timeout=600):
 @pytest.fixture(scope="module")
 def smoke_data(tmp_path_factory):
     env = subprocess_env()
-    work = copy_workflow(REPO, tmp_path_factory.mktemp("smoke"))
+    work = copy_workflow(tmp_path_factory.mktemp("smoke"))
     run = snakemake(work, env, "all")
     assert run.returncode == 0, run.stderr[-3000:]
     return work, env, run
@@ -75,20 +64,6 @@ def test_smoke_dag_runs_for_real(smoke_data):
     assert "episodes" in log and "WARNING" not in log.upper().replace("WARNINGS", "")
 
 
-def job_counts(output: str) -> dict[str, int]:
-    """Parse Snakemake's 'Job stats' table of a dry run."""
-    counts, table = {}, False
-    for line in output.splitlines():
-        parts = line.split()
-        if parts[:2] == ["job", "count"]:
-            table = True
-        elif table and len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
-        elif table and counts and not parts:
-            break
-    return counts
-
-
 @pytest.mark.slow
 def test_rerun_is_a_no_op_and_game_edit_reruns_only_that_game(smoke_data):
     work, env, _ = smoke_data
@@ -105,7 +80,7 @@ def test_rerun_is_a_no_op_and_game_edit_reruns_only_that_game(smoke_data):
 
 
 def test_dry_run_of_every_profile_lists_the_data_rules(repo, venv_env, tmp_path):
-    work = copy_workflow(repo, tmp_path)
+    work = copy_workflow(tmp_path)
     for profile in ("smoke", "tiny", "paper"):
         run = subprocess.run(["snakemake", "all", "-n", "--configfile", f"params/{profile}.yaml"], cwd=work,
                              env=venv_env, capture_output=True, text=True, timeout=300)
@@ -114,7 +89,7 @@ def test_dry_run_of_every_profile_lists_the_data_rules(repo, venv_env, tmp_path)
 
 
 def test_config_override_outside_the_profile_file_is_refused(repo, venv_env, tmp_path):
-    work = copy_workflow(repo, tmp_path)
+    work = copy_workflow(tmp_path)
     run = subprocess.run(["snakemake", "-n", "--configfile", "params/smoke.yaml", "--config", "canvas_cells=11"],
                          cwd=work, env=venv_env, capture_output=True, text=True, timeout=300)
     assert run.returncode != 0 and "differs from params/smoke.yaml" in run.stdout + run.stderr

@@ -15,7 +15,6 @@ uninterrupted single-process run sees.
 from __future__ import annotations
 
 import json
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
