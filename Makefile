@@ -14,7 +14,7 @@ MELTINGPOT_WHEEL := .wheels/dm_meltingpot-$(MELTINGPOT_VERSION)-py3-none-any.whl
 
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test data report clean-results
+.PHONY: install demo test data dvc-data repro
 
 install: $(STAMP)
 
@@ -41,3 +41,9 @@ data: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+dvc-data: data   ## the dataset of PROFILE, recorded in data.dvc (commit it, then dvc push)
+	$(BIN)/dvc add data
+
+repro: install   ## dvc.yaml's vars line names the profile (params/tiny.yaml)
+	$(BIN)/dvc repro

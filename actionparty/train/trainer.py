@@ -110,8 +110,11 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model, codec, text = job.build(profile, device)
     games = dataset.games
+    # What makes a periodic checkpoint resumable: the same training settings, model and variant.
+    signature = {"train": cfg.model_dump(), "model": profile.model.model_dump(), "stage": job.stage,
+                 "games": games, "init_from": str(job.init_from), **job.extra_meta}
     model_meta = {"profile": profile.model_dump(), "stage": job.stage, "games": games,
-                  "train_clip_steps": cfg.clip_steps, "train_config": cfg.model_dump(), **job.extra_meta}
+                  "train_clip_steps": cfg.clip_steps, "run_signature": signature, **job.extra_meta}
 
     if job.init_from is None and profile.model.init_checkpoint and not last.is_file():
         # Pretraining from the official Wan2.1 weights (new modules are reported, not silently dropped).
@@ -137,7 +140,7 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
     ema = EMA(model, cfg.ema_decay)
     start = 0
-    if last.is_file() and load_checkpoint(last).get("train_config") != cfg.model_dump():
+    if last.is_file() and load_checkpoint(last).get("run_signature") != signature:
         # A periodic checkpoint of a run with other settings cannot be resumed exactly: start over.
         if info.is_main:
             print(f"{last}: written with other training settings; starting from step 0")
@@ -222,4 +225,5 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
         write_text(out / "train_log.jsonl", log_path.read_text())
         save_checkpoint(final, model=core.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
                         step=step, **model_meta)
+        last.unlink(missing_ok=True)  # finished: nothing to resume (a rerun trains afresh)
     return final

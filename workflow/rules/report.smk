@@ -2,7 +2,9 @@
 # ground-truth rows of the rollout figures).
 
 REPORT_TABLES = ["main", "ablation", "per_game", "per_player_count"]
-REPORT_FIGURES = ["per_player_count", "ma_curve", "training_curves", "rollout_full", "rollout_global_action"]
+# Rollout figures: ActionParty against the global-action baseline when the profile runs them.
+ROLLOUT_FIGURE_MODELS = [m for m in ("full", "global_action") if m in VARIANTS] or VARIANTS[:1]
+REPORT_FIGURES = ["per_player_count", "ma_curve", "training_curves"] + [f"rollout_{m}" for m in ROLLOUT_FIGURE_MODELS]
 LONG_HORIZON = max(HORIZONS)
 
 
@@ -26,14 +28,14 @@ rule report_build:
         ma_curve=report("reports/figures/ma_curve.png", caption="../report/ma_curve.rst", category="Figures"),
         training=report("reports/figures/training_curves.png", caption="../report/training_curves.rst",
                         category="Figures"),
-        rollout_full=report("reports/figures/rollout_full.png", caption="../report/rollout.rst", category="Rollouts"),
-        rollout_global=report("reports/figures/rollout_global_action.png", caption="../report/rollout.rst",
-                              category="Rollouts"),
+        rollouts=report(expand("reports/figures/rollout_{model}.png", model=ROLLOUT_FIGURE_MODELS),
+                        caption="../report/rollout.rst", category="Rollouts"),
         gifs=report(directory("reports/gifs"), patterns=["{name}.gif"], caption="../report/gifs.rst",
                     category="Rollouts"),
     params:
         results=lambda wc, input: os.path.dirname(os.path.dirname(input.combined)),
         out=lambda wc, output: os.path.dirname(output.index),
+        rollout_models=" ".join(ROLLOUT_FIGURE_MODELS),
     threads: 1
     resources:
         mem_mb=4000,
@@ -44,7 +46,7 @@ rule report_build:
         "benchmarks/runs/report.tsv"
     shell:
         "actionparty report --results {params.results} --out {params.out} --test-lmdb {input.test}"
-        " --rollout-models full global_action --threads {threads} > {log} 2>&1"
+        " --rollout-models {params.rollout_models} --threads {threads} > {log} 2>&1"
 
 
 rule report:

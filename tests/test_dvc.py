@@ -1,0 +1,189 @@
+"""DVC over the Snakemake DAG, for real (smoke profile, in a temporary git repo; docs/DVC.md).
+
+The project's DVC files and the package source (a dep of the stages; the commands still run the
+installed package) are copied next to the workflow; dvc.yaml's `vars` line is pointed at the smoke
+profile, whose `variants` list is cut to the two models the report draws, `full` (the one edited)
+and `global_action`, to keep the module within a few minutes. The DAG is built the way a cluster run
+is recorded: `snakemake all`, `dvc add data`, `dvc commit`, git commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, WORKFLOW_FILES, copy_workflow, subprocess_env
+
+DVC_FILES = WORKFLOW_FILES + ("dvc.yaml", ".dvcignore", ".gitignore", "tools")
+VARIANTS = ["full", "global_action"]
+EDITED = "full"
+# Everything upstream of the report: data generation, training, rollouts, evaluation.
+UPSTREAM_RULES = {"episodes", "lmdb", "exp138_train", "finetune_variant", "rollout", "detectors", "metrics",
+                  "oracle_metrics"}
+# The report stage forces these and lets Snakemake decide on the contact sheet (dvc.yaml).
+REPORT_RULES = {"combined_metrics", "report_build", "report", "exp138_samples", "games_contact_sheet"}
+# Not versioned by design: resume state of a training run (also in .dvcignore).
+SCRATCH = re.compile(r"^results/.*/work/")
+
+pytestmark = pytest.mark.slow
+
+
+def sh(cwd: Path, env: dict, *cmd: str, timeout: int = 600) -> str:
+    """Run a command; stdout and stderr in one stream, so DVC's and Snakemake's lines keep their order."""
+    run = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         timeout=timeout)
+    assert run.returncode == 0, f"{' '.join(cmd)} failed:\n{run.stdout[-4000:]}"
+    return run.stdout
+
+
+def stages_run(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def snakemake_jobs(output: str) -> list[tuple[str, dict]]:
+    """(rule, wildcards) of every job Snakemake announced."""
+    jobs, lines = [], output.splitlines()
+    for i, line in enumerate(lines):
+        m = re.fullmatch(r"(?:local)?rule (\w+):", line.strip())
+        if not m:
+            continue
+        wildcards = {}
+        for follow in lines[i + 1:]:
+            if not follow.startswith("    "):
+                break
+            if follow.strip().startswith("wildcards:"):
+                wildcards = dict(kv.split("=", 1) for kv in follow.split(":", 1)[1].strip().split(", "))
+        jobs.append((m.group(1), wildcards))
+    return jobs
+
+
+def dvc_status(cwd: Path, env: dict) -> dict:
+    return json.loads(sh(cwd, env, "dvc", "status", "--json").strip().splitlines()[-1])
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    hashes = {}
+    for top in ("data", "results", "reports"):
+        for path in sorted((root / top).rglob("*")):
+            rel = path.relative_to(root).as_posix()
+            if path.is_file() and not SCRATCH.match(rel):
+                hashes[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashes
+
+
+def git_commit(cwd: Path, env: dict, message: str) -> None:
+    sh(cwd, env, "git", "add", "-A")
+    sh(cwd, env, "git", "-c", "user.name=test", "-c", "user.email=test@example.org", "commit", "-q", "-m", message)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A git + DVC repo with the whole smoke DAG built and recorded (dvc.lock, data.dvc)."""
+    env = subprocess_env()
+    env["DVC_NO_ANALYTICS"] = "1"
+    work = copy_workflow(tmp_path_factory.mktemp("dvc"), DVC_FILES)
+    shutil.copytree(REPO / "actionparty", work / "actionparty", ignore=shutil.ignore_patterns("__pycache__"))
+    (work / ".dvc").mkdir()
+    for name in (".dvc/config", ".dvc/.gitignore"):  # not the cache or local config of the checkout
+        shutil.copy(REPO / name, work / name)
+    dvc_yaml = work / "dvc.yaml"
+    dvc_yaml.write_text(re.sub(r"(?m)^  - params/\w+\.yaml$", "  - params/smoke.yaml", dvc_yaml.read_text(), count=1))
+    profile = work / "params/smoke.yaml"
+    profile.write_text(re.sub(r"(?m)^variants: .*$", f"variants: [{', '.join(VARIANTS)}]", profile.read_text()))
+    assert yaml.safe_load(profile.read_text())["variants"] == VARIANTS
+    sh(work, env, "git", "init", "-q")
+    git_commit(work, env, "workflow")
+
+    sh(work, env, "snakemake", "all", "--cores", "2", "--configfile", "params/smoke.yaml")
+    sh(work, env, "dvc", "add", "data")
+    sh(work, env, "dvc", "commit", "--force")
+    ignored = subprocess.run(["git", "check-ignore", "-q", "results/metrics/full.json"], cwd=work, env=env)
+    assert ignored.returncode == 1, "results/metrics/ must not be git-ignored (metrics JSON are cache: false, " \
+                                    "committed to git): see the .gitignore in docs/DVC.md"
+    git_commit(work, env, "smoke results")
+    assert dvc_status(work, env) == {}
+    return work, env
+
+
+@pytest.fixture(scope="module")
+def variant_rerun(project):
+    """Edit a parameter of one variant (a param of its finetune stage); `dvc status`, then `dvc repro`."""
+    work, env = project
+    path = work / f"params/variants/{EDITED}.yaml"
+    variant = yaml.safe_load(path.read_text())
+    variant["spatial_rope"] = not variant.get("spatial_rope", True)
+    path.write_text(yaml.safe_dump(variant, sort_keys=False))
+    status = dvc_status(work, env)
+    return work, env, status, sh(work, env, "dvc", "repro")
+
+
+def test_variant_edit_reruns_only_that_variant_and_the_report(variant_rerun):
+    work, env, status, out = variant_rerun
+    assert set(status) == {f"finetune@{EDITED}"}
+    assert sorted(stages_run(out)) == [f"evaluate@{EDITED}", f"finetune@{EDITED}", "report", f"rollouts@{EDITED}"]
+    jobs = snakemake_jobs(out)
+    rules = {rule for rule, _ in jobs}
+    assert rules - REPORT_RULES == {"finetune_variant", "rollout", "metrics"}, rules
+    assert "games_contact_sheet" not in rules  # params/games.yaml did not change
+    for rule, wildcards in jobs:
+        if rule in {"finetune_variant", "rollout", "metrics"}:
+            assert wildcards.get("variant", wildcards.get("model")) == EDITED, (rule, wildcards)
+    assert sum(rule == "rollout" for rule, _ in jobs) == 2  # h4 and h4_swap
+    assert dvc_status(work, env) == {}
+    # The effect shows in `dvc metrics diff` (against the committed metrics).
+    assert f"results/metrics/{EDITED}.json" in sh(work, env, "dvc", "metrics", "diff", "--all")
+
+
+def test_rerun_after_a_parameter_change_starts_training_afresh(variant_rerun):
+    work, *_ = variant_rerun
+    assert "resuming from" not in (work / f"logs/finetune/{EDITED}.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def pulled(project, tmp_path_factory):
+    """Commit, push to a local remote, delete cache and outputs as in a fresh clone, pull."""
+    work, env = project
+    remote = tmp_path_factory.mktemp("remote")
+    sh(work, env, "dvc", "remote", "add", "-d", "store", str(remote))
+    git_commit(work, env, "results and remote")
+    sh(work, env, "dvc", "push")
+    before = file_hashes(work)
+    for name in (".dvc/cache", "data", "results", "reports", ".snakemake", "logs", "benchmarks"):
+        shutil.rmtree(work / name, ignore_errors=True)
+    sh(work, env, "git", "checkout", "--", ".")  # the metrics JSON (cache: false) live in git
+    sh(work, env, "dvc", "pull")
+    return work, env, before, file_hashes(work)
+
+
+def test_pull_restores_data_checkpoints_and_results_byte_identical(pulled):
+    work, env, before, after = pulled
+    assert any(p.startswith("data/lmdb/train.lmdb/") for p in before)
+    assert f"results/finetune/{EDITED}/checkpoint.pt" in before and "reports/index.md" in before
+    assert sorted(after) == sorted(before)
+    assert after == before
+    assert dvc_status(work, env) == {}
+    assert "Data and pipelines are up to date" in sh(work, env, "dvc", "repro")
+
+
+def test_report_rebuilds_after_pull_without_training(pulled):
+    work, env, _, _ = pulled
+    out = sh(work, env, "dvc", "repro", "--force", "--single-item", "report")
+    assert stages_run(out) == ["report"]
+    rules = {rule for rule, _ in snakemake_jobs(out)}
+    assert not rules & UPSTREAM_RULES, rules
+    assert {"report_build", "combined_metrics"} <= rules <= REPORT_RULES - {"games_contact_sheet"}, rules
+    assert (work / "reports/index.md").is_file() and (work / "reports/tables/main.md").is_file()
+    assert dvc_status(work, env) == {}
+    # Plain Snakemake after a pull: `touch` marks the pulled outputs up to date, nothing reruns.
+    sh(work, env, "python", "tools/dvc_snakemake.py", "touch", "smoke")
+    dry = sh(work, env, "snakemake", "all", "-n", "--cores", "2", "--configfile", "params/smoke.yaml")
+    assert "Nothing to be done" in dry
+
+

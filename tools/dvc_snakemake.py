@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""The bridge between DVC and Snakemake (see docs/DVC.md).
+
+    tools/dvc_snakemake.py run PROFILE RULES TARGET... [--if-changed RULES]  # every stage's cmd
+    tools/dvc_snakemake.py touch PROFILE [TARGET...]    # after dvc pull/checkout, before plain snakemake
+
+`run`: DVC has decided that a stage is stale (the hash of one of its deps, params or outs changed);
+Snakemake executes exactly that stage's jobs:
+
+* ``--allowed-rules RULES``: only the stage's own rules are in the DAG, so files made by other stages
+  are plain inputs. Their mtimes are meaningless after a `dvc pull`/`checkout`, and Snakemake 9
+  compares mtimes whatever ``--rerun-triggers`` says, so without this a report stage could retrain
+  models.
+* ``--forcerun RULES``: every job of the stage runs. DVC saw a change that Snakemake cannot (package
+  code, a file restored with an old mtime, a stage without metadata in a fresh clone); letting
+  Snakemake skip a job here would record a stale output under the new hashes.
+
+RULES is comma-separated. ``--if-changed RULES`` adds rules that may run but are not forced:
+Snakemake reruns them only if it sees their inputs change. Meant for a rule whose only inputs are
+git-tracked files (the games contact sheet: params/games.yaml), where Snakemake's check (mtime,
+then the checksum it recorded) is reliable and a forced rebuild would be wasted. A TARGET may
+contain ``{horizon}`` (one target per ``rollout.horizons`` of the profile) and ``{swap_horizon}``
+(the shortest horizon, the one the swapped rollouts use). ``CORES`` sets ``--cores`` (default 2);
+``SNAKEMAKE_PROFILE`` (read by Snakemake itself) picks an executor profile, e.g.
+``SNAKEMAKE_PROFILE=profiles/slurm dvc repro``.
+
+`touch`: after a pull every file has the checkout time as mtime, in no particular order, and a
+fresh clone has no .snakemake/ metadata: plain `snakemake` would rebuild much of the DAG. This
+runs ``snakemake --touch`` (default target ``all``), which marks existing outputs up to date in
+DAG order and records metadata. Refused while ``dvc status`` shows changes: touching would also
+hide real ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fail(message: str) -> None:
+    print(f"dvc_snakemake: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def profile_file(profile: str) -> str:
+    path = f"params/{profile}.yaml"
+    if not (REPO / path).is_file():
+        fail(f"no profile file {path}")
+    return path
+
+
+def expand_targets(targets: list[str], profile_path: str) -> list[str]:
+    """Expand ``{horizon}`` over the profile's rollout horizons and ``{swap_horizon}`` to the shortest."""
+    with open(REPO / profile_path) as f:
+        horizons = sorted(int(h) for h in yaml.safe_load(f)["rollout"]["horizons"])
+    out = []
+    for target in targets:
+        target = target.replace("{swap_horizon}", str(horizons[0]))
+        out += [target.replace("{horizon}", str(h)) for h in horizons] if "{horizon}" in target else [target]
+    return out
+
+
+def environment() -> dict:
+    """Prefer the project's virtualenv (snakemake and the `actionparty` CLI), as `make` does."""
+    env = dict(os.environ)
+    venv_bin = REPO / ".venv" / "bin"
+    if (venv_bin / "snakemake").exists():
+        env["PATH"] = f"{venv_bin}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def snakemake(args: list[str], profile_path: str) -> int:
+    # Targets go first: --configfile takes every following word as a file.
+    cmd = ["snakemake", *args, "--cores", os.environ.get("CORES", "2"), "--configfile", profile_path]
+    print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
+    return subprocess.call(cmd, cwd=REPO, env=environment())
+
+
+def cmd_run(args) -> int:
+    path = profile_file(args.profile)
+    forced = [r for r in args.rules.split(",") if r]
+    allowed = forced + [r for r in (args.if_changed or "").split(",") if r]
+    if not forced:
+        fail("no rules given")
+    targets = expand_targets(args.targets, path)
+    return snakemake([*targets, "--allowed-rules", *allowed, "--forcerun", *forced, "--rerun-incomplete"], path)
+
+
+def cmd_touch(args) -> int:
+    path = profile_file(args.profile)
+    status = subprocess.run(["dvc", "status", "--json"], cwd=REPO, env=environment(), capture_output=True, text=True)
+    if status.returncode != 0:
+        fail(f"dvc status failed: {status.stderr.strip()[-500:]}")
+    changed = json.loads(status.stdout or "{}")
+    if changed and not args.force:
+        fail(f"dvc status shows changes in {', '.join(sorted(changed))}: run `dvc checkout` or `dvc repro` "
+             "first (or --force to touch anyway)")
+    return snakemake([*(args.targets or ["all"]), "--touch"], path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one DVC stage's Snakemake rules for its targets")
+    run.add_argument("profile", help="profile name: params/<profile>.yaml")
+    run.add_argument("rules", help="comma-separated Snakemake rules of the stage")
+    run.add_argument("targets", nargs="+", help="files or target rules; {horizon}/{swap_horizon} expand")
+    run.add_argument("--if-changed", metavar="RULES", help="comma-separated rules allowed but not forced")
+    run.set_defaults(func=cmd_run)
+    touch = sub.add_parser("touch", help="after dvc pull/checkout: mark the pulled outputs up to date for Snakemake")
+    touch.add_argument("profile", help="profile name: params/<profile>.yaml")
+    touch.add_argument("targets", nargs="*", help="Snakemake targets (default: all)")
+    touch.add_argument("--force", action="store_true", help="touch even if dvc status shows changes")
+    touch.set_defaults(func=cmd_touch)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
