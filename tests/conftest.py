@@ -42,6 +42,18 @@ def job_counts(output: str) -> dict[str, int]:
 
 
 @pytest.fixture
+def one_thread():
+    """Torch on one thread: two threads on a shared 2-core machine can be 20x slower than one
+    (spinning OpenMP workers)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def repo() -> Path:
     return REPO
 

@@ -45,13 +45,7 @@ WALL = (120, 120, 120)
 BEAM = (250, 230, 30)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two threads on a shared 2-core machine can be 20x slower than one (spinning OpenMP workers).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------

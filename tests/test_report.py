@@ -38,12 +38,7 @@ BASE = {"full": 0.77912, "no_msa": 0.61234, "text_action": 0.15833, "global_acti
 HORIZONS = (4, 20)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -107,12 +107,21 @@ def player_count_figure(metrics: MetricsSet, labels: dict[str, str], stem: str |
                 y = _numbers([metrics.value(model, h, name, "per_player_count", k) for k in counts])
                 ax.plot(x, y, marker="o", markersize=4, label=labels[model], **model_style(model))
             ax.set_xticks(x)
-            ax.set_xlabel("players in the scene")
-            ax.set_ylabel(name)
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_title(f"{name} per player count, horizon {h}", fontsize=10)
-            ax.grid(alpha=0.3)
-    handles, names = axes[0, 0].get_legend_handles_labels()
+            _share_axes(ax, "players in the scene", name, f"{name} per player count, horizon {h}")
+    return _save_with_legend(fig, axes[0, 0], stem)
+
+
+def _share_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Axes of a share-valued metric (0..1) in the metric figures."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+
+
+def _save_with_legend(fig, legend_axes, stem: str | Path) -> list[Path]:
+    handles, names = legend_axes.get_legend_handles_labels()
     fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()
     return save_figure(fig, stem)
@@ -135,15 +144,9 @@ def step_curves_figure(metrics: MetricsSet, labels: dict[str, str], stem: str | 
                         **model_style(model))
         name = curve.split("_")[0].upper()
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("rollout step" if curve != "sp_curve" else "generated frame")
-        ax.set_ylabel(name)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"{name} per step, horizon {horizon}", fontsize=10)
-        ax.grid(alpha=0.3)
-    handles, names = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-    fig.tight_layout()
-    return save_figure(fig, stem)
+        _share_axes(ax, "rollout step" if curve != "sp_curve" else "generated frame", name,
+                    f"{name} per step, horizon {horizon}")
+    return _save_with_legend(fig, axes[0, 0], stem)
 
 
 # ---------------------------------------------------------------------------------------------
