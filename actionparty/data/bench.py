@@ -6,12 +6,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
 from actionparty.config import Profile
-from actionparty.data.episodes import EpisodeTask, _generate_one, episode_seed
+from actionparty.data.episodes import episode_tasks, generate_one
 from actionparty.games import GameEnv, GameSpec
 
 
@@ -36,20 +35,17 @@ def raw_rates(spec: GameSpec, steps: int, episodes: int, seed: int = 0) -> tuple
 
 def generation_rate(spec: GameSpec, profile: Profile, episodes: int, workers: int) -> float:
     """Frames/s of generating and writing ``episodes`` episodes with ``workers`` processes."""
-    cfg = profile.episodes
     with tempfile.TemporaryDirectory() as tmp:
-        tasks = [EpisodeTask(spec, episode_seed(cfg.seed, "train", i), cfg.steps, profile.canvas_cells,
-                             tuple(cfg.policy.probabilities()), cfg.policy.stickiness, str(Path(tmp) / f"ep_{i:05d}.npz"),
-                             profile.lmdb.zlib_level) for i in range(episodes)]
+        tasks = episode_tasks(spec, "train", profile, tmp, episodes)
         t0 = time.perf_counter()
         if workers > 1:
             with mp.get_context("fork").Pool(workers) as pool:
-                list(pool.imap_unordered(_generate_one, tasks))
+                list(pool.imap_unordered(generate_one, tasks))
         else:
             for task in tasks:
-                _generate_one(task)
+                generate_one(task)
         elapsed = time.perf_counter() - t0
-    return episodes * (cfg.steps + 1) / elapsed
+    return episodes * (profile.episodes.steps + 1) / elapsed
 
 
 def bench_episodes(specs: list[GameSpec], profile: Profile, episodes: int = 8, workers: int = 2) -> list[dict]:

@@ -112,7 +112,19 @@ def run_episode(task: EpisodeTask) -> dict[str, np.ndarray]:
                 interact_effect=effect)
 
 
-def _generate_one(task: EpisodeTask) -> tuple[str, str]:
+def episode_tasks(spec: GameSpec, split: str, profile: Profile, folder: str | Path, count: int) -> list[EpisodeTask]:
+    """The first ``count`` episodes of ``spec`` in ``split``, to be written into ``folder``."""
+    cfg = profile.episodes
+    return [
+        EpisodeTask(spec, episode_seed(cfg.seed, split, i), cfg.steps, profile.canvas_cells,
+                    tuple(cfg.policy.probabilities()), cfg.policy.stickiness, str(Path(folder) / f"ep_{i:05d}.npz"),
+                    profile.lmdb.zlib_level)
+        for i in range(count)
+    ]
+
+
+def generate_one(task: EpisodeTask) -> tuple[str, str]:
+    """Play and write one episode; returns (file name, sha256)."""
     arrays = run_episode(task)
     digest = save_npz(task.path, arrays, level=task.zlib_level)
     return os.path.basename(task.path), digest
@@ -131,22 +143,17 @@ def generate_episodes(
     start = time.perf_counter()
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        tasks = [
-            EpisodeTask(spec, episode_seed(cfg.seed, split, i), cfg.steps, profile.canvas_cells,
-                        tuple(cfg.policy.probabilities()), cfg.policy.stickiness, str(tmp / f"ep_{i:05d}.npz"),
-                        profile.lmdb.zlib_level)
-            for i in range(count)
-        ]
+        tasks = episode_tasks(spec, split, profile, tmp, count)
         bar = tqdm(total=count, desc=f"episodes {spec.name}/{split}", unit="ep", disable=not progress)
         digests: dict[str, str] = {}
         if workers > 1 and count > 1:
             with mp.get_context("fork").Pool(min(workers, count)) as pool:
-                for name, digest in pool.imap_unordered(_generate_one, tasks):
+                for name, digest in pool.imap_unordered(generate_one, tasks):
                     digests[name] = digest
                     bar.update()
         else:
             for task in tasks:
-                name, digest = _generate_one(task)
+                name, digest = generate_one(task)
                 digests[name] = digest
                 bar.update()
         bar.close()
