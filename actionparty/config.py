@@ -9,6 +9,7 @@ generated from these models (``actionparty schema``), so both sides agree by con
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -132,6 +133,9 @@ class TrainConfig(StrictModel):
     ema_decay: Annotated[float, Field(ge=0, lt=1)]
     clip_steps: PositiveInt  # action steps per training clip (1 context frame + clip_steps frames)
     timestep_shift: Annotated[float, Field(gt=0)]
+    # "velocity": |v_hat - v|^2 (for x0 prediction |x0_hat - x0|^2 / max(sigma, min_sigma)^2);
+    # "x0": |x0_hat - x0|^2, every noise level weighted alike (x0 prediction only)
+    loss_space: Literal["velocity", "x0"]
     min_sigma: Annotated[float, Field(gt=0, le=1)]  # floor of sigma in the velocity-space x0 loss
     change_weight: Annotated[float, Field(ge=0)]  # loss weight 1 + change_weight on cells that change
     log_every: PositiveInt
@@ -144,6 +148,7 @@ class FinetuneConfig(TrainConfig):
     """Action finetuning from the exp-138 checkpoint: the same budget for every variant."""
 
     state_loss_weight: Annotated[float, Field(ge=0)]  # lambda in loss = video + lambda * state
+    curve_every: Annotated[int, Field(ge=0)]  # EMA snapshot every this many steps for the learning curve (0: none)
 
 
 class VariantConfig(StrictModel):
@@ -188,6 +193,7 @@ class RolloutConfig(StrictModel):
     horizons: list[PositiveInt]
     clips_per_game: PositiveInt  # test windows rolled out per game and horizon
     sample_clips: PositiveInt  # clips drawn into the sample figures/GIFs
+    curve_windows_per_game: PositiveInt  # test windows per game of a learning-curve point (MA, BA)
     seed: Annotated[int, Field(ge=0)]
 
 
@@ -202,6 +208,9 @@ class Profile(StrictModel):
     pretrain: TrainConfig
     finetune: FinetuneConfig
     variants: list[str]  # finetuned variants to run (params/variants/<name>.yaml)
+    # Repeats of a variant with another training and sampling seed, named <variant>-s<k> (k >= 1:
+    # finetune.seed + k, rollout.seed + k for the sampling noise; the same test windows).
+    seed_runs: list[str]
     rollout: RolloutConfig
     eval: EvalConfig
     resources: ResourcesConfig
@@ -214,11 +223,27 @@ class Profile(StrictModel):
                 raise ValueError(f"unknown variant {name!r} (no {VARIANT_DIR}/{name}.yaml)")
         return names
 
+    @model_validator(mode="after")
+    def _seed_runs_known(self) -> "Profile":
+        for run in self.seed_runs:
+            variant, offset = split_run(run)
+            if offset == 0 or variant not in self.variants:
+                raise ValueError(f"seed_runs: {run!r} is not <variant>-s<k> with k >= 1 and a variant of 'variants'")
+        if len(set(self.seed_runs)) != len(self.seed_runs):
+            raise ValueError("seed_runs: a run is listed twice")
+        return self
+
     @property
     def canvas_px(self) -> int:
         from actionparty.games.actions import CELL_PX
 
         return self.canvas_cells * CELL_PX
+
+
+def split_run(name: str) -> tuple[str, int]:
+    """A model or run name -> (variant, seed offset): 'full-s1' -> ('full', 1), 'full' -> ('full', 0)."""
+    m = re.fullmatch(r"(.+)-s(\d+)", name)
+    return (m.group(1), int(m.group(2))) if m else (name, 0)
 
 
 def _format_error(source: str, err: ValidationError) -> str:

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from actionparty.cli import main
-from actionparty.config import dump_json_schema, load_profile
+from actionparty.config import dump_json_schema, load_profile, split_run
 from actionparty.games import CatalogueError, resolve_games
 from actionparty.errors import ProfileError
 
@@ -50,11 +50,21 @@ def _write(tmp_path, repo, edit):
         (lambda d: d["episodes"]["policy"]["action_probs"].update(JUMP=1), r"action_probs: Value error, unknown action"),
         (lambda d: d["episodes"]["policy"].update(stickiness=1.5), r"episodes.policy.stickiness: Input should be less"),
         (lambda d: d.update(canvas_cells=2), r"bad.yaml: canvas_cells: Input should be greater"),
+        (lambda d: d.update(seed_runs=["full"]), r"seed_runs: 'full' is not <variant>-s<k>"),
+        (lambda d: d.update(seed_runs=["nope-s1"]), r"seed_runs: 'nope-s1' is not <variant>-s<k>"),
+        (lambda d: d.update(seed_runs=["full-s1", "full-s1"]), r"seed_runs: a run is listed twice"),
+        (lambda d: d["finetune"].update(loss_space="pixels"), r"finetune.loss_space: Input should be"),
     ],
 )
 def test_bad_profile_is_refused_with_key(tmp_path, repo, edit, message):
     with pytest.raises(ProfileError, match=message):
         load_profile(_write(tmp_path, repo, edit))
+
+
+def test_run_names_split_into_variant_and_seed_offset():
+    assert split_run("full") == ("full", 0)
+    assert split_run("global_action-s2") == ("global_action", 2)
+    assert split_run("no_rope_sa-s10") == ("no_rope_sa", 10)
 
 
 def test_unknown_game_is_refused(tmp_path, repo):

@@ -179,6 +179,17 @@ def test_movement_rules():
     assert off[0].tolist() == [0, 0]  # off the map
 
 
+def test_step_causes_tell_moves_turns_and_blocked_moves_apart():
+    # One window, 4 steps of one player on a 5x5 room with a wall ring (walkable 1..3).
+    cells = np.array([[[[2, 2]], [[2, 1]], [[2, 1]], [[2, 1]], [[2, 1]], [[2, 1]]]])  # (1, T=6, S=1, 2)
+    facing = np.array([[[N_], [N_], [N_], [E_], [E_], [E_]]])
+    actions = np.array([[[FORWARD], [FORWARD], [TURN_RIGHT], [FORWARD], [NOOP]]])
+    causes = M.step_causes(cells, facing, actions, _room(5)[None])
+    names = [M.CAUSES[c] for c in causes[0, :, 0]]
+    # moved north; north of (2, 1) is the wall; turned; east of (2, 1) is free, yet it stayed; no-op
+    assert names == ["moved", "blocked_wall", "turned", "blocked_player", "still"]
+
+
 def _binding_case(det_cells, det_facings, counts=None):
     """Players 0 and 1 swapped. Fed actions: player 0 FORWARD (its partner's), player 1 TURN_LEFT."""
     det = detections(det_cells, det_facings, counts)

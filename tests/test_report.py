@@ -62,21 +62,26 @@ def _metrics_values(model: str, base: float) -> dict:
 
 
 def metrics_json(model: str) -> dict:
+    """The metrics file of a model in BASE, or of a seed run '<model>-s<k>' (MA higher by 0.02 k)."""
+    name, seed = model, 0
+    if "-s" in model:
+        model, seed = model.rsplit("-s", 1)[0], int(model.rsplit("-s", 1)[1])
     horizons = {}
     for h in HORIZONS:
-        base = BASE[model] - (0.1 if h == 20 else 0.0)
+        base = BASE[model] - (0.1 if h == 20 else 0.0) + 0.02 * seed
         horizons[f"h{h}"] = {
             "rollout": None if model == "oracle" else f"results/rollouts/{model}/h{h}.npz", "swap_rollout": None,
-            "meta": {"variant": model, "horizon": h, "split": "test", "sampling_steps": 8, "seed": 0},
+            "meta": {"variant": name, "horizon": h, "split": "test", "sampling_steps": 8, "seed": seed},
             "overall": _metrics_values(model, base),
             "per_game": {"alpha": _metrics_values(model, base + 0.01), "beta": _metrics_values(model, base - 0.01)},
             "per_player_count": {"2": _metrics_values(model, base + 0.02), "3": _metrics_values(model, base - 0.02)},
             "per_action": {"NOOP": {"MA": base, "player_steps": 5}},
+            "per_cause": {c: {"MA": round(base - 0.01 * i, 5), "player_steps": 5 + i} for i, c in enumerate(M.CAUSES)},
             "ma_curve": [round(base - 0.01 * t, 5) for t in range(h)],
             "sp_curve": [round(base + 0.1 - 0.005 * t, 5) for t in range(h)],
             "ba_curve": [round(base - 0.02 * t, 5) for t in range(h)] if h == 4 else None,
         }
-    return {"schema_version": 1, "variant": model, "kind": "oracle" if model == "oracle" else "model", "tau": 0.5,
+    return {"schema_version": 1, "variant": name, "kind": "oracle" if model == "oracle" else "model", "tau": 0.5,
             "detectors": "results/detectors/detectors.pt", "test_lmdb": "data/lmdb/test.lmdb", "horizons": horizons}
 
 
@@ -114,7 +119,7 @@ def make_results(root: Path) -> tuple[Path, Path]:
     test_lmdb = root / "test.lmdb"
     build_lmdb(folders, test_lmdb, "test", map_size_mb=16, progress=False)
     results = root / "results"
-    for model in BASE:
+    for model in (*BASE, "full-s1", "full-s2"):
         write_json(results / "metrics" / f"{model}.json", metrics_json(model))
     write_text(results / "metrics" / "combined.csv", "variant\n")
     logs = {results / "exp-138": 0.5, results / "finetune" / "full": 0.3, results / "finetune" / "global_action": 0.4}
@@ -159,7 +164,7 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def test_every_table_is_written_in_three_formats(built):
-    for name in ("main", "ablation", "per_game", "per_player_count"):
+    for name in ("main", "ablation", "per_game", "per_player_count", "per_cause", "seeds"):
         for ext in ("md", "csv", "tex"):
             assert (built["out"] / "tables" / f"{name}.{ext}").stat().st_size > 0
 
@@ -207,6 +212,18 @@ def test_ablation_and_breakdown_tables(built):
     assert counts[0]["3 players/MA"] == repr(metrics_json("full")["horizons"]["h4"]["per_player_count"]["3"]["MA"])
 
 
+
+def test_per_cause_and_seed_tables(built):
+    causes = read_csv(built["out"] / "tables" / "per_cause.csv")
+    assert list(causes[0])[3:] == [f"{c}/MA" for c in M.CAUSES]
+    assert causes[0]["blocked_wall/MA"] == repr(metrics_json("full")["horizons"]["h4"]["per_cause"]["blocked_wall"]["MA"])
+    seeds = read_csv(built["out"] / "tables" / "seeds.csv")
+    assert [r["model"] for r in seeds] == ["full"] and "3 seeds" in seeds[0]["label"]
+    ma = [metrics_json(m)["horizons"]["h4"]["overall"]["MA"] for m in ("full", "full-s1", "full-s2")]
+    assert float(seeds[0]["h4/MA mean"]) == pytest.approx(sum(ma) / 3, abs=1e-5)
+    assert float(seeds[0]["h4/MA sd"]) == pytest.approx(0.02, abs=1e-5)  # seeds 0, 1, 2 differ by 0.02 each
+
+
 # ---------------------------------------------------------------------------------------------
 # Figures, GIFs, index
 # ---------------------------------------------------------------------------------------------
@@ -225,7 +242,7 @@ def test_index_lists_every_output_and_what_is_missing(built):
     summary = built["alone"]
     index = (built["out"] / "index.md").read_text()
     outputs = [p for kind in (summary.tables, summary.figures, summary.gifs) for ps in kind.values() for p in ps]
-    assert len(outputs) == 4 * 3 + 6 * 2 + 2 * 2
+    assert len(outputs) == 6 * 3 + 6 * 2 + 2 * 2
     for path in outputs:
         assert path.relative_to(built["out"]).as_posix() in index
     assert "pretrained_ar" in index and "no_state" in index  # missing metrics

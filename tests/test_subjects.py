@@ -173,7 +173,10 @@ def test_state_grid_round_trip():
     pos = torch.tensor([[0.0, 0.0], [11.0, 5.0], [3.0, 7.0]])
     facing = torch.tensor([0, 1, 3])
     state = grid.encode(pos, facing)
-    assert state.abs().max() <= 1.0
+    assert state[:, :2].abs().max() <= 6.0  # cell units about the canvas centre
+    # A one-cell move changes the state by 1, as much as a facing entry.
+    torch.testing.assert_close(grid.encode(pos + torch.tensor([1.0, 0.0]), facing)[:, 0] - state[:, 0],
+                               torch.ones(3))
     back, f = grid.decode(state)
     torch.testing.assert_close(back, pos)
     assert torch.equal(f, facing)

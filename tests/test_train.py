@@ -64,6 +64,51 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, train_l
     assert any(not torch.equal(fresh.state_dict()[k], a[0][k]) for k in a[0])
 
 
+def test_finetune_snapshots_are_the_learning_curve_points(tmp_path, train_lmdb):
+    from actionparty.config import load_variant
+    from actionparty.train.checkpoint import list_snapshots
+
+    profile, _ = smoke_profile(tmp_path)
+    variant = load_variant("full", REPO / "params/variants")
+
+    def run(curve_every):
+        cfg = profile.finetune.model_copy(update={"steps": 5, "batch_size": 2, "curve_every": curve_every})
+        train(TrainJob(profile, cfg, train_lmdb, tmp_path / "ft", "full", lambda p, d: build_world_model(p, d, variant),
+                       progress=False, extra_meta={"variant": "full"}))
+        return [step for step, _ in list_snapshots(tmp_path / "ft")]
+
+    assert run(2) == [2, 4]  # the final step is the checkpoint itself
+    snap = load_checkpoint(tmp_path / "ft/snapshots/step_000002.pt")
+    assert snap["step"] == 2 and snap["variant"] == "full" and "optimizer" not in snap
+    assert run(3) == [3]  # a fresh run drops the snapshots of the earlier one
+
+
+def test_x0_loss_space_is_the_plain_weighted_x0_error():
+    from types import SimpleNamespace
+
+    from actionparty.train.objective import flow_matching_loss
+
+    class Fixed(torch.nn.Module):  # predicts x0 = 0.5 everywhere (no residual prior)
+        aux_dim, chunk_frames, context_frame, prediction = 0, 1, 0, "x0"
+
+        def forward(self, x, sigma, anchor, text, text_mask, **_):
+            return SimpleNamespace(x0=torch.full_like(x, 0.5), velocity=torch.zeros_like(x))
+
+    latents = torch.zeros(2, 3, 2, 4, 4)
+    latents[:, :, 1, 0, 0] = 1.0  # one changed position per clip
+    cfg = SimpleNamespace(loss_space="x0", change_weight=3.0, min_sigma=0.05)
+    sigma = torch.tensor([[0.2], [0.9]])
+    out = flow_matching_loss(Fixed(), latents, None, None, cfg, sigma, torch.zeros(2, 3, 1, 4, 4))
+    weight = torch.ones(2, 1, 1, 4, 4)
+    weight[:, :, :, 0, 0] = 4.0
+    err = (0.5 - latents[:, :, 1:]).pow(2)
+    expected = (weight * err).sum() / (weight.sum() * 3)
+    torch.testing.assert_close(out.loss, expected)  # no 1/sigma^2: every noise level counts alike
+    velocity = flow_matching_loss(Fixed(), latents, None, None, SimpleNamespace(**{**vars(cfg), "loss_space": "velocity"}),
+                                  sigma, torch.zeros(2, 3, 1, 4, 4))
+    assert velocity.loss > out.loss
+
+
 def test_torchrun_two_processes_equal_one_process(tmp_path, train_lmdb):
     profile, path = smoke_profile(tmp_path, steps=3, batch_size=4, checkpoint_every=10)
     train(TrainJob(profile, profile.pretrain, train_lmdb, tmp_path / "single", "exp-138", build_world_model,

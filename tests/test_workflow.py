@@ -41,9 +41,16 @@ def test_smoke_dag_runs_for_real(smoke_data):
     # Every model of the profile went through finetuning (variants), rollout and evaluation.
     import json
 
-    models = list(profile.variants) + ["pretrained_ar", "static"]
-    for variant in profile.variants:
+    models = list(profile.variants) + list(profile.seed_runs) + ["pretrained_ar", "static"]
+    for variant in profile.variants + profile.seed_runs:
         assert (work / f"results/finetune/{variant}/checkpoint.pt").is_file()
+    # Learning curves: one point per snapshot (every curve_every steps) and the final checkpoint.
+    steps = profile.finetune.steps
+    for variant in profile.variants:
+        curve = json.loads((work / f"results/finetune/{variant}/curve.json").read_text())
+        assert curve["steps"] == list(range(profile.finetune.curve_every, steps, profile.finetune.curve_every)) + [steps]
+        assert len(curve["MA"]) == len(curve["BA"]) == len(curve["steps"])
+        assert all(v is None or 0 <= v <= 1 for v in curve["MA"] + curve["BA"])
     for model in models + ["oracle"]:
         metrics = json.loads((work / f"results/metrics/{model}.json").read_text())
         assert set(metrics["horizons"]) == {f"h{h}" for h in profile.rollout.horizons}
@@ -51,9 +58,10 @@ def test_smoke_dag_runs_for_real(smoke_data):
     assert {row["variant"] for row in combined["rows"]} == set(models) | {"oracle"}
     assert any((work / "reports/figures/samples/exp-138").glob("*.gif"))
     # The paper's tables and figures, and Snakemake's HTML report with their captions.
-    for table in ("main", "ablation", "per_game", "per_player_count"):
+    for table in ("main", "ablation", "per_game", "per_player_count", "per_cause", "seeds"):
         for ext in ("md", "csv", "tex"):
             assert (work / f"reports/tables/{table}.{ext}").stat().st_size > 0
+    assert (work / "reports/figures/learning_curves.png").is_file()
     assert "ActionParty" in (work / "reports/tables/main.md").read_text()
     html = subprocess.run(["snakemake", "--report", "reports/report.html", "--configfile", "params/smoke.yaml"],
                           cwd=work, env=subprocess_env(), capture_output=True, text=True, timeout=300)

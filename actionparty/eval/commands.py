@@ -7,6 +7,8 @@
         [--swap-rollouts results/rollouts/full/h4_swap.npz ...] --out results/metrics/full.json
     actionparty evaluate-oracle --profile P --test-lmdb data/lmdb/test.lmdb \
         --detectors results/detectors/detectors.pt --out results/metrics/oracle.json
+    actionparty curve --profile P --variant full --checkpoint results/finetune/full/checkpoint.pt \
+        --test-lmdb data/lmdb/test.lmdb --detectors results/detectors/detectors.pt --out results/finetune/full/curve.json
     actionparty combine-metrics --out-json results/metrics/combined.json --out-csv results/metrics/combined.csv \
         results/metrics/*.json
 """
@@ -66,6 +68,19 @@ def _cmd_evaluate_oracle(args) -> None:
     print(f"{args.out}: oracle {summary}")
 
 
+def _cmd_curve(args) -> None:
+    from actionparty.atomic import write_json
+    from actionparty.config import load_profile
+    from actionparty.eval.curve import learning_curve
+
+    _threads(args)
+    curve = learning_curve(load_profile(args.profile), args.variant, args.checkpoint, args.test_lmdb, args.detectors,
+                           progress=not args.quiet)
+    write_json(args.out, curve)
+    points = ", ".join(f"{s}: MA {m} BA {b}" for s, m, b in zip(curve["steps"], curve["MA"], curve["BA"]))
+    print(f"{args.out}: {points}")
+
+
 def _cmd_combine_metrics(args) -> None:
     from actionparty.eval.evaluate import combine_metrics, write_table
 
@@ -111,6 +126,14 @@ def add_commands(sub) -> None:
     p.add_argument("--test-lmdb", required=True, type=Path)
     p.add_argument("--detectors", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="results/metrics/oracle.json")
+
+    p = add("curve", _cmd_curve, "learning curve of a finetune: MA and BA of its snapshots on a test subset")
+    common(p)
+    p.add_argument("--variant", required=True)
+    p.add_argument("--checkpoint", required=True, type=Path, help="the final checkpoint; its snapshots/ are read too")
+    p.add_argument("--test-lmdb", required=True, type=Path)
+    p.add_argument("--detectors", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="results/finetune/{variant}/curve.json")
 
     p = add("combine-metrics", _cmd_combine_metrics, "one table (JSON + CSV) of every variant's metrics")
     p.add_argument("--out-json", required=True, type=Path)

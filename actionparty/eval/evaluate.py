@@ -6,6 +6,8 @@ Per horizon H, ``results/metrics/{variant}.json`` holds (see docs/EVALUATION.md)
      "horizons": {"h4": {"rollout": ..., "swap_rollout": ..., "meta": {...},
                          "overall": {metrics}, "per_game": {game: {metrics}},
                          "per_player_count": {"2": {metrics}}, "per_action": {"NOOP": {"MA", "player_steps"}},
+                         "per_cause": {"moved" | "turned" | "blocked_wall" | "blocked_player" | "still":
+                                       {"MA", "player_steps"}},
                          "ma_curve": [H values], "sp_curve": [...], "ba_curve": [...] | null}}}
 
 {metrics} = MA, MA_moving, MA_static, SP, DR, duplicated, vanished, EA, BA, BA_other, ST_l1,
@@ -133,6 +135,7 @@ def rollout_outcomes(rollout: Rollout, gt: dict, detectors: Detectors, det_game:
         "moving": M.real_change(gt["position"], gt["facing"]),
         "once": once, "seen": seen, "duplicated": det.count[:, 1:] >= 2, "vanished": det.count[:, 1:] == 0,
         "rules": M.rule_agreement_outcomes(det, rollout.actions, walkable),
+        "cause": M.step_causes(gt["position"], gt["facing"], gt["actions"], walkable),
     }
     # EA: the inverse-dynamics classifier on the generated transitions of real INTERACT-with-effect steps.
     idm_action = np.full(rollout.actions.shape, -1, np.int64)
@@ -237,12 +240,15 @@ def horizon_report(main: Outcomes | None, binding: Outcomes | None, games: list[
     for p in sorted({int(x) for o in (main, binding) if o is not None for x in o.players}):
         report["per_player_count"][str(p)] = summarise(main, binding, rows(main, "players", p),
                                                        rows(binding, "players", p))
-    report["per_action"] = {}
+    report["per_action"], report["per_cause"] = {}, {}
     if main is not None:
         a = main.arrays
         for i, name in enumerate(CANONICAL_ACTIONS):
             mask = a["step_valid"] & (a["action"] == i)
             report["per_action"][name] = {"MA": _r(M.share(a["motion"], mask)), "player_steps": int(mask.sum())}
+        for i, name in enumerate(M.CAUSES):
+            mask = a["step_valid"] & (a["cause"] == i)
+            report["per_cause"][name] = {"MA": _r(M.share(a["motion"], mask)), "player_steps": int(mask.sum())}
         report["ma_curve"] = _curve(a["motion"], a["step_valid"])
         report["sp_curve"] = _curve(a["once"], a["frame_valid"])
     else:

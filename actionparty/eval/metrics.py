@@ -177,6 +177,27 @@ def apply_moves(cell: np.ndarray, facing: np.ndarray, action: np.ndarray, walkab
     return new_cell, new_facing
 
 
+# What happened to a player at a real step, for MA per cause (how blocked moves fare).
+CAUSES = ("moved", "turned", "blocked_wall", "blocked_player", "still")
+
+
+def step_causes(gt_cell: np.ndarray, gt_facing: np.ndarray, actions: np.ndarray, walkable: np.ndarray) -> np.ndarray:
+    """(N, T-1, S) index into :data:`CAUSES` of each real step: gt_cell (N, T, S, 2), gt_facing
+    (N, T, S), actions (N, T-1, S), walkable (N, Hc, Wc). A move action whose target is off the
+    map or not walkable is ``blocked_wall``; one whose target is walkable but whose player stayed
+    is ``blocked_player`` (another player held or took the cell); NOOP/INTERACT steps and anything
+    else without a change are ``still``."""
+    prev_cell, prev_facing = gt_cell[:, :-1], gt_facing[:, :-1]
+    no_blockers = np.zeros(prev_cell.shape[:-1] + (1, 2), np.int64), np.zeros(prev_cell.shape[:-1] + (1,), bool)
+    target, _ = apply_moves(prev_cell, prev_facing, actions, walkable[:, None, None], *no_blockers)
+    moved = (np.diff(gt_cell, axis=1) != 0).any(-1)
+    turned = ~moved & (np.diff(gt_facing, axis=1) != 0)
+    is_move = np.isin(actions, (FORWARD, BACKWARD, STRAFE_LEFT, STRAFE_RIGHT))
+    wall = is_move & ~moved & (target == prev_cell).all(-1)
+    player = is_move & ~moved & ~wall
+    return np.select([moved, turned, wall, player], [0, 1, 2, 3], default=4)
+
+
 def _others(det: Detections) -> tuple[np.ndarray, np.ndarray]:
     """det (..., S) -> blockers (..., S, S, 2), found (..., S, S): for each slot, every other slot."""
     s = det.cell.shape[-2]

@@ -3,7 +3,7 @@
 For each player slot p (8 slots; absent players masked) and latent frame t, a **state token**
 carries the player's state s(t, p) = (x, y, facing):
 
-* ``state vector``: x, y in latent-grid units scaled to [-1, 1] and the facing one-hot scaled
+* ``state vector``: x, y in cell units about the canvas centre and the facing one-hot scaled
   to {-1, 1} (6 numbers), denoised jointly with the video at its frame's noise level (the
   context frame's state is clean);
 * ``input`` = embed(noisy state) + embed(action a(t, p)) + embed(slot p) + embed(the player's
@@ -64,20 +64,22 @@ class StateGrid:
         return (grid + 0.5) / self.tokens_per_cell - 0.5
 
     def encode(self, position: torch.Tensor, facing: torch.Tensor) -> torch.Tensor:
-        """position (..., 2) cells (x, y), facing (...) 0..3 -> state (..., 6) in [-1, 1]."""
-        xy = self.cells_to_grid(position) / max(self.grid_side - 1, 1) * 2 - 1
+        """position (..., 2) cells (x, y), facing (...) 0..3 -> state (..., 6).
+
+        x, y are in cell units about the canvas centre, so that a one-cell move changes the
+        state by 1, as much as a facing entry (in a [-1, 1] scale of the whole canvas a move
+        is a small fraction of the loss and of the unit noise, and is learnt last)."""
+        xy = position.float() + 0.5 - self.canvas_cells / 2
         onehot = torch.nn.functional.one_hot(facing.long().clamp(0, 3), 4).float() * 2 - 1
         return torch.cat([xy, onehot], dim=-1)
 
     def decode(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """state (..., 6) -> position (..., 2) float cells, facing (...) long."""
-        grid = (state[..., :2] + 1) / 2 * max(self.grid_side - 1, 1)
-        return self.grid_to_cells(grid), state[..., 2:].argmax(-1)
+        return state[..., :2] - 0.5 + self.canvas_cells / 2, state[..., 2:].argmax(-1)
 
     def grid_position(self, state: torch.Tensor) -> torch.Tensor:
         """state (..., 6) -> token-grid (y, x) (..., 2) for rotary positions."""
-        grid = (state[..., :2] + 1) / 2 * max(self.grid_side - 1, 1)
-        return grid.flip(-1)
+        return self.cells_to_grid(self.decode(state)[0]).flip(-1)
 
 
 # ------------------------------------------------------------------------------ variants

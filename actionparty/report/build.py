@@ -40,6 +40,11 @@ CAPTIONS = {
     "per_game": "MA and SP of every model and the oracle in each game, at the shortest horizon.",
     "per_player_count": "MA and SP of every model and the oracle by the number of players in the scene, at the "
                         "shortest horizon.",
+    "per_cause": "MA of every model by what really happened to the player at that step: it moved, turned, tried "
+                 "to move into a wall, tried to move into a free cell that another player held or took, or stayed "
+                 "(no-op, Interact), at the shortest horizon.",
+    "seeds": "Mean and sample standard deviation of MA, SP and BA over the seeds of the models that were repeated "
+             "with another training and sampling seed (same test windows).",
     "fig_per_player_count": "MA and SP against the number of players in the scene, one line per model (ActionParty "
                             "bold, ablations dashed, copy floor dotted, oracle dash-dotted), one row per horizon.",
     "fig_ma_curve": "MA per rollout step (and SP per generated frame) at horizon {horizon}, one line per model: how "

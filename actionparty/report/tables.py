@@ -20,12 +20,14 @@ import csv
 import io
 import json
 import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from actionparty.atomic import write_text
 from actionparty.config import UNTRAINED_MODELS, VARIANT_DIR, load_variant
 from actionparty.errors import UserError
+from actionparty.eval.metrics import CAUSES
 
 METRICS_SCHEMA = 1  # the schema evaluate.py writes (docs/EVALUATION.md)
 
@@ -60,6 +62,7 @@ LOWER_IS_BETTER = frozenset({"FD", "FVD_I3D", "ST_l1", "duplicated", "vanished",
 MAIN_METRICS = ("MA", "SP", "DR", "EA", "BA", "PSNR", "SSIM", "FD")
 ABLATION_METRICS = ("MA", "SP", "DR", "EA", "BA", "ST_l1", "ST_exact", "PSNR", "SSIM", "FD")
 BREAKDOWN_METRICS = ("MA", "SP")
+SEED_METRICS = ("MA", "SP", "BA")
 
 
 class MetricsError(UserError):
@@ -124,6 +127,7 @@ class MetricsSet:
     root: Path
     models: dict[str, dict]
     missing: dict[str, Path] = field(default_factory=dict)
+    seeds: dict[str, list[dict]] = field(default_factory=dict)  # model -> its seed runs (<model>-s<k>.json)
 
     def horizons(self) -> list[int]:
         """Every horizon any model reports, ascending."""
@@ -153,16 +157,21 @@ def load_metrics(metrics_dir: str | Path, models: tuple[str, ...] = MODELS) -> M
     MetricsError if the folder holds none of them, or if a present file is corrupt."""
     root = Path(metrics_dir)
     found, missing = {}, {}
+    seeds: dict[str, list[dict]] = {}
     for model in models:
         path = root / f"{model}.json"
         if path.exists():
             found[model] = read_metrics_file(path, model)
+            runs = sorted((int(m.group(1)), p) for p in root.glob(f"{model}-s*.json")
+                          if (m := re.fullmatch(re.escape(model) + r"-s(\d+)", p.stem)))
+            if runs:
+                seeds[model] = [read_metrics_file(p, p.stem) for _, p in runs]
         else:
             missing[model] = path
     if not found:
         raise MetricsError(f"{root}: no metrics files ({', '.join(f'{m}.json' for m in models[:3])}, ...); "
                            "run the evaluate stage first")
-    return MetricsSet(root, found, missing)
+    return MetricsSet(root, found, missing, seeds)
 
 
 def experiment_ids(models: tuple[str, ...] = MODELS, variant_dir: str | Path = VARIANT_DIR) -> dict[str, str]:
@@ -284,24 +293,57 @@ def ablation_table(metrics: MetricsSet, experiments: dict[str, str]) -> Table:
 
 
 def breakdown_table(metrics: MetricsSet, experiments: dict[str, str], part: str) -> Table:
-    """per_game or per_player_count: MA and SP per model x group at the shortest horizon."""
+    """per_game or per_player_count: MA and SP per model x group at the shortest horizon;
+    per_cause: MA per cause of the real step (moved, turned, blocked by a wall or a player, still)."""
     horizon = metrics.horizons()[0]
     groups = metrics.groups(part, horizon)
-    label = (lambda g: g) if part == "per_game" else (lambda g: f"{g} players")
-    columns = [Column(label(g), name, g) for g in groups for name in BREAKDOWN_METRICS]
+    if part == "per_cause":
+        groups = [c for c in CAUSES if c in groups]
+    label = (lambda g: f"{g} players") if part == "per_player_count" else (lambda g: g)
+    names = ("MA",) if part == "per_cause" else BREAKDOWN_METRICS
+    columns = [Column(label(g), name, g) for g in groups for name in names]
 
     def value(model, col):
         return metrics.value(model, horizon, col.metric, part, col.source)
 
-    what = "game" if part == "per_game" else "number of players"
-    return Table(part, f"MA and SP per {what}, horizon {horizon}", columns,
-                 _rows(metrics, MODELS, columns, experiments, value), _missing_note(metrics, MODELS))
+    title = {"per_game": f"MA and SP per game, horizon {horizon}",
+             "per_player_count": f"MA and SP per number of players, horizon {horizon}",
+             "per_cause": f"MA per cause of the real step, horizon {horizon} (blocked: a move action that "
+                          "left the player in place, against a wall or another player)"}[part]
+    return Table(part, title, columns, _rows(metrics, MODELS, columns, experiments, value),
+                 _missing_note(metrics, MODELS))
+
+
+def seeds_table(metrics: MetricsSet, experiments: dict[str, str]) -> Table:
+    """Mean and sample standard deviation over seeds of the headline metrics, for the models
+    that were repeated with other seeds (profile ``seed_runs``)."""
+    models = tuple(m for m in MODELS if m in metrics.seeds)
+    columns = [Column(f"h{h}", f"{name} {stat}", str(h)) for h in metrics.horizons() for name in SEED_METRICS
+               for stat in ("mean", "sd")]
+
+    def value(model, col):
+        name, stat = col.metric.split()
+        runs = [metrics.models[model], *metrics.seeds[model]]
+        values = [((r["horizons"].get(f"h{col.source}") or {}).get("overall") or {}).get(name) for r in runs]
+        values = [v for v in values if isinstance(v, (int, float))]
+        if len(values) < 2:
+            return None
+        return round(statistics.mean(values) if stat == "mean" else statistics.stdev(values), 5)
+
+    rows = [Row(m, f"{row_label(m, experiments)}, {1 + len(metrics.seeds[m])} seeds", experiments.get(m, ""),
+                [value(m, c) for c in columns]) for m in models]
+    return Table("seeds", "Headline models over seeds: mean and sample standard deviation", columns, rows)
 
 
 def build_tables(metrics: MetricsSet, experiments: dict[str, str]) -> list[Table]:
-    return [main_table(metrics, experiments), ablation_table(metrics, experiments),
-            breakdown_table(metrics, experiments, "per_game"),
-            breakdown_table(metrics, experiments, "per_player_count")]
+    tables = [main_table(metrics, experiments), ablation_table(metrics, experiments),
+              breakdown_table(metrics, experiments, "per_game"),
+              breakdown_table(metrics, experiments, "per_player_count")]
+    if metrics.groups("per_cause", metrics.horizons()[0]):
+        tables.append(breakdown_table(metrics, experiments, "per_cause"))
+    if metrics.seeds:
+        tables.append(seeds_table(metrics, experiments))
+    return tables
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,20 @@ def save_checkpoint(path: str | Path, **state) -> None:
         torch.save({"format": FORMAT, **state}, tmp)
 
 
+def snapshot_path(run: str | Path, step: int) -> Path:
+    """A run's EMA snapshot at ``step`` (learning-curve points)."""
+    return Path(run) / "snapshots" / f"step_{step:06d}.pt"
+
+
+def list_snapshots(run: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of a run's snapshots, by step."""
+    found = []
+    for p in (Path(run) / "snapshots").glob("step_*.pt"):
+        if p.stem.startswith("step_") and p.stem[5:].isdigit():
+            found.append((int(p.stem[5:]), p))
+    return sorted(found)
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():

@@ -25,26 +25,28 @@ def _cmd_pretrain(args) -> None:
 
 
 def _cmd_finetune(args) -> None:
-    from actionparty.config import load_profile, load_variant
+    from actionparty.config import load_profile, load_variant, split_run
     from actionparty.model.factory import build_world_model
     from actionparty.train.trainer import TrainJob, train
 
     profile = load_profile(args.profile)
-    variant = load_variant(args.variant)
-    job = TrainJob(profile, profile.finetune, args.train_lmdb, args.out, args.variant,
+    name, offset = split_run(args.variant)  # 'full-s1': variant `full`, training seed finetune.seed + 1
+    variant = load_variant(name)
+    cfg = profile.finetune.model_copy(update={"seed": profile.finetune.seed + offset})
+    job = TrainJob(profile, cfg, args.train_lmdb, args.out, args.variant,
                    lambda p, device: build_world_model(p, device, variant), init_from=args.init,
                    stop_after=args.stop_after, progress=not args.quiet,
                    extra_meta={"variant": args.variant, "variant_config": variant.model_dump()})
     final = train(job)
     if final.is_file():
-        print(f"{final}: {args.variant} ({variant.experiment}) finished ({profile.finetune.steps} steps)")
+        print(f"{final}: {args.variant} ({variant.experiment}, seed {cfg.seed}) finished ({cfg.steps} steps)")
 
 
 def _cmd_rollout(args) -> None:
     """Roll a model out over the profile's test windows (and the swapped-actions binding test)."""
     import numpy as np
 
-    from actionparty.config import UNTRAINED_MODELS, load_profile
+    from actionparty.config import UNTRAINED_MODELS, load_profile, split_run
     from actionparty.data.lmdb_dataset import ClipDataset
     from actionparty.errors import UserError
     from actionparty.eval.rollout_io import Rollout, choose_swaps, select_windows, swap_actions, write_rollout
@@ -70,12 +72,13 @@ def _cmd_rollout(args) -> None:
         recorded = np.stack([c["actions"].numpy() for c in clips])
         swap = choose_swaps(present, visible, profile.rollout.seed)
         actions = swap_actions(recorded, swap)
-    arrays = rollout_windows(loaded, dataset, windows, profile, actions=actions, seed=profile.rollout.seed,
-                             progress=not args.quiet)
+    # A seed run (<variant>-s<k>) samples with its own noise over the same windows.
+    seed = profile.rollout.seed + split_run(args.model)[1]
+    arrays = rollout_windows(loaded, dataset, windows, profile, actions=actions, seed=seed, progress=not args.quiet)
     if swap is not None:
         arrays["swap"] = swap
     meta = {"variant": args.model, "horizon": args.horizon, "split": "test",
-            "sampling_steps": profile.rollout.sampling_steps, "seed": profile.rollout.seed}
+            "sampling_steps": profile.rollout.sampling_steps, "seed": seed}
     write_rollout(args.out, Rollout(**arrays, meta=meta))
     print(f"{args.out}: {len(windows['episode'])} rollouts of {args.horizon} steps ({args.model}"
           f"{', swapped actions' if args.swap else ''})")
@@ -139,7 +142,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser("finetune", help="action finetuning of one variant from the exp-138 checkpoint")
     p.set_defaults(func=_cmd_finetune)
     p.add_argument("--profile", required=True)
-    p.add_argument("--variant", required=True, help="a name in params/variants/")
+    p.add_argument("--variant", required=True,
+                   help="a name in params/variants/, or <name>-s<k> for a repeat with seed finetune.seed + k")
     p.add_argument("--init", required=True, type=Path, help="exp-138 checkpoint")
     p.add_argument("--train-lmdb", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
@@ -149,7 +153,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("rollout", help="roll a model out over the test windows (rollout format for evaluation)")
     p.set_defaults(func=_cmd_rollout)
     p.add_argument("--profile", required=True)
-    p.add_argument("--model", required=True, help="a variant, pretrained_ar or static")
+    p.add_argument("--model", required=True, help="a variant (or seed run <variant>-s<k>), pretrained_ar or static")
     p.add_argument("--checkpoint", type=Path, help="the model's checkpoint (none for static)")
     p.add_argument("--lmdb", required=True, type=Path, help="test-split LMDB")
     p.add_argument("--horizon", required=True, type=int)

@@ -83,8 +83,11 @@ def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_ma
                  aux=aux_in, aux_anchor=aux_anchor)
     weight = change_weights(latents, cfg.change_weight)
     s = sigma[:, None, :, None, None]
+    x0_space = cfg.loss_space == "x0"
+    if x0_space and core.prediction != "x0":
+        raise ValueError("loss_space 'x0' needs prediction 'x0'")
     if core.prediction == "x0":
-        err = (pred.x0[:, :, 1:] - x0) / s.clamp_min(cfg.min_sigma)
+        err = (pred.x0[:, :, 1:] - x0) / (1.0 if x0_space else s.clamp_min(cfg.min_sigma))
     else:
         err = pred.velocity[:, :, 1:] - (noise - x0)
     video_loss = (weight * err.pow(2)).sum() / (weight.sum() * err.shape[1])
@@ -94,7 +97,7 @@ def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_ma
         target = states[:, 1:]
         s_aux = sigma[:, :, None, None]
         if core.prediction == "x0":
-            aux_err = (pred.aux_x0[:, 1:] - target) / s_aux.clamp_min(cfg.min_sigma)
+            aux_err = (pred.aux_x0[:, 1:] - target) / (1.0 if x0_space else s_aux.clamp_min(cfg.min_sigma))
         else:
             aux_err = pred.aux_velocity[:, 1:] - (aux_noise - target)
         present = inputs["present"][:, None, :, None].float()

@@ -29,7 +29,13 @@ from actionparty.atomic import write_text
 from actionparty.config import Profile, TrainConfig
 from actionparty.data.lmdb_dataset import ClipDataset
 from actionparty.games.actions import PLAYER_SLOTS
-from actionparty.train.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from actionparty.train.checkpoint import (
+    check_compatible,
+    list_snapshots,
+    load_checkpoint,
+    save_checkpoint,
+    snapshot_path,
+)
 from actionparty.train.distributed import DistInfo, init_distributed, rank_slice, shutdown_distributed, step_generator
 from actionparty.train.ema import EMA
 from actionparty.train.objective import draw_noise, flow_matching_loss
@@ -103,6 +109,8 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
     out, work = Path(job.out), Path(job.out) / "work"
     if info.is_main:
         work.mkdir(parents=True, exist_ok=True)
+        if hasattr(cfg, "curve_every"):  # a finetune: its snapshots folder exists even when it keeps none
+            (out / "snapshots").mkdir(exist_ok=True)
     # The log grows in work/ (kept across a resume) and is copied next to the final checkpoint.
     final, last, log_path = out / "checkpoint.pt", work / "last.pt", work / "train_log.jsonl"
 
@@ -155,6 +163,9 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
         start = state["step"]
         if info.is_main:
             print(f"resuming from {last} at step {start}")
+    if info.is_main and start == 0:  # a fresh run: snapshots of an earlier run are not its curve
+        for _, stale in list_snapshots(out):
+            stale.unlink()
     if info.is_main and log_path.exists():  # drop log lines past the resumed step
         lines = [l for l in log_path.read_text().splitlines() if l and json.loads(l)["step"] <= start]
         write_text(log_path, "".join(l + "\n" for l in lines))
@@ -213,6 +224,11 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
                 log_file.flush()
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 t_last, tokens_since = now, 0
+            snapshot_every = getattr(cfg, "curve_every", 0)
+            if info.is_main and snapshot_every and done % snapshot_every == 0 and done < cfg.steps:
+                # EMA weights only: a learning-curve point (actionparty curve), not a resume state.
+                save_checkpoint(snapshot_path(out, done), model=core.state_dict(), ema=ema.state_dict(), step=done,
+                                **model_meta)
             if info.is_main and done % cfg.checkpoint_every == 0 and done < cfg.steps:
                 save_checkpoint(last, model=core.state_dict(), ema=ema.state_dict(),
                                 optimizer=optimizer.state_dict(), step=done, **model_meta)

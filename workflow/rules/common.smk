@@ -2,7 +2,7 @@
 import os
 import yaml
 
-from actionparty.config import SPLITS, validate_profile
+from actionparty.config import SPLITS, split_run, validate_profile
 from actionparty.games import resolve_games
 
 PROFILE = validate_profile(config, source="snakemake config")

@@ -74,6 +74,36 @@ rule oracle_metrics:
         " --detectors {input.detectors} --out {output} --threads {threads} > {log} 2>&1"
 
 
+rule curve:
+    """Learning curve of a finetune: MA and BA of its EMA snapshots on a few test windows."""
+    input:
+        checkpoint="results/finetune/{variant}/checkpoint.pt",
+        snapshots="results/finetune/{variant}/snapshots",
+        test="data/lmdb/test.lmdb",
+        detectors="results/detectors/detectors.pt",
+    output:
+        "results/finetune/{variant}/curve.json",
+    params:
+        profile=PROFILE_FILE,
+        rollout=config["rollout"],
+        eval=config["eval"],
+    threads: 1
+    resources:
+        mem_mb=config["resources"]["train_mem_mb"],
+        runtime=60,
+    log:
+        "logs/curve/{variant}.log",
+    benchmark:
+        "benchmarks/runs/curve/{variant}.tsv"
+    shell:
+        "actionparty curve --profile {params.profile} --variant {wildcards.variant} --checkpoint {input.checkpoint}"
+        " --test-lmdb {input.test} --detectors {input.detectors} --out {output} --threads {threads} > {log} 2>&1"
+
+
+# Learning curves of the variants (none when the profile keeps no snapshots).
+CURVES = expand("results/finetune/{variant}/curve.json", variant=VARIANTS) if config["finetune"]["curve_every"] else []
+
+
 rule combined_metrics:
     input:
         expand("results/metrics/{model}.json", model=MODELS),

@@ -2,12 +2,14 @@
 # value each) and the rollouts of every model from test-split context frames.
 
 VARIANTS = list(config["variants"])
-MODELS = VARIANTS + ["pretrained_ar", "static"]
+SEED_RUNS = list(config["seed_runs"])  # <variant>-s<k>: the same variant with seed + k
+RUNS = VARIANTS + SEED_RUNS
+MODELS = RUNS + ["pretrained_ar", "static"]
 HORIZONS = [int(h) for h in config["rollout"]["horizons"]]
 
 
 wildcard_constraints:
-    variant="|".join(VARIANTS),
+    variant="|".join(RUNS),
     model="|".join(MODELS),
     horizon=r"\d+",
     swap="|_swap",
@@ -17,10 +19,11 @@ rule finetune_variant:
     input:
         init="results/exp-138/checkpoint.pt",
         train="data/lmdb/train.lmdb",
-        variant="params/variants/{variant}.yaml",
+        variant=lambda wc: f"params/variants/{split_run(wc.variant)[0]}.yaml",
     output:
         checkpoint="results/finetune/{variant}/checkpoint.pt",
         log="results/finetune/{variant}/train_log.jsonl",
+        snapshots=directory("results/finetune/{variant}/snapshots"),
     params:
         profile=PROFILE_FILE,
         launcher=train_launcher(),
@@ -78,7 +81,7 @@ rule rollout:
 
 rule finetune:
     input:
-        expand("results/finetune/{variant}/checkpoint.pt", variant=VARIANTS),
+        expand("results/finetune/{variant}/checkpoint.pt", variant=RUNS),
 
 
 rule rollouts:

@@ -1,10 +1,12 @@
 # The paper's tables and figures, rebuilt from results/ alone (plus the test LMDB for the
 # ground-truth rows of the rollout figures).
 
-REPORT_TABLES = ["main", "ablation", "per_game", "per_player_count"]
+REPORT_TABLES = ["main", "ablation", "per_game", "per_player_count", "per_cause"] + (["seeds"] if SEED_RUNS else [])
 # Rollout figures: ActionParty against the global-action baseline when the profile runs them.
 ROLLOUT_FIGURE_MODELS = [m for m in ("full", "global_action") if m in VARIANTS] or VARIANTS[:1]
 REPORT_FIGURES = ["per_player_count", "ma_curve", "training_curves"] + [f"rollout_{m}" for m in ROLLOUT_FIGURE_MODELS]
+if config["finetune"]["curve_every"]:
+    REPORT_FIGURES.append("learning_curves")
 LONG_HORIZON = max(HORIZONS)
 
 
@@ -13,13 +15,14 @@ rule report_build:
         combined="results/metrics/combined.json",
         metrics=expand("results/metrics/{model}.json", model=MODELS + ["oracle"]),
         logs=["results/exp-138/train_log.jsonl"] + expand("results/finetune/{variant}/train_log.jsonl", variant=VARIANTS),
+        curves=CURVES,
         rollouts=expand("results/rollouts/{model}/h{horizon}.npz", model=MODELS, horizon=HORIZONS),
         detectors="results/detectors/detectors.pt",
         test="data/lmdb/test.lmdb",
     output:
         index="reports/index.md",
         tables=expand("reports/tables/{table}.{ext}", table=REPORT_TABLES, ext=["csv", "tex"]),
-        other_tables=expand("reports/tables/{table}.md", table=["per_game", "per_player_count"]),
+        other_tables=expand("reports/tables/{table}.md", table=[t for t in REPORT_TABLES if t not in ("main", "ablation")]),
         main=report("reports/tables/main.md", caption="../report/main.rst", category="Tables"),
         ablation=report("reports/tables/ablation.md", caption="../report/ablation.rst", category="Tables"),
         figures=expand("reports/figures/{figure}.pdf", figure=REPORT_FIGURES),

@@ -1,0 +1,64 @@
+"""Learning curves: MA and BA of a finetuning run at its snapshots, on a cheap test subset.
+
+A finetune with ``curve_every > 0`` leaves EMA snapshots ``snapshots/step_NNNNNN.pt`` next to its
+checkpoint. :func:`learning_curve` rolls every snapshot and the final checkpoint out over the
+first ``windows_per_game`` test windows per game at the binding-test horizon, once with the
+recorded actions and once with two players' actions swapped, and scores them with the evaluation
+detectors exactly as :mod:`actionparty.eval.evaluate` does. The result
+(``results/finetune/{variant}/curve.json``)::
+
+    {"variant": ..., "horizon": 4, "windows": 12, "steps": [...], "MA": [...], "BA": [...], "SP": [...]}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from actionparty.config import Profile
+from actionparty.errors import UserError
+from actionparty.eval.evaluate import (
+    _Context,
+    binding_rollout_outcomes,
+    ground_truth,
+    rollout_outcomes,
+    summarise,
+)
+from actionparty.eval.rollout_io import Rollout, choose_swaps, select_windows, swap_actions
+
+def learning_curve(profile: Profile, variant: str, checkpoint: str | Path, test_lmdb: str | Path,
+                   detectors: str | Path, progress: bool = True) -> dict:
+    from actionparty.rollout.generate import load_for_rollout, rollout_windows
+    from actionparty.train.checkpoint import list_snapshots, load_checkpoint
+
+    checkpoint = Path(checkpoint)
+    final_step = int(load_checkpoint(checkpoint)["step"])
+    points = [(s, p) for s, p in list_snapshots(checkpoint.parent) if s < final_step] + [(final_step, checkpoint)]
+    ctx = _Context(test_lmdb, detectors, profile.eval)
+    horizon = min(profile.rollout.horizons)  # the binding test's horizon (workflow: SWAP_HORIZON)
+    ds = ctx.dataset(horizon)
+    windows = select_windows(ds, profile.rollout.curve_windows_per_game, profile.rollout.seed)
+    gt = ground_truth(ds, windows["episode"], windows["start"], str(test_lmdb))
+    swap = choose_swaps(gt["present"], gt["visible"][:, 0], profile.rollout.seed)
+    swapped = swap_actions(gt["actions"], swap)
+    det_game, walk = ctx.mapping(ds, windows["game"])
+    every = np.ones(len(windows["game"]), bool)
+    curve: dict = {"variant": variant, "horizon": horizon, "windows": int(every.sum()),
+                   "steps": [], "MA": [], "BA": [], "SP": []}
+    for step, path in tqdm(points, desc=f"curve {variant}", unit="checkpoint", disable=not progress):
+        loaded = load_for_rollout(profile, path)
+        if loaded.state.get("variant") != variant:
+            raise UserError(f"{path}: snapshot of '{loaded.state.get('variant')}', not of '{variant}'")
+        plain = rollout_windows(loaded, ds, windows, profile, seed=profile.rollout.seed, progress=False)
+        bound = rollout_windows(loaded, ds, windows, profile, actions=swapped, seed=profile.rollout.seed,
+                                progress=False)
+        main = rollout_outcomes(Rollout(**plain, meta={}), gt, ctx.detectors, det_game, walk, profile.eval, None)
+        binding = binding_rollout_outcomes(Rollout(**bound, swap=swap, meta={}), gt, ctx.detectors, det_game, walk,
+                                           profile.eval)
+        summary = summarise(main, binding, every, every)
+        curve["steps"].append(step)
+        for key in ("MA", "BA", "SP"):
+            curve[key].append(summary[key])
+    return curve
