@@ -213,6 +213,19 @@ def test_ablation_and_breakdown_tables(built):
 
 
 
+def test_targets_are_checked_from_the_metrics(built):
+    from actionparty.report.targets import check_targets
+
+    targets = {t.name: t for t in check_targets(T.load_metrics(built["results"] / "metrics"))}
+    full, glob = BASE["full"], BASE["global_action"]
+    assert targets["MA h4, alpha"].met is False and targets["MA h4, alpha"].measured == f"{full + 0.01:.3f}"
+    best = targets[f"MA h4 vs best baseline (global_action {glob:.3f})"]
+    assert best.met is True and best.measured == f"{full / glob:.2f}x"  # 0.779 >= 3 x 0.210
+    assert targets["MA h20"].met is (full - 0.1 >= 0.6)
+    assert "## Targets" in (built["out"] / "index.md").read_text()
+    assert "3 of 7 met" in (built["out"] / "targets.md").read_text()  # 2 games + 5 overall targets
+
+
 def test_per_cause_and_seed_tables(built):
     causes = read_csv(built["out"] / "tables" / "per_cause.csv")
     assert list(causes[0])[3:] == [f"{c}/MA" for c in M.CAUSES]

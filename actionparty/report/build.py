@@ -27,6 +27,7 @@ from tqdm import tqdm
 from actionparty.atomic import write_text
 from actionparty.report import figures as F
 from actionparty.report import tables as T
+from actionparty.report.targets import check_targets, targets_markdown
 
 # One sentence per output; the owner may reuse them for workflow/report/*.rst captions.
 CAPTIONS = {
@@ -123,6 +124,8 @@ def build_report(results: str | Path = "results", out: str | Path = "reports", t
         summary.tables[table.name] = T.write_table(table, out / "tables")
         summary.captions[table.name] = CAPTIONS[table.name]
         bar.update()
+    if "full" in metrics.models:
+        write_text(out / "targets.md", targets_markdown(check_targets(metrics)))
 
     figures = out / "figures"
     summary.figures["per_player_count"] = F.player_count_figure(metrics, labels, figures / "per_player_count")
@@ -202,6 +205,8 @@ def write_index(out: Path, summary: ReportSummary, results: Path) -> Path:
         lines += [f"Every metric of every model, game and horizon in one table: `{combined}`.", ""]
     if summary.missing:
         lines += ["## Missing inputs", ""] + [f"- {m}" for m in summary.missing] + [""]
+    if (out / "targets.md").is_file():
+        lines += ["## Targets", "", (out / "targets.md").read_text().strip(), ""]
     lines += ["## Tables", ""]
     for name, paths in summary.tables.items():
         links = " · ".join(f"[{p.suffix[1:]}]({rel(p)})" for p in paths)

@@ -2,6 +2,7 @@
 
     actionparty report --results results --out reports [--test-lmdb data/lmdb/test.lmdb] \
         [--rollout-models full global_action] [--windows 3] [--rollout-horizon 4]
+    actionparty targets --results results [--strict]
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ def _cmd_report(args) -> None:
         print(f"  missing: {line}")
 
 
+def _cmd_targets(args) -> None:
+    from actionparty.report.tables import load_metrics
+    from actionparty.report.targets import check_targets, targets_markdown
+
+    targets = check_targets(load_metrics(args.results / "metrics"))
+    print(targets_markdown(targets), end="")
+    if args.strict and not all(t.met for t in targets):
+        raise SystemExit(1)
+
+
 def add_commands(sub) -> None:
     """Register ``actionparty report`` on an argparse subparsers object."""
     help = "tables (md/csv/tex), figures (png/pdf), GIFs and index.md rebuilt from results/ alone"
@@ -38,3 +49,9 @@ def add_commands(sub) -> None:
     p.add_argument("--rollout-horizon", type=int, default=4, help="horizon of the rollout figures (steps = columns)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (detectors on the shown windows)")
     p.add_argument("--quiet", action="store_true")
+
+    help = "ActionParty's numbers against its targets (MA per game, vs baselines and copy floor, SP, BA, long MA)"
+    p = sub.add_parser("targets", help=help, description=help)
+    p.set_defaults(func=_cmd_targets)
+    p.add_argument("--results", type=Path, default=Path("results"), help="results folder (metrics/)")
+    p.add_argument("--strict", action="store_true", help="exit 1 unless every target is met")

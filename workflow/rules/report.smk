@@ -21,6 +21,7 @@ rule report_build:
         test="data/lmdb/test.lmdb",
     output:
         index="reports/index.md",
+        targets="reports/targets.md",
         tables=expand("reports/tables/{table}.{ext}", table=REPORT_TABLES, ext=["csv", "tex"]),
         other_tables=expand("reports/tables/{table}.md", table=[t for t in REPORT_TABLES if t not in ("main", "ablation")]),
         main=report("reports/tables/main.md", caption="../report/main.rst", category="Tables"),
