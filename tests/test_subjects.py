@@ -69,10 +69,9 @@ def _state_attention(model, monkeypatch, yx):
 
     monkeypatch.setattr(dit_module, "attention", spy)
     grid = model.grid
-    aux = grid.encode(torch.zeros(1, 1, S, 2), torch.zeros(1, 1, S, dtype=torch.long))  # same token content
-    anchor = aux.clone()
+    anchor = grid.encode(torch.zeros(1, 1, S, 2), torch.zeros(1, 1, S, dtype=torch.long))
     anchor[0, 0, 0] = grid.encode(torch.tensor([float(yx[1]), float(yx[0])]), torch.tensor(0))
-    anchor[0, 0, 0, 2:] = aux[0, 0, 0, 2:]
+    aux = anchor.clone()  # the token reads the state relative to the anchor: same content at any cell
     x = torch.zeros(1, 12, 1, GRID, GRID)  # identical video tokens: only RoPE tells them apart
     call(model, aux=aux, anchor=anchor, x=x, actions=torch.zeros(1, 1, S, dtype=torch.long))
     q, k, _ = captured["qk"]

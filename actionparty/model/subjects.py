@@ -6,8 +6,9 @@ carries the player's state s(t, p) = (x, y, facing):
 * ``state vector``: x, y in cell units about the canvas centre and the facing one-hot scaled
   to {-1, 1} (6 numbers), denoised jointly with the video at its frame's noise level (the
   context frame's state is clean);
-* ``input`` = embed(noisy state) + embed(action a(t, p)) + embed(slot p) + embed(the player's
-  clean previous facing) — the previous facing matters because actions are relative to it;
+* ``input`` = embed(noisy state - previous state) + embed(action a(t, p)) + embed(slot p)
+  + embed(the player's clean previous facing) — the previous facing matters because actions are
+  relative to it;
 * ``spatial RoPE``: the token's rotary position is (t, y_ref, x_ref), the player's previous
   position (ground truth in training, the model's own prediction in rollout), so its attention
   is biased towards its player's neighbourhood (ablation ``no_rope_sa``: no spatial rotation);
@@ -216,7 +217,10 @@ class ActionWorldModel(WorldModel):
         tokens = (self.action_embed(actions) + self.slot_embed(slots)[None, None]
                   + self.facing_embed(anchor[..., 2:].argmax(-1)))
         if c.state:
-            tokens = tokens + self.state_in(inputs["aux"])
+            # The noisy state relative to the previous one: the previous position is in the token
+            # only as its rotary position, which attention can compare but not read, so an absolute
+            # noisy position would leave the move it implies out of reach of the state head.
+            tokens = tokens + self.state_in(inputs["aux"] - anchor)
         extra = ExtraTokens(
             tokens=tokens.flatten(1, 2),
             positions=self._positions(frames, anchor, c.spatial_rope).flatten(1, 2),

@@ -81,7 +81,8 @@ def rollout(model, context: torch.Tensor, steps: int, text: torch.Tensor, text_m
         txt = text_fn(s, chunk) if text_fn else (text, text_mask)
         noise = torch.randn((b, context.shape[1], chunk, *context.shape[3:]), generator=generator)
         x = noise.to(device)
-        aux = (torch.randn((b, chunk, *context_state.shape[2:]), generator=generator).to(device)
+        # States start from the reference state plus unit noise (the flow of the state's move).
+        aux = (aux_anchor + torch.randn((b, chunk, *context_state.shape[2:]), generator=generator).to(device)
                if has_aux else None)
         for i in range(sampling_steps):
             sig = sigma_of(sigmas[i], chunk)

@@ -77,7 +77,10 @@ def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_ma
     if states is not None:
         aux_anchor = torch.cat([states[:, :1], chunk_anchors(states, chunk, dim=1)], dim=1)
         if core.aux_dim:
-            aux_noisy = add_noise(states[:, 1:], aux_noise, sigma[:, :, None, None])
+            # States are noised as a move from the previous state (anchor + noised displacement):
+            # the flow runs in the residual space, starting from the anchor plus unit noise.
+            prev = aux_anchor[:, 1:]
+            aux_noisy = prev + add_noise(states[:, 1:] - prev, aux_noise, sigma[:, :, None, None])
             aux_in = torch.cat([states[:, :1], aux_noisy], dim=1)
     pred = model(x_in, sigma_in, anchor, text, text_mask, frame_offset=core.context_frame, inputs=inputs,
                  aux=aux_in, aux_anchor=aux_anchor)
