@@ -148,6 +148,7 @@ class FinetuneConfig(TrainConfig):
     """Action finetuning from the exp-138 checkpoint: the same budget for every variant."""
 
     state_loss_weight: Annotated[float, Field(ge=0)]  # lambda in loss = video + lambda * state
+    state_loss_space: Literal["velocity", "x0"]  # like loss_space, for the state tokens' loss
     curve_every: Annotated[int, Field(ge=0)]  # EMA snapshot every this many steps for the learning curve (0: none)
 
 

@@ -100,9 +100,10 @@ def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_ma
         target = states[:, 1:]
         s_aux = sigma[:, :, None, None]
         if core.prediction == "x0":
-            aux_err = (pred.aux_x0[:, 1:] - target) / (1.0 if x0_space else s_aux.clamp_min(cfg.min_sigma))
+            state_x0_space = getattr(cfg, "state_loss_space", cfg.loss_space) == "x0"
+            aux_err = (pred.aux_x0[:, 1:] - target) / (1.0 if state_x0_space else s_aux.clamp_min(cfg.min_sigma))
         else:
-            aux_err = pred.aux_velocity[:, 1:] - (aux_noise - target)
+            aux_err = pred.aux_velocity[:, 1:] - (aux_noise - (target - aux_anchor[:, 1:]))  # the move's flow
         present = inputs["present"][:, None, :, None].float()
         state_loss = (present * aux_err.pow(2)).sum() / (present.sum() * k * aux_err.shape[-1]).clamp_min(1.0)
         loss = video_loss + state_loss_weight * state_loss
