@@ -7,16 +7,18 @@ carries the player's state s(t, p) = (x, y, facing):
   to {-1, 1} (6 numbers), denoised jointly with the video at its frame's noise level (the
   context frame's state is clean);
 * ``input`` = embed(noisy state - previous state) + embed(action a(t, p)) + embed(slot p)
-  + embed(the player's clean previous facing) — the previous facing matters because actions are
-  relative to it;
+  + embed(the player's clean previous facing) + embed(action, previous facing) — actions are
+  relative to the facing, and the joint embedding hands the network the move an action makes
+  from that facing instead of leaving it to compute the product from a sum of embeddings;
 * ``spatial RoPE``: the token's rotary position is (t, y_ref, x_ref), the player's previous
   position (ground truth in training, the model's own prediction in rollout), so its attention
   is biased towards its player's neighbourhood (ablation ``no_rope_sa``: no spatial rotation);
 * ``subject-isolated self-attention`` (MSA): state tokens of player p see the video and p's
   own state tokens; video tokens see everything (ablation ``no_msa``: everyone sees everyone);
 * ``masked action cross-attention`` (MCA): a cross-attention added to every block, from video
-  tokens to per-step action tokens, with spatial RoPE on both sides; frame-wise (video of step t
-  sees the actions of step t), or ``clipwise`` (sees every action of the call) or off (``no_mca``);
+  tokens to per-step action tokens (embed(action, previous facing) + embed(slot)), with spatial
+  RoPE on both sides; frame-wise (video of step t sees the actions of step t), or ``clipwise``
+  (sees every action of the call) or off (``no_mca``);
 * ``output``: a head on the state tokens predicts the clean state (added to the previous state
   with the residual prior); loss = video + lambda * state.
 
@@ -159,13 +161,16 @@ class ActionWorldModel(WorldModel):
             self.action_embed = nn.Embedding(NO_ACTION + 1, dim)
             self.slot_embed = nn.Embedding(PLAYER_SLOTS, dim)
             self.facing_embed = nn.Embedding(4, dim)
+            # The action as seen from the player's previous facing (FORWARD while facing north is
+            # another move than FORWARD while facing east): one embedding per (action, facing).
+            self.turned_action_embed = nn.Embedding((NO_ACTION + 1) * 4, dim)
             if c.state:
                 self.state_in = nn.Linear(STATE_DIM, dim)
                 self.state_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, STATE_DIM))
                 nn.init.zeros_(self.state_head[1].weight)  # residual prior: "stays where it was"
                 nn.init.zeros_(self.state_head[1].bias)
             if c.mca != "none":
-                self.mca_action_embed = nn.Embedding(NO_ACTION + 1, dim)
+                self.mca_action_embed = nn.Embedding((NO_ACTION + 1) * 4, dim)  # per (action, previous facing)
                 self.mca_slot_embed = nn.Embedding(PLAYER_SLOTS, dim)
                 dit.install_extra_cross_attn(lambda i, cfg: ActionCrossAttention(cfg.dim, cfg.num_heads, cfg.eps))
         elif c.kind == "global":
@@ -214,8 +219,9 @@ class ActionWorldModel(WorldModel):
         device = actions.device
         frames = torch.arange(frame_offset, frame_offset + t, device=device)
         slots = torch.arange(s, device=device)
-        tokens = (self.action_embed(actions) + self.slot_embed(slots)[None, None]
-                  + self.facing_embed(anchor[..., 2:].argmax(-1)))
+        facing = anchor[..., 2:].argmax(-1)
+        tokens = (self.action_embed(actions) + self.slot_embed(slots)[None, None] + self.facing_embed(facing)
+                  + self.turned_action_embed(actions * 4 + facing))
         if c.state:
             # The noisy state relative to the previous one: the previous position is in the token
             # only as its rotary position, which attention can compare but not read, so an absolute
@@ -253,7 +259,8 @@ class ActionWorldModel(WorldModel):
         reference positions, and the (B, Nv, T*S) mask."""
         b, t, s = actions.shape
         slots = torch.arange(s, device=actions.device)
-        tokens = (self.mca_action_embed(actions) + self.mca_slot_embed(slots)[None, None]).flatten(1, 2)
+        facing = anchor[..., 2:].argmax(-1)
+        tokens = (self.mca_action_embed(actions * 4 + facing) + self.mca_slot_embed(slots)[None, None]).flatten(1, 2)
         cos, sin = self.dit.rope(self._positions(frames, anchor, True).flatten(1, 2))
         key_ok = present[:, None, :].expand(b, t, s).flatten(1)  # (B, T*S)
         video_frames = layout.q_frames[: layout.num_video]
