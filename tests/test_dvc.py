@@ -126,16 +126,20 @@ def variant_rerun(project):
 
 def test_variant_edit_reruns_only_that_variant_and_the_report(variant_rerun):
     work, env, status, out = variant_rerun
-    assert set(status) == {f"finetune@{EDITED}"}
-    assert sorted(stages_run(out)) == [f"evaluate@{EDITED}", f"finetune@{EDITED}", "report", f"rollouts@{EDITED}"]
+    # The variant and its seed run (the smoke profile repeats `full` as full-s1) are stale.
+    seed_run = f"{EDITED}-s1"
+    assert set(status) == {f"finetune@{EDITED}", f"finetune_seeds@{seed_run}"}
+    assert sorted(stages_run(out)) == sorted([
+        f"finetune@{EDITED}", f"rollouts@{EDITED}", f"evaluate@{EDITED}", f"curve@{EDITED}",
+        f"finetune_seeds@{seed_run}", f"rollouts_seeds@{seed_run}", f"evaluate_seeds@{seed_run}", "report"])
     jobs = snakemake_jobs(out)
     rules = {rule for rule, _ in jobs}
-    assert rules - REPORT_RULES == {"finetune_variant", "rollout", "metrics"}, rules
+    assert rules - REPORT_RULES == {"finetune_variant", "rollout", "metrics", "curve"}, rules
     assert "games_contact_sheet" not in rules  # params/games.yaml did not change
     for rule, wildcards in jobs:
-        if rule in {"finetune_variant", "rollout", "metrics"}:
-            assert wildcards.get("variant", wildcards.get("model")) == EDITED, (rule, wildcards)
-    assert sum(rule == "rollout" for rule, _ in jobs) == 2  # h4 and h4_swap
+        if rule in {"finetune_variant", "rollout", "metrics", "curve"}:
+            assert wildcards.get("variant", wildcards.get("model")) in (EDITED, seed_run), (rule, wildcards)
+    assert sum(rule == "rollout" for rule, _ in jobs) == 4  # h4 and h4_swap of the variant and its seed run
     assert dvc_status(work, env) == {}
     # The effect shows in `dvc metrics diff` (against the committed metrics).
     assert f"results/metrics/{EDITED}.json" in sh(work, env, "dvc", "metrics", "diff", "--all")

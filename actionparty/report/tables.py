@@ -236,6 +236,9 @@ class Table:
         """Per column, the indices of the rows holding the best non-oracle value."""
         out = []
         for c, col in enumerate(self.columns):
+            if col.metric.endswith(" sd"):  # a spread has no better direction
+                out.append(set())
+                continue
             vals = [(i, r.values[c]) for i, r in enumerate(self.rows)
                     if r.model != "oracle" and isinstance(r.values[c], (int, float))]
             if not vals:
