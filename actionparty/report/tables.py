@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from actionparty.atomic import write_text
-from actionparty.config import UNTRAINED_MODELS, VARIANT_DIR, load_variant
+from actionparty.config import UNTRAINED_MODELS, VARIANT_DIR, load_variant, split_run
 from actionparty.errors import UserError
 from actionparty.eval.metrics import CAUSES
 
@@ -162,8 +162,8 @@ def load_metrics(metrics_dir: str | Path, models: tuple[str, ...] = MODELS) -> M
         path = root / f"{model}.json"
         if path.exists():
             found[model] = read_metrics_file(path, model)
-            runs = sorted((int(m.group(1)), p) for p in root.glob(f"{model}-s*.json")
-                          if (m := re.fullmatch(re.escape(model) + r"-s(\d+)", p.stem)))
+            runs = sorted((split_run(p.stem)[1], p) for p in root.glob(f"{model}-s*.json")
+                          if split_run(p.stem)[0] == model)
             if runs:
                 seeds[model] = [read_metrics_file(p, p.stem) for _, p in runs]
         else:
