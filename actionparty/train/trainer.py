@@ -107,9 +107,10 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
     cfg, profile, device = job.cfg, job.profile, info.device
     torch.set_num_threads(profile.resources.train_threads)
     out, work = Path(job.out), Path(job.out) / "work"
+    snapshot_every = getattr(cfg, "curve_every", None)  # finetunes only: learning-curve snapshots
     if info.is_main:
         work.mkdir(parents=True, exist_ok=True)
-        if hasattr(cfg, "curve_every"):  # a finetune: its snapshots folder exists even when it keeps none
+        if snapshot_every is not None:  # a finetune: its snapshots folder exists even when it keeps none
             (out / "snapshots").mkdir(exist_ok=True)
     # The log grows in work/ (kept across a resume) and is copied next to the final checkpoint.
     final, last, log_path = out / "checkpoint.pt", work / "last.pt", work / "train_log.jsonl"
@@ -224,7 +225,6 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
                 log_file.flush()
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 t_last, tokens_since = now, 0
-            snapshot_every = getattr(cfg, "curve_every", 0)
             if info.is_main and snapshot_every and done % snapshot_every == 0 and done < cfg.steps:
                 # EMA weights only: a learning-curve point (actionparty curve), not a resume state.
                 save_checkpoint(snapshot_path(out, done), model=core.state_dict(), ema=ema.state_dict(), step=done,
