@@ -87,8 +87,9 @@ def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_ma
     weight = change_weights(latents, cfg.change_weight)
     s = sigma[:, None, :, None, None]
     x0_space = cfg.loss_space == "x0"
-    if x0_space and core.prediction != "x0":
-        raise ValueError("loss_space 'x0' needs prediction 'x0'")
+    state_x0_space = getattr(cfg, "state_loss_space", cfg.loss_space) == "x0"
+    if (x0_space or (core.aux_dim and state_x0_space)) and core.prediction != "x0":
+        raise ValueError("an x0-space loss (loss_space, state_loss_space) needs prediction 'x0'")
     if core.prediction == "x0":
         err = (pred.x0[:, :, 1:] - x0) / (1.0 if x0_space else s.clamp_min(cfg.min_sigma))
     else:
@@ -100,7 +101,6 @@ def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_ma
         target = states[:, 1:]
         s_aux = sigma[:, :, None, None]
         if core.prediction == "x0":
-            state_x0_space = getattr(cfg, "state_loss_space", cfg.loss_space) == "x0"
             aux_err = (pred.aux_x0[:, 1:] - target) / (1.0 if state_x0_space else s_aux.clamp_min(cfg.min_sigma))
         else:
             aux_err = pred.aux_velocity[:, 1:] - (aux_noise - (target - aux_anchor[:, 1:]))  # the move's flow
