@@ -149,6 +149,9 @@ class FinetuneConfig(TrainConfig):
 
     state_loss_weight: Annotated[float, Field(ge=0)]  # lambda in loss = video + lambda * state
     state_loss_space: Literal["velocity", "x0"]  # like loss_space, for the state tokens' loss
+    # State-first variants: share of clips whose states are given clean (the video is drawn from a
+    # finished state); the others draw the state's noise level independently of the video's.
+    state_clean_fraction: Annotated[float, Field(ge=0, le=1)]
     curve_every: Annotated[int, Field(ge=0)]  # EMA snapshot every this many steps for the learning curve (0: none)
 
 
@@ -162,11 +165,26 @@ class VariantConfig(StrictModel):
     msa: bool = True  # subject-isolated self-attention
     mca: Literal["framewise", "clipwise", "none"] = "framewise"  # masked action cross-attention
     spatial_rope: bool = True  # state tokens at their player's position in self-attention
+    # The state is denoised before the video (independent noise levels in training, the state
+    # finished first in sampling) and drawn onto the video tokens where it puts each player.
+    state_first: bool = True
+    state_render: bool = True  # (needs state_first) video tokens read the players' states at their cells
+    glimpse: bool = True  # state tokens read the previous frame's latents around their player's cell
+
+    @model_validator(mode="after")
+    def _render_needs_state_first(self):
+        if self.kind == "subject" and self.state and self.state_render and not self.state_first:
+            raise ValueError("state_render needs state_first: the video is drawn from a finished state")
+        return self
 
     def conditioning(self, state_loss_weight: float):
         from actionparty.model.subjects import Conditioning
 
-        return Conditioning(self.kind, self.state, self.msa, self.mca, self.spatial_rope, state_loss_weight)
+        subject_state = self.kind == "subject" and self.state
+        return Conditioning(self.kind, self.state, self.msa, self.mca, self.spatial_rope, state_loss_weight,
+                            state_first=subject_state and self.state_first,
+                            state_render=subject_state and self.state_render,
+                            glimpse=subject_state and self.glimpse)
 
 
 VARIANT_DIR = "params/variants"

@@ -179,3 +179,89 @@ def test_state_grid_round_trip():
     back, f = grid.decode(state)
     torch.testing.assert_close(back, pos)
     assert torch.equal(f, facing)
+
+
+def test_snap_gives_the_nearest_whole_cell_and_one_facing():
+    grid = StateGrid(canvas_cells=12, grid_side=12)
+    state = grid.encode(torch.tensor([[3.0, 7.0]]), torch.tensor([2]))
+    noisy = state + torch.tensor([[0.4, -0.3, 0.2, -0.1, 0.3, 0.0]])
+    torch.testing.assert_close(grid.snap(noisy), state)
+
+
+def test_state_render_draws_each_player_at_its_cells_only():
+    """The render path puts a player's embeddings on the cells of its new and previous states:
+    with the gates open, only those cells' outputs move when the player's new state moves."""
+    model = make_model(state_first=True, state_render=True)
+    grid = model.grid
+    present = torch.zeros(1, S, dtype=torch.bool)
+    present[0, 0] = True
+    prev = grid.encode(torch.tensor([2.0, 2.0]), torch.tensor(0)).expand(1, 1, S, STATE_DIM).clone()
+    moved = prev.clone()
+    moved[0, 0, 0, :2] = grid.encode(torch.tensor([3.0, 2.0]), torch.tensor(0))[:2]  # one cell east
+    actions = torch.zeros(1, 1, S, dtype=torch.long)
+    a = call(model, aux=prev, actions=actions, present=present, anchor=prev)
+    b = call(model, aux=moved, actions=actions, present=present, anchor=prev)
+    # The whole frame attends to the player's tokens, so compare the linear path's own share.
+    feature = torch.randn(1, 1, S, model.dit.config.dim)
+    drawn_a = model.render_map(prev, present, (GRID, GRID), feature)
+    drawn_b = model.render_map(moved, present, (GRID, GRID), feature)
+    diff = (drawn_b - drawn_a).abs().sum(-1).view(GRID, GRID)
+    assert set(map(tuple, diff.nonzero().tolist())) == {(2, 2), (2, 3)}  # (row, col): left (2, 2), entered (2, 3)
+    assert not torch.allclose(a.x0[0, :, 0, 2, 3], b.x0[0, :, 0, 2, 3])
+    # A present player's state at a fractional position spreads over the four nearest cells.
+    half = moved.clone()
+    half[0, 0, 0, :2] += 0.5
+    spread = model.render_map(half, present, (GRID, GRID), feature)
+    assert int((spread.abs().sum(-1) > 0).sum()) == 4
+    # Absent players draw nothing.
+    assert model.render_map(prev, torch.zeros(1, S, dtype=torch.bool), (GRID, GRID), feature).abs().sum() == 0
+
+
+def test_render_gates_start_closed():
+    torch.manual_seed(0)
+    dit = make_dit("tiny", in_dim=12, out_dim=12, patch_size=(1, 1, 1), num_layers=1, chunk_frames=1)
+    with_render = ActionWorldModel(dit, Conditioning("subject", state_first=True, state_render=True),
+                                   StateGrid(GRID, GRID)).eval()
+    x = torch.randn(1, 12, 1, GRID, GRID)
+    aux = torch.rand(1, 1, S, STATE_DIM) * 2 - 1
+    inputs = {"actions": torch.zeros(1, 1, S, dtype=torch.long), "present": torch.ones(1, S, dtype=torch.bool)}
+    text = torch.randn(1, 4, dit.config.text_dim)
+    out = with_render.condition({**inputs, "latent_shape": (1, GRID, GRID), "aux": aux, "aux_anchor": aux,
+                                 "aux_sigma": torch.full((1, 1), 0.5), "video_anchor": x}, 0, 1, torch.full((1, 1), 0.5), None, None)
+    assert out["video_cond"].abs().sum() == 0 and out["out_cond"].abs().sum() == 0
+    pred = with_render(x, torch.full((1, 1), 0.5), x, text, None, frame_offset=0, inputs=inputs, aux=aux,
+                       aux_anchor=aux)
+    assert torch.isfinite(pred.x0).all()
+
+
+def test_glimpse_reads_the_cells_around_the_player():
+    model = make_model(glimpse=True)
+    grid = model.grid  # GRID x GRID cells, one latent position per cell
+    latents = torch.arange(GRID * GRID, dtype=torch.float).view(1, 1, 1, GRID, GRID).expand(1, 12, 1, GRID, GRID)
+    state = grid.encode(torch.tensor([[2.0, 3.0], [0.0, 0.0]]), torch.tensor([0, 1]))  # (x, y) cells
+    state = torch.cat([state, state[:1].expand(S - 2, -1)]).view(1, 1, S, STATE_DIM)
+    seen = model.glimpse(latents, state).view(1, 1, S, 9, 12)[..., 0]  # channel 0 of each of the 9 cells
+    row, col = 3, 2
+    expect = [(row + dy) * GRID + (col + dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    torch.testing.assert_close(seen[0, 0, 0], torch.tensor(expect, dtype=torch.float))
+    # In the corner, the cells off the canvas read zero.
+    torch.testing.assert_close(seen[0, 0, 1], torch.tensor([0, 0, 0, 0, 0, 1, 0, GRID, GRID + 1], dtype=torch.float))
+
+
+def test_glimpse_changes_the_state_tokens_only_through_the_previous_frame():
+    model = make_model(glimpse=True)
+    x = torch.randn(1, 12, 1, GRID, GRID)
+    anchor = torch.randn(1, 12, 1, GRID, GRID)
+    aux = model.grid.encode(torch.tensor([2.0, 2.0]), torch.tensor(0)).expand(1, 1, S, STATE_DIM).clone()
+    inputs = {"actions": torch.zeros(1, 1, S, dtype=torch.long), "present": torch.ones(1, S, dtype=torch.bool)}
+    text = torch.randn(1, 4, model.dit.config.text_dim)
+    sigma = torch.full((1, 1), 0.5)
+    a = model(x, sigma, anchor, text, None, frame_offset=0, inputs=inputs, aux=aux, aux_anchor=aux)
+    far = anchor.clone()
+    far[..., 5, 5] += 3.0  # a cell outside every player's 3 x 3 glimpse
+    b = model(x, sigma, far, text, None, frame_offset=0, inputs=inputs, aux=aux, aux_anchor=aux)
+    torch.testing.assert_close(a.raw.extra, b.raw.extra)
+    near = anchor.clone()
+    near[..., 3, 3] += 3.0  # the cell south-east of the players
+    c = model(x, sigma, near, text, None, frame_offset=0, inputs=inputs, aux=aux, aux_anchor=aux)
+    assert not torch.allclose(a.raw.extra, c.raw.extra)

@@ -9,12 +9,13 @@ import pytest
 import torch
 import yaml
 
-from actionparty.config import validate_profile
+from actionparty.config import load_variant, validate_profile
 from actionparty.data.lmdb_dataset import build_lmdb
 from actionparty.model.factory import build_world_model
 from actionparty.rollout.sampler import rollout
 from actionparty.train.checkpoint import load_checkpoint
 from actionparty.train.flow import add_noise, sampling_sigmas, shift_sigma
+from actionparty.train.objective import draw_state_sigmas
 from actionparty.train.trainer import TrainJob, train
 from conftest import REPO, subprocess_env, write_synthetic_episodes
 
@@ -186,3 +187,36 @@ def test_checkpoint_from_another_model_config_is_refused(tmp_path, train_lmdb):
         load_for_rollout(other, tmp_path / "run/checkpoint.pt")
     with pytest.raises(UserError, match="checkpoint not found"):
         load_for_rollout(profile, tmp_path / "nope.pt")
+
+
+def test_state_first_rollout_cached_equals_uncached_and_snaps_states(tmp_path):
+    profile, _ = smoke_profile(tmp_path)
+    model, codec, text = build_world_model(profile, variant=load_variant("full", REPO / "params/variants"))
+    assert model.conditioning.state_first and model.conditioning.state_render
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    model.eval()
+    frames = torch.randint(0, 255, (2, 1, 3, 96, 96), dtype=torch.uint8)
+    context = codec.encode(frames)
+    emb, mask = text(["coins", "clean_up"])
+    present = torch.zeros(2, 8, dtype=torch.bool)
+    present[:, :2] = True
+    state = model.grid.encode(torch.tensor([[3.0, 4.0], [6.0, 2.0]] + [[0.0, 0.0]] * 6), torch.zeros(8))
+    kw = dict(sampling_steps=2, shift=3.0, window_frames=2, actions=torch.randint(0, 7, (2, 3, 8)), present=present,
+              context_state=state.expand(2, 1, 8, 6).clone())
+    cached = rollout(model, context, 3, emb, mask, generator=torch.Generator().manual_seed(1), **kw)
+    uncached = rollout(model, context, 3, emb, mask, generator=torch.Generator().manual_seed(1), use_cache=False, **kw)
+    torch.testing.assert_close(cached.latents, uncached.latents, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(cached.states, uncached.states)
+    torch.testing.assert_close(cached.states, model.grid.snap(cached.states))  # whole cells, one facing
+
+
+def test_state_sigmas_are_clean_for_the_given_share_and_repeatable():
+    a = draw_state_sigmas(torch.Generator().manual_seed(0), 4000, 1, 3.0, 0.5)
+    b = draw_state_sigmas(torch.Generator().manual_seed(0), 4000, 1, 3.0, 0.5)
+    assert torch.equal(a, b)
+    assert abs(float((a == 0).float().mean()) - 0.5) < 0.03
+    assert (a[a > 0] <= 1).all()
+    assert (draw_state_sigmas(torch.Generator().manual_seed(0), 100, 1, 3.0, 0.0) > 0).all()

@@ -600,6 +600,8 @@ class WanDiT(nn.Module):
         update_cache: bool = False,
         frame_offset: int | None = None,
         extra_cross_ctx: Any = None,
+        video_cond: torch.Tensor | None = None,
+        out_cond: torch.Tensor | None = None,
     ) -> DiTOutput:
         """Predict ``out_dim`` values per latent position.
 
@@ -618,6 +620,9 @@ class WanDiT(nn.Module):
                 ``update_cache``). Frames are numbered from ``frame_offset`` (default: the
                 cache's ``next_frame``, else 0) for RoPE and masks.
             extra_cross_ctx: passed to the blocks' ``extra_cross_attn`` modules as ``ctx.payload``.
+            video_cond: (B, T/pt * H/ph * W/pw, dim) added to the video tokens after the patch
+                embedding (a spatial condition map, e.g. players drawn where their states put them).
+            out_cond: (B, T/pt * H/ph * W/pw, pt*ph*pw*out_dim) added to the head's output per token.
 
         Returns:
             :class:`DiTOutput` with ``video`` (B, out_dim, T, H, W) fp32 and ``extra`` (B, M, dim)
@@ -635,6 +640,10 @@ class WanDiT(nn.Module):
 
         # Video tokens and their per-frame adaLN input.
         tokens = rearrange(self.patch_embedding(x.to(self.param_dtype)), "b c t h w -> b (t h w) c").float()
+        if video_cond is not None:
+            if tuple(video_cond.shape) != tuple(tokens.shape):
+                raise ValueError(f"video_cond must be {tuple(tokens.shape)}, got {tuple(video_cond.shape)}")
+            tokens = tokens + video_cond.float()
         if t.dim() == 1:
             t = t[:, None].expand(batch, num_frames)
         if tuple(t.shape) != (batch, num_frames):
@@ -675,6 +684,8 @@ class WanDiT(nn.Module):
             kv_cache.commit(layout.q_frames, layout.q_tags)
 
         out = self.head(tokens[:, :num_video], e_video, height * width)
+        if out_cond is not None:
+            out = out + out_cond.to(out.dtype)
         pt, ph, pw = cfg.patch_size
         video = rearrange(out, "b (t h w) (pt ph pw c) -> b c (t pt) (h ph) (w pw)",
                           t=num_frames, h=height, w=width, pt=pt, ph=ph, pw=pw)

@@ -29,6 +29,7 @@ actions of a step to that frame's adaLN input; ``text_action`` writes them into 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,7 @@ from actionparty.model.world import WorldModel, to_x0_and_velocity
 
 STATE_DIM = 6  # x, y, facing one-hot (N, E, S, W)
 NO_ACTION = len(CANONICAL_ACTIONS)  # the context frame's token has no action
+GLIMPSE_CELLS = 9  # a state token's glimpse: its player's cell and the 8 around it
 
 
 # ------------------------------------------------------------------------------ state vectors
@@ -80,6 +82,11 @@ class StateGrid:
         """state (..., 6) -> position (..., 2) float cells, facing (...) long."""
         return state[..., :2] - 0.5 + self.canvas_cells / 2, state[..., 2:].argmax(-1)
 
+    def snap(self, state: torch.Tensor) -> torch.Tensor:
+        """The nearest discrete state: a whole cell and one facing."""
+        position, facing = self.decode(state)
+        return self.encode(position.round(), facing)
+
     def grid_position(self, state: torch.Tensor) -> torch.Tensor:
         """state (..., 6) -> token-grid (y, x) (..., 2) for rotary positions."""
         return self.cells_to_grid(self.decode(state)[0]).flip(-1)
@@ -98,6 +105,9 @@ class Conditioning:
     mca: str = "framewise"  # "framewise" | "clipwise" | "none"
     spatial_rope: bool = True
     state_loss_weight: float = 1.0
+    state_first: bool = False  # the state's noise level is its own; sampling finishes it first
+    state_render: bool = False  # video tokens read each player's state at the cell it puts them in
+    glimpse: bool = False  # state tokens read the previous frame's latents at and around their cell
 
 
 # ------------------------------------------------------------------------------ MCA
@@ -164,6 +174,29 @@ class ActionWorldModel(WorldModel):
             # The action as seen from the player's previous facing (FORWARD while facing north is
             # another move than FORWARD while facing east): one embedding per (action, facing).
             self.turned_action_embed = nn.Embedding((NO_ACTION + 1) * 4, dim)
+            if c.state_render:
+                # Each player drawn onto the video tokens at its (noisy or finished) state's cell:
+                # slot and facing embeddings, spread over the 4 nearest cells; zero-initialised gate.
+                # The previous state is drawn the same way at its own cell, with its own embeddings,
+                # so that a token can tell "arrives here" from "leaves here" from "stays".
+                # Both also carry the player's look: the previous frame's latent at its previous cell.
+                self.render_slot = nn.Embedding(PLAYER_SLOTS, dim)
+                self.render_facing = nn.Linear(STATE_DIM - 2, dim)
+                self.render_look = nn.Linear(cfg.in_dim, dim)
+                self.render_prev_slot = nn.Embedding(PLAYER_SLOTS, dim)
+                self.render_prev_facing = nn.Linear(STATE_DIM - 2, dim)
+                self.render_prev_look = nn.Linear(cfg.in_dim, dim)
+                # Two zero-initialised gates: into the video tokens, and straight into their output
+                # (a linear path from "who arrives / leaves here, facing where" to the cell's pixels).
+                self.render_out = nn.Linear(dim, dim)
+                self.render_skip = nn.Linear(dim, math.prod(cfg.patch_size) * cfg.out_dim)
+                for layer in (self.render_out, self.render_skip):
+                    nn.init.zeros_(layer.weight)
+                    nn.init.zeros_(layer.bias)
+            if c.glimpse:
+                # The previous frame's latent at the player's cell and its 8 neighbours, read at
+                # the cells' centres: what a move of this player would run into.
+                self.glimpse_in = nn.Linear(GLIMPSE_CELLS * cfg.in_dim, dim)
             if c.state:
                 self.state_in = nn.Linear(STATE_DIM, dim)
                 self.state_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, STATE_DIM))
@@ -222,6 +255,10 @@ class ActionWorldModel(WorldModel):
         facing = anchor[..., 2:].argmax(-1)
         tokens = (self.action_embed(actions) + self.slot_embed(slots)[None, None] + self.facing_embed(facing)
                   + self.turned_action_embed(actions * 4 + facing))
+        if c.glimpse or c.state_render:
+            seen = self.glimpse(inputs["video_anchor"], anchor)  # (B, T, S, 9 * C)
+        if c.glimpse:
+            tokens = tokens + self.glimpse_in(seen)
         if c.state:
             # The noisy state relative to the previous one: the previous position is in the token
             # only as its rotary position, which attention can compare but not read, so an absolute
@@ -230,7 +267,7 @@ class ActionWorldModel(WorldModel):
         extra = ExtraTokens(
             tokens=tokens.flatten(1, 2),
             positions=self._positions(frames, anchor, c.spatial_rope).flatten(1, 2),
-            timesteps=(sigma[:, :, None].expand(b, t, s) * 1000.0).flatten(1, 2),
+            timesteps=(inputs["aux_sigma"][:, :, None].expand(b, t, s) * 1000.0).flatten(1, 2),
             frames=frames.repeat_interleave(s),
             tags=slots.repeat(t),
         )
@@ -240,7 +277,47 @@ class ActionWorldModel(WorldModel):
         kwargs = {"extra": extra, "attn_mask": mask}
         if c.mca != "none":
             kwargs["extra_cross_ctx"] = self.action_payload(actions, present, anchor, frames, layout)
+        if c.state_render:
+            grid_hw = layout.grid[1:]
+            look = seen.unflatten(-1, (GLIMPSE_CELLS, -1))[..., GLIMPSE_CELLS // 2, :]  # (B, T, S, C) own cell
+            new = self.render_slot(slots) + self.render_facing(inputs["aux"][..., 2:]) + self.render_look(look)
+            old = self.render_prev_slot(slots) + self.render_prev_facing(anchor[..., 2:]) + self.render_prev_look(look)
+            drawn = (self.render_map(inputs["aux"], present, grid_hw, new)
+                     + self.render_map(anchor, present, grid_hw, old))
+            kwargs["video_cond"] = self.render_out(drawn)
+            kwargs["out_cond"] = self.render_skip(drawn)
         return kwargs
+
+    def glimpse(self, latents: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """(B, T, S, 9 * C): each frame's latents (B, C, T, h, w) sampled at the centres of the
+        3 x 3 cells around each player's cell in ``state`` (B, T, S, 6); zero off the canvas."""
+        b, c, t, h, w = latents.shape
+        s = state.shape[2]
+        cells = self.grid.decode(state)[0].round()  # (B, T, S, 2) x, y
+        offsets = torch.tensor([(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)], device=state.device,
+                               dtype=cells.dtype)
+        points = cells[..., None, :] + offsets  # (B, T, S, 9, 2) cells (x, y)
+        # Cell centres in grid_sample's normalised coordinates (align_corners=False: -1 and 1
+        # are the latent's outer edges, which are the canvas's edges).
+        norm = (points + 0.5) / self.grid.canvas_cells * 2 - 1
+        frames = latents.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+        out = torch.nn.functional.grid_sample(frames, norm.reshape(b * t, s, GLIMPSE_CELLS, 2).to(frames.dtype),
+                                              mode="bilinear", padding_mode="zeros", align_corners=False)
+        return out.view(b, t, c, s, GLIMPSE_CELLS).permute(0, 1, 3, 4, 2).flatten(3)  # (B, T, S, 9 * C)
+
+    def render_map(self, state: torch.Tensor, present: torch.Tensor, grid_hw: tuple[int, int],
+                   feature: torch.Tensor) -> torch.Tensor:
+        """(B, T*h*w, dim): every present player's ``feature`` (B, T, S, dim) at the token-grid
+        position of its state (B, T, S, 6), split over the nearest cells with bilinear weights
+        (a finished state lands on one cell, a noisy one spreads)."""
+        h, w = grid_hw
+        yx = self.grid.grid_position(state)  # (B, T, S, 2)
+        rows = torch.arange(h, device=state.device, dtype=yx.dtype)
+        cols = torch.arange(w, device=state.device, dtype=yx.dtype)
+        wy = (1 - (yx[..., :1] - rows).abs()).clamp_min(0)  # (B, T, S, h)
+        wx = (1 - (yx[..., 1:] - cols).abs()).clamp_min(0)  # (B, T, S, w)
+        weight = wy[..., :, None] * wx[..., None, :] * present[:, None, :, None, None].to(yx.dtype)
+        return torch.einsum("btshw,btsd->bthwd", weight, feature).flatten(1, 3)
 
     def subject_mask(self, layout, present: torch.Tensor) -> torch.Tensor:
         """(B, Nq, Nk): absent players' tokens are never attended to; with MSA a state token

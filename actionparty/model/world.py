@@ -86,7 +86,7 @@ class WorldModel(nn.Module):
                 text_mask: torch.Tensor | None, *, frame_offset: int, inputs: dict[str, Any] | None = None,
                 kv_cache: KVCache | None = None, update_cache: bool = False,
                 window_frames: int | None = None, aux: torch.Tensor | None = None,
-                aux_anchor: torch.Tensor | None = None) -> Prediction:
+                aux_anchor: torch.Tensor | None = None, aux_sigma: torch.Tensor | None = None) -> Prediction:
         """Denoise latents.
 
         Args:
@@ -100,8 +100,12 @@ class WorldModel(nn.Module):
                 uncached equivalent of a sliding-window KV cache).
             aux, aux_anchor: (B, T, S, aux_dim) noisy subject states at the frames' noise levels
                 and the clean states their residual prior starts from (models with aux_dim > 0).
+            aux_sigma: (B, T) noise levels of ``aux`` when they differ from the video's (state-first
+                models); default ``sigma``.
         """
-        inputs = {**(inputs or {}), "latent_shape": tuple(x.shape[2:]), "aux": aux, "aux_anchor": aux_anchor}
+        aux_sigma = sigma if aux_sigma is None else aux_sigma
+        inputs = {**(inputs or {}), "latent_shape": tuple(x.shape[2:]), "aux": aux, "aux_anchor": aux_anchor,
+                  "aux_sigma": aux_sigma, "video_anchor": anchor}
         extra_kwargs = self.condition(inputs, frame_offset, x.shape[2], sigma, kv_cache, window_frames)
         out = self.dit(x, sigma * TIMESTEP_SCALE, text, text_mask, kv_cache=kv_cache, update_cache=update_cache,
                        frame_offset=frame_offset, **extra_kwargs)
@@ -109,7 +113,7 @@ class WorldModel(nn.Module):
                                           self.residual_prior, self.min_sigma)
         prediction = Prediction(x0, velocity, out)
         if self.aux_dim:
-            prediction.aux_x0, prediction.aux_velocity = self.predict_aux(out, inputs, sigma)
+            prediction.aux_x0, prediction.aux_velocity = self.predict_aux(out, inputs, aux_sigma)
         return prediction
 
     def predict_aux(self, out: DiTOutput, inputs: dict[str, Any], sigma: torch.Tensor):

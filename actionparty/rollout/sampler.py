@@ -6,9 +6,11 @@ Euler steps of the flow ODE (sigma from 1 to 0 with Wan's shift), each a forward
 finished chunk *appends* its keys/values to the cache (as Self-Forcing does). The cache keeps at
 most ``window_frames`` earlier frames, so rollouts longer than the training clips slide a window.
 
-Models with subject states (``model.aux_dim > 0``) denoise each player's state jointly with the
-video; the finished state of a chunk becomes the next chunk's reference (its players' rotary
-positions and previous facing) — the model's own prediction, never ground truth.
+Models with subject states (``model.aux_dim > 0``) denoise each player's state with the video;
+the finished state of a chunk becomes the next chunk's reference (its players' rotary positions
+and previous facing) — the model's own prediction, never ground truth. Jointly (one noise level
+for both), or, for state-first models, in two passes of ``sampling_steps`` steps each: the states
+while the video is still pure noise, then the video with the states finished.
 
 ``use_cache=False`` computes the same thing without a cache, by re-running every clean frame so
 far together with the noisy chunk under the windowed block-causal mask (the reference the tests
@@ -57,6 +59,8 @@ def rollout(model, context: torch.Tensor, steps: int, text: torch.Tensor, text_m
     frame0 = model.context_frame
     frames, states, frame_actions = [context], [context_state], []
     has_aux = model.aux_dim > 0 and context_state is not None
+    conditioning = getattr(model, "conditioning", None)
+    state_first = has_aux and conditioning is not None and conditioning.state_first
     cache = model.dit.new_kv_cache(window_frames=window_frames) if use_cache else None
 
     def sigma_of(value: float, n: int) -> torch.Tensor:
@@ -84,17 +88,30 @@ def rollout(model, context: torch.Tensor, steps: int, text: torch.Tensor, text_m
         # States start from the reference state plus unit noise (the flow of the state's move).
         aux = (aux_anchor + torch.randn((b, chunk, *context_state.shape[2:]), generator=generator).to(device)
                if has_aux else None)
-        for i in range(sampling_steps):
-            sig = sigma_of(sigmas[i], chunk)
+
+        def denoise(x, sig, aux, aux_sig):
             if use_cache:
-                pred = model(x, sig, anchor, *txt, frame_offset=offset, inputs=chunk_inputs(step_actions),
-                             kv_cache=cache, aux=aux, aux_anchor=aux_anchor)
-            else:
-                pred = _uncached(model, x, sig, anchor, txt, offset, frames, states, frame_actions, step_actions,
-                                 present, aux, aux_anchor, has_aux, context_state, window_frames)
-            x = euler_step(x, pred.x0, sigmas[i], sigmas[i + 1])
-            if has_aux:
+                return model(x, sig, anchor, *txt, frame_offset=offset, inputs=chunk_inputs(step_actions),
+                             kv_cache=cache, aux=aux, aux_anchor=aux_anchor, aux_sigma=aux_sig)
+            return _uncached(model, x, sig, anchor, txt, offset, frames, states, frame_actions, step_actions,
+                             present, aux, aux_anchor, has_aux, context_state, window_frames, aux_sig)
+
+        if state_first:
+            # The states first, the video still pure noise; then the video, drawn from the finished states.
+            for i in range(sampling_steps):
+                pred = denoise(x, sigma_of(1.0, chunk), aux, sigma_of(sigmas[i], chunk))
                 aux = euler_step(aux, pred.aux_x0, sigmas[i], sigmas[i + 1])
+            aux = model.grid.snap(aux)  # states are discrete: a whole cell and one facing
+            for i in range(sampling_steps):
+                pred = denoise(x, sigma_of(sigmas[i], chunk), aux, sigma_of(0.0, chunk))
+                x = euler_step(x, pred.x0, sigmas[i], sigmas[i + 1])
+        else:
+            for i in range(sampling_steps):
+                sig = sigma_of(sigmas[i], chunk)
+                pred = denoise(x, sig, aux, sig)
+                x = euler_step(x, pred.x0, sigmas[i], sigmas[i + 1])
+                if has_aux:
+                    aux = euler_step(aux, pred.aux_x0, sigmas[i], sigmas[i + 1])
         frames.append(x)
         states.append(aux)
         frame_actions.append(step_actions)
@@ -105,7 +122,7 @@ def rollout(model, context: torch.Tensor, steps: int, text: torch.Tensor, text_m
 
 
 def _uncached(model, x, sigma, anchor, txt, offset, frames, states, frame_actions, step_actions, present, aux,
-              aux_anchor, has_aux, context_state, window_frames):
+              aux_anchor, has_aux, context_state, window_frames, aux_sigma):
     """One denoising pass without a cache: every clean frame so far + the noisy chunk."""
     clean = torch.cat(frames, dim=2)
     n_clean, n = clean.shape[2], x.shape[2]
@@ -123,8 +140,9 @@ def _uncached(model, x, sigma, anchor, txt, offset, frames, states, frame_action
             seq_aux_anchor = torch.cat([done[:, :1], done[:, :-1], aux_anchor], dim=1)
         else:
             seq_aux_anchor = context_state.expand(-1, n_clean + n, -1, -1)
+    aux_sig = torch.cat([torch.zeros_like(aux_sigma[:, :1]).expand(-1, n_clean), aux_sigma], dim=1)
     pred = model(seq, sig, anchors, *txt, frame_offset=offset - n_clean, inputs=inputs, window_frames=window_frames,
-                 aux=seq_aux, aux_anchor=seq_aux_anchor)
+                 aux=seq_aux, aux_anchor=seq_aux_anchor, aux_sigma=aux_sig)
     pred.x0, pred.velocity = pred.x0[:, :, -n:], pred.velocity[:, :, -n:]
     if pred.aux_x0 is not None:
         pred.aux_x0, pred.aux_velocity = pred.aux_x0[:, -n:], pred.aux_velocity[:, -n:]

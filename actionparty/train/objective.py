@@ -46,7 +46,7 @@ def change_weights(latents: torch.Tensor, change_weight: float) -> torch.Tensor:
 def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None,
                        cfg, sigma_chunks: torch.Tensor, noise: torch.Tensor,
                        inputs: dict[str, Any] | None = None, aux_noise: torch.Tensor | None = None,
-                       state_loss_weight: float = 1.0) -> LossOutput:
+                       state_loss_weight: float = 1.0, aux_sigma_chunks: torch.Tensor | None = None) -> LossOutput:
     """Loss of one batch.
 
     Args:
@@ -59,6 +59,8 @@ def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_ma
             only the previous states are used, as reference positions) and ``inputs["present"]``
             (B, S) the occupied slots.
         aux_noise: (B, K, S, D) noise of the states.
+        aux_sigma_chunks: (B, K / chunk_frames) the states' own noise levels (state-first models,
+            see :func:`draw_state_sigmas`); default: the video's.
     """
     core = getattr(model, "module", model)  # unwrap DistributedDataParallel for attributes
     chunk = core.chunk_frames
@@ -71,8 +73,9 @@ def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_ma
     x_in = torch.cat([latents[:, :, :1], x_noisy], dim=2)
     sigma_in = torch.cat([torch.zeros_like(sigma[:, :1]), sigma], dim=1)
     anchor = torch.cat([latents[:, :, :1], chunk_anchors(latents, chunk)], dim=2)
+    aux_sigma = sigma if aux_sigma_chunks is None else aux_sigma_chunks.repeat_interleave(chunk, dim=1)
     inputs = dict(inputs or {})
-    aux_in = aux_anchor = None
+    aux_in = aux_anchor = aux_sigma_in = None
     states = inputs.pop("state", None)
     if states is not None:
         aux_anchor = torch.cat([states[:, :1], chunk_anchors(states, chunk, dim=1)], dim=1)
@@ -80,10 +83,11 @@ def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_ma
             # States are noised as a move from the previous state (anchor + noised displacement):
             # the flow runs in the residual space, starting from the anchor plus unit noise.
             prev = aux_anchor[:, 1:]
-            aux_noisy = prev + add_noise(states[:, 1:] - prev, aux_noise, sigma[:, :, None, None])
+            aux_noisy = prev + add_noise(states[:, 1:] - prev, aux_noise, aux_sigma[:, :, None, None])
             aux_in = torch.cat([states[:, :1], aux_noisy], dim=1)
+            aux_sigma_in = torch.cat([torch.zeros_like(aux_sigma[:, :1]), aux_sigma], dim=1)
     pred = model(x_in, sigma_in, anchor, text, text_mask, frame_offset=core.context_frame, inputs=inputs,
-                 aux=aux_in, aux_anchor=aux_anchor)
+                 aux=aux_in, aux_anchor=aux_anchor, aux_sigma=aux_sigma_in)
     weight = change_weights(latents, cfg.change_weight)
     s = sigma[:, None, :, None, None]
     x0_space = cfg.loss_space == "x0"
@@ -99,19 +103,29 @@ def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_ma
     if core.aux_dim:
         # State loss over present players only, in the same velocity space as the video.
         target = states[:, 1:]
-        s_aux = sigma[:, :, None, None]
+        s_aux = aux_sigma[:, :, None, None]
         if core.prediction == "x0":
             aux_err = (pred.aux_x0[:, 1:] - target) / (1.0 if state_x0_space else s_aux.clamp_min(cfg.min_sigma))
         else:
             aux_err = pred.aux_velocity[:, 1:] - (aux_noise - (target - aux_anchor[:, 1:]))  # the move's flow
-        present = inputs["present"][:, None, :, None].float()
-        state_loss = (present * aux_err.pow(2)).sum() / (present.sum() * k * aux_err.shape[-1]).clamp_min(1.0)
+        # Over present players of frames whose state is noisy (a state given clean has nothing to learn).
+        keep = inputs["present"][:, None, :, None].float() * (s_aux > 0).float()
+        state_loss = (keep * aux_err.pow(2)).sum() / (keep.sum() * aux_err.shape[-1]).clamp_min(1.0)
         loss = video_loss + state_loss_weight * state_loss
         stats["state_loss"] = float(state_loss.detach())
     with torch.no_grad():
         mse_x0 = (pred.x0[:, :, 1:] - x0).pow(2).mean()
     stats = {"loss": float(loss.detach()), "video_loss": float(video_loss.detach()), **stats, "mse_x0": float(mse_x0)}
     return LossOutput(loss, stats, pred)
+
+
+def draw_state_sigmas(generator: torch.Generator, batch: int, chunks: int, shift: float,
+                      clean_fraction: float) -> torch.Tensor:
+    """State-first models: the states' own noise levels (B, chunks), zero (clean) for a
+    ``clean_fraction`` of the clips, else drawn like the video's but independently of them."""
+    sigma = sample_sigmas((batch, chunks), shift, generator)
+    clean = torch.rand((batch, 1), generator=generator) < clean_fraction
+    return torch.where(clean, torch.zeros_like(sigma), sigma)
 
 
 def draw_noise(generator: torch.Generator, batch: int, chunks: int, latent_shape, shift: float,

@@ -38,7 +38,7 @@ from actionparty.train.checkpoint import (
 )
 from actionparty.train.distributed import DistInfo, init_distributed, rank_slice, shutdown_distributed, step_generator
 from actionparty.train.ema import EMA
-from actionparty.train.objective import draw_noise, flow_matching_loss
+from actionparty.train.objective import draw_noise, draw_state_sigmas, flow_matching_loss
 
 
 class StepBatchSampler(torch.utils.data.Sampler):
@@ -182,6 +182,8 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if profile.model.precision == "bf16" and device.type == "cuda" else nullcontext())
     chunks = cfg.clip_steps // core.chunk_frames
+    conditioning = getattr(core, "conditioning", None)
+    state_first = bool(core.aux_dim and conditioning is not None and conditioning.state_first)
 
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train {job.stage}", unit="step",
                disable=not (job.progress and info.is_main))
@@ -203,12 +205,15 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
             sigma, noise, aux_noise = draw_noise(
                 g, cfg.batch_size, chunks, (latents.shape[1], cfg.clip_steps, *latents.shape[3:]), cfg.timestep_shift,
                 (cfg.clip_steps, PLAYER_SLOTS, core.aux_dim) if core.aux_dim else None)
+            aux_sigma = (draw_state_sigmas(g, cfg.batch_size, chunks, cfg.timestep_shift, cfg.state_clean_fraction)
+                         if state_first else None)
             inputs = core.inputs_from_batch(batch, device) if hasattr(core, "inputs_from_batch") else None
             with autocast:
                 result = flow_matching_loss(model, latents, emb, emb_mask, cfg, sigma[part].to(device),
                                             noise[part].to(device), inputs,
                                             None if aux_noise is None else aux_noise[part].to(device),
-                                            getattr(cfg, "state_loss_weight", 0.0))
+                                            getattr(cfg, "state_loss_weight", 0.0),
+                                            None if aux_sigma is None else aux_sigma[part].to(device))
             optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.grad_clip)
