@@ -207,6 +207,7 @@ class RolloutConfig(StrictModel):
     """Autoregressive sampling from test-split context frames."""
 
     sampling_steps: PositiveInt
+    state_sampling_steps: PositiveInt  # state-first models: Euler steps of the states' pass (then sampling_steps of video)
     timestep_shift: Annotated[float, Field(gt=0)]
     window_frames: PositiveInt | None = None  # earlier latent frames kept in the KV cache (default: clip_steps)
     horizons: list[PositiveInt]

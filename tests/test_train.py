@@ -220,3 +220,36 @@ def test_state_sigmas_are_clean_for_the_given_share_and_repeatable():
     assert abs(float((a == 0).float().mean()) - 0.5) < 0.03
     assert (a[a > 0] <= 1).all()
     assert (draw_state_sigmas(torch.Generator().manual_seed(0), 100, 1, 3.0, 0.0) > 0).all()
+
+
+def test_state_first_examples_split_the_video_and_state_losses():
+    """A clip with a noisy state is a state example (video at noise 1, no video loss); one with a
+    clean state is a video example (no state loss)."""
+    from types import SimpleNamespace
+
+    from actionparty.train.objective import flow_matching_loss
+
+    seen = {}
+
+    class Fixed(torch.nn.Module):  # x0 = 0.5 everywhere, states predicted 0.25 off in x
+        aux_dim, chunk_frames, context_frame, prediction = 6, 1, 0, "x0"
+
+        def forward(self, x, sigma, anchor, text, text_mask, aux=None, aux_sigma=None, **_):
+            seen.update(sigma=sigma, aux_sigma=aux_sigma)
+            aux_x0 = aux.clone()
+            aux_x0[..., 1:, :, 0] = states[..., 1:, :, 0] + 0.25
+            return SimpleNamespace(x0=torch.full_like(x, 0.5), velocity=torch.zeros_like(x), aux_x0=aux_x0)
+
+    latents = torch.zeros(2, 3, 2, 4, 4)
+    states = torch.zeros(2, 2, 8, 6)
+    present = torch.zeros(2, 8, dtype=torch.bool)
+    present[:, :2] = True
+    cfg = SimpleNamespace(loss_space="x0", state_loss_space="x0", change_weight=0.0, min_sigma=0.05)
+    sigma = torch.tensor([[0.3], [0.3]])
+    aux_sigma = torch.tensor([[0.0], [0.6]])  # clip 0: video example, clip 1: state example
+    out = flow_matching_loss(Fixed(), latents, None, None, cfg, sigma, torch.zeros(2, 3, 1, 4, 4),
+                             {"state": states, "present": present}, torch.zeros(2, 1, 8, 6), 1.0, aux_sigma)
+    torch.testing.assert_close(seen["sigma"][:, 1], torch.tensor([0.3, 1.0]))  # the state example's video is noise
+    torch.testing.assert_close(seen["aux_sigma"][:, 1], torch.tensor([0.0, 0.6]))
+    torch.testing.assert_close(torch.tensor(out.stats["video_loss"]), torch.tensor(0.25))  # (0.5 - 0)^2, clip 0 only
+    torch.testing.assert_close(torch.tensor(out.stats["state_loss"]), torch.tensor(0.25 ** 2 / 6))  # clip 1 only

@@ -21,6 +21,14 @@ carries the player's state s(t, p) = (x, y, facing):
   (sees every action of the call) or off (``no_mca``);
 * ``output``: a head on the state tokens predicts the clean state (added to the previous state
   with the residual prior); loss = video + lambda * state.
+* ``glimpse``: the state token also reads the previous frame's latents at its player's cell and
+  the 8 cells around it (what a move would run into; raw latents, no map feature);
+* ``state_first``: the state has its own noise level; a training clip is either a state example
+  (noisy state, video pure noise, state loss) or a video example (clean state, video loss), and
+  sampling finishes the states before drawing the video (model.rollout);
+* ``state_render``: every player is drawn onto the video tokens at its state's cell and at its
+  previous cell (slot, facing and look embeddings, bilinear over the nearest cells), through two
+  zero-initialised gates: into the tokens and straight into their output.
 
 The baselines share the same backbone: ``global_action`` adds an embedding of all players'
 actions of a step to that frame's adaLN input; ``text_action`` writes them into the prompt

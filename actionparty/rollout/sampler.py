@@ -9,8 +9,9 @@ most ``window_frames`` earlier frames, so rollouts longer than the training clip
 Models with subject states (``model.aux_dim > 0``) denoise each player's state with the video;
 the finished state of a chunk becomes the next chunk's reference (its players' rotary positions
 and previous facing) — the model's own prediction, never ground truth. Jointly (one noise level
-for both), or, for state-first models, in two passes of ``sampling_steps`` steps each: the states
-while the video is still pure noise, then the video with the states finished.
+for both), or, for state-first models, in two passes: ``state_sampling_steps`` for the states
+while the video is still pure noise (the finished states are snapped to whole cells and one
+facing), then ``sampling_steps`` for the video, drawn from the finished states.
 
 ``use_cache=False`` computes the same thing without a cache, by re-running every clean frame so
 far together with the noisy chunk under the windowed block-causal mask (the reference the tests
@@ -37,6 +38,7 @@ class Rollout:
 @torch.no_grad()
 def rollout(model, context: torch.Tensor, steps: int, text: torch.Tensor, text_mask: torch.Tensor | None, *,
             sampling_steps: int, shift: float, window_frames: int | None, generator: torch.Generator | None = None,
+            state_sampling_steps: int | None = None,
             actions: torch.Tensor | None = None, present: torch.Tensor | None = None,
             context_state: torch.Tensor | None = None,
             text_fn: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None,
@@ -50,12 +52,15 @@ def rollout(model, context: torch.Tensor, steps: int, text: torch.Tensor, text_m
         context_state: (B, 1, S, D) clean subject states of the context frame.
         text_fn: (first step, steps in chunk) -> (text, mask) for prompts that change per chunk
             (the text-action baseline); default: ``text``/``text_mask`` throughout.
+        state_sampling_steps: Euler steps of a state-first model's state pass (default
+            ``sampling_steps``); one step takes the denoiser's estimate at noise 1, snapped.
     """
     chunk = model.chunk_frames
     if steps % chunk:
         raise ValueError(f"{steps} steps is not a whole number of {chunk}-frame chunks")
     b, device = context.shape[0], context.device
     sigmas = sampling_sigmas(sampling_steps, shift, device=device)
+    state_sigmas = sampling_sigmas(state_sampling_steps or sampling_steps, shift, device=device)
     frame0 = model.context_frame
     frames, states, frame_actions = [context], [context_state], []
     has_aux = model.aux_dim > 0 and context_state is not None
@@ -98,9 +103,9 @@ def rollout(model, context: torch.Tensor, steps: int, text: torch.Tensor, text_m
 
         if state_first:
             # The states first, the video still pure noise; then the video, drawn from the finished states.
-            for i in range(sampling_steps):
-                pred = denoise(x, sigma_of(1.0, chunk), aux, sigma_of(sigmas[i], chunk))
-                aux = euler_step(aux, pred.aux_x0, sigmas[i], sigmas[i + 1])
+            for i in range(len(state_sigmas) - 1):
+                pred = denoise(x, sigma_of(1.0, chunk), aux, sigma_of(state_sigmas[i], chunk))
+                aux = euler_step(aux, pred.aux_x0, state_sigmas[i], state_sigmas[i + 1])
             aux = model.grid.snap(aux)  # states are discrete: a whole cell and one facing
             for i in range(sampling_steps):
                 pred = denoise(x, sigma_of(sigmas[i], chunk), aux, sigma_of(0.0, chunk))

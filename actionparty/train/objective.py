@@ -68,6 +68,14 @@ def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_ma
     if k % chunk:
         raise ValueError(f"clip of {k} steps is not a whole number of {chunk}-frame chunks")
     sigma = sigma_chunks.repeat_interleave(chunk, dim=1)  # (B, K)
+    video_keep = torch.ones_like(sigma)
+    if aux_sigma_chunks is not None:
+        # State-first: a frame whose state is noisy is a state-denoising example, as in the first
+        # sampling pass (video still pure noise, no video loss); one whose state is clean is a
+        # video example, as in the second (no state loss).
+        state_example = aux_sigma_chunks.repeat_interleave(chunk, dim=1) > 0
+        sigma = torch.where(state_example, torch.ones_like(sigma), sigma)
+        video_keep = (~state_example).float()
     x0 = latents[:, :, 1:]
     x_noisy = add_noise(x0, noise, sigma[:, None, :, None, None])
     x_in = torch.cat([latents[:, :, :1], x_noisy], dim=2)
@@ -88,7 +96,7 @@ def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_ma
             aux_sigma_in = torch.cat([torch.zeros_like(aux_sigma[:, :1]), aux_sigma], dim=1)
     pred = model(x_in, sigma_in, anchor, text, text_mask, frame_offset=core.context_frame, inputs=inputs,
                  aux=aux_in, aux_anchor=aux_anchor, aux_sigma=aux_sigma_in)
-    weight = change_weights(latents, cfg.change_weight)
+    weight = change_weights(latents, cfg.change_weight) * video_keep[:, None, :, None, None]
     s = sigma[:, None, :, None, None]
     x0_space = cfg.loss_space == "x0"
     state_x0_space = getattr(cfg, "state_loss_space", cfg.loss_space) == "x0"
@@ -98,7 +106,7 @@ def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_ma
         err = (pred.x0[:, :, 1:] - x0) / (1.0 if x0_space else s.clamp_min(cfg.min_sigma))
     else:
         err = pred.velocity[:, :, 1:] - (noise - x0)
-    video_loss = (weight * err.pow(2)).sum() / (weight.sum() * err.shape[1])
+    video_loss = (weight * err.pow(2)).sum() / (weight.sum() * err.shape[1]).clamp_min(1e-12)
     loss, stats = video_loss, {}
     if core.aux_dim:
         # State loss over present players only, in the same velocity space as the video.
@@ -121,8 +129,9 @@ def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_ma
 
 def draw_state_sigmas(generator: torch.Generator, batch: int, chunks: int, shift: float,
                       clean_fraction: float) -> torch.Tensor:
-    """State-first models: the states' own noise levels (B, chunks), zero (clean) for a
-    ``clean_fraction`` of the clips, else drawn like the video's but independently of them."""
+    """State-first models: the states' noise levels (B, chunks): zero (clean: the clip is a
+    video example) for a ``clean_fraction`` of the clips, else drawn like the video's (a state
+    example, see :func:`flow_matching_loss`)."""
     sigma = sample_sigmas((batch, chunks), shift, generator)
     clean = torch.rand((batch, 1), generator=generator) < clean_fraction
     return torch.where(clean, torch.zeros_like(sigma), sigma)
