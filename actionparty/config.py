@@ -138,6 +138,9 @@ class TrainConfig(StrictModel):
     loss_space: Literal["velocity", "x0"]
     min_sigma: Annotated[float, Field(gt=0, le=1)]  # floor of sigma in the velocity-space x0 loss
     change_weight: Annotated[float, Field(ge=0)]  # loss weight 1 + change_weight on cells that change
+    # Training contexts are noised at a level drawn uniformly in [0, context_noise] (the model is
+    # not told): it learns to draw the next frame from an imperfect one, as in a rollout.
+    context_noise: Annotated[float, Field(ge=0, le=1)]
     log_every: PositiveInt
     checkpoint_every: PositiveInt
     seed: Annotated[int, Field(ge=0)]

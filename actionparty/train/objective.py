@@ -46,7 +46,9 @@ def change_weights(latents: torch.Tensor, change_weight: float) -> torch.Tensor:
 def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None,
                        cfg, sigma_chunks: torch.Tensor, noise: torch.Tensor,
                        inputs: dict[str, Any] | None = None, aux_noise: torch.Tensor | None = None,
-                       state_loss_weight: float = 1.0, aux_sigma_chunks: torch.Tensor | None = None) -> LossOutput:
+                       state_loss_weight: float = 1.0, aux_sigma_chunks: torch.Tensor | None = None,
+                       context_sigma: torch.Tensor | None = None, context_noise: torch.Tensor | None = None,
+                       ) -> LossOutput:
     """Loss of one batch.
 
     Args:
@@ -61,6 +63,8 @@ def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_ma
         aux_noise: (B, K, S, D) noise of the states.
         aux_sigma_chunks: (B, K / chunk_frames) the states' own noise levels (state-first models,
             see :func:`draw_state_sigmas`); default: the video's.
+        context_sigma, context_noise: (B,) and (B, C, 1, h, w): the context frame is noised at
+            these levels (input and residual anchor; the targets stay clean); default: clean.
     """
     core = getattr(model, "module", model)  # unwrap DistributedDataParallel for attributes
     chunk = core.chunk_frames
@@ -78,9 +82,13 @@ def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_ma
         video_keep = (~state_example).float()
     x0 = latents[:, :, 1:]
     x_noisy = add_noise(x0, noise, sigma[:, None, :, None, None])
-    x_in = torch.cat([latents[:, :, :1], x_noisy], dim=2)
+    seen = latents  # the frames the model is given as context and anchors
+    if context_sigma is not None:
+        context = add_noise(latents[:, :, :1], context_noise, context_sigma[:, None, None, None, None])
+        seen = torch.cat([context, latents[:, :, 1:]], dim=2)
+    x_in = torch.cat([seen[:, :, :1], x_noisy], dim=2)
     sigma_in = torch.cat([torch.zeros_like(sigma[:, :1]), sigma], dim=1)
-    anchor = torch.cat([latents[:, :, :1], chunk_anchors(latents, chunk)], dim=2)
+    anchor = torch.cat([seen[:, :, :1], chunk_anchors(seen, chunk)], dim=2)
     aux_sigma = sigma if aux_sigma_chunks is None else aux_sigma_chunks.repeat_interleave(chunk, dim=1)
     inputs = dict(inputs or {})
     aux_in = aux_anchor = aux_sigma_in = None
@@ -125,6 +133,12 @@ def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_ma
         mse_x0 = (pred.x0[:, :, 1:] - x0).pow(2).mean()
     stats = {"loss": float(loss.detach()), "video_loss": float(video_loss.detach()), **stats, "mse_x0": float(mse_x0)}
     return LossOutput(loss, stats, pred)
+
+
+def draw_context_noise(generator: torch.Generator, batch: int, context_shape, level: float):
+    """Context noise levels (B,) uniform in [0, level] and the noise (B, *context_shape)."""
+    sigma = torch.rand((batch,), generator=generator) * level
+    return sigma, torch.randn((batch, *context_shape), generator=generator)
 
 
 def draw_state_sigmas(generator: torch.Generator, batch: int, chunks: int, shift: float,

@@ -38,7 +38,7 @@ from actionparty.train.checkpoint import (
 )
 from actionparty.train.distributed import DistInfo, init_distributed, rank_slice, shutdown_distributed, step_generator
 from actionparty.train.ema import EMA
-from actionparty.train.objective import draw_noise, draw_state_sigmas, flow_matching_loss
+from actionparty.train.objective import draw_context_noise, draw_noise, draw_state_sigmas, flow_matching_loss
 
 
 class StepBatchSampler(torch.utils.data.Sampler):
@@ -207,13 +207,20 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
                 (cfg.clip_steps, PLAYER_SLOTS, core.aux_dim) if core.aux_dim else None)
             aux_sigma = (draw_state_sigmas(g, cfg.batch_size, chunks, cfg.timestep_shift, cfg.state_clean_fraction)
                          if state_first else None)
+            context_sigma = context_noise = None
+            if cfg.context_noise > 0:
+                context_sigma, context_noise = draw_context_noise(g, cfg.batch_size, (latents.shape[1], 1,
+                                                                                      *latents.shape[3:]),
+                                                                  cfg.context_noise)
+                context_sigma, context_noise = context_sigma[part].to(device), context_noise[part].to(device)
             inputs = core.inputs_from_batch(batch, device) if hasattr(core, "inputs_from_batch") else None
             with autocast:
                 result = flow_matching_loss(model, latents, emb, emb_mask, cfg, sigma[part].to(device),
                                             noise[part].to(device), inputs,
                                             None if aux_noise is None else aux_noise[part].to(device),
                                             getattr(cfg, "state_loss_weight", 0.0),
-                                            None if aux_sigma is None else aux_sigma[part].to(device))
+                                            None if aux_sigma is None else aux_sigma[part].to(device),
+                                            context_sigma, context_noise)
             optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.grad_clip)
