@@ -253,3 +253,29 @@ def test_state_first_examples_split_the_video_and_state_losses():
     torch.testing.assert_close(seen["aux_sigma"][:, 1], torch.tensor([0.0, 0.6]))
     torch.testing.assert_close(torch.tensor(out.stats["video_loss"]), torch.tensor(0.25))  # (0.5 - 0)^2, clip 0 only
     torch.testing.assert_close(torch.tensor(out.stats["state_loss"]), torch.tensor(0.25 ** 2 / 6))  # clip 1 only
+
+
+def test_context_noise_reaches_the_input_and_anchor_but_not_the_target():
+    from types import SimpleNamespace
+
+    from actionparty.train.objective import draw_context_noise, flow_matching_loss
+
+    seen = {}
+
+    class Fixed(torch.nn.Module):  # predicts x0 = the anchor (copy the context)
+        aux_dim, chunk_frames, context_frame, prediction = 0, 1, 0, "x0"
+
+        def forward(self, x, sigma, anchor, text, text_mask, **_):
+            seen.update(x=x, anchor=anchor)
+            return SimpleNamespace(x0=anchor.clone(), velocity=torch.zeros_like(x))
+
+    latents = torch.zeros(2, 3, 2, 4, 4)
+    cfg = SimpleNamespace(loss_space="x0", change_weight=0.0, min_sigma=0.05)
+    level, noise = draw_context_noise(torch.Generator().manual_seed(0), 2, (3, 1, 4, 4), 0.1)
+    assert (level >= 0).all() and (level <= 0.1).all()
+    out = flow_matching_loss(Fixed(), latents, None, None, cfg, torch.full((2, 1), 0.5), torch.zeros(2, 3, 1, 4, 4),
+                             context_sigma=level, context_noise=noise)
+    noisy = level[:, None, None, None, None] * noise  # (1 - level) * 0 + level * noise
+    torch.testing.assert_close(seen["x"][:, :, :1], noisy)
+    torch.testing.assert_close(seen["anchor"][:, :, 1:], noisy)  # frame 1 starts from the noised context
+    torch.testing.assert_close(out.loss, noisy.pow(2).mean())  # against the clean frame 1 (all zeros)
