@@ -4,8 +4,8 @@ For each player slot p (8 slots; absent players masked) and latent frame t, a **
 carries the player's state s(t, p) = (x, y, facing):
 
 * ``state vector``: x, y in cell units about the canvas centre and the facing one-hot scaled
-  to {-1, 1} (6 numbers), denoised jointly with the video at its frame's noise level (the
-  context frame's state is clean);
+  to {-1, 1} (6 numbers), denoised with the video (at its frame's noise level, or first, with
+  ``state_first``; the context frame's state is clean);
 * ``input`` = embed(noisy state - previous state) + embed(action a(t, p)) + embed(slot p)
   + embed(the player's clean previous facing) + embed(action, previous facing) — actions are
   relative to the facing, and the joint embedding hands the network the move an action makes
@@ -176,6 +176,7 @@ class ActionWorldModel(WorldModel):
         c = conditioning
         if c.kind == "subject":
             self.aux_dim = STATE_DIM if c.state else 0
+            self.state_first = c.state and c.state_first
             self.action_embed = nn.Embedding(NO_ACTION + 1, dim)
             self.slot_embed = nn.Embedding(PLAYER_SLOTS, dim)
             self.facing_embed = nn.Embedding(4, dim)
@@ -284,7 +285,7 @@ class ActionWorldModel(WorldModel):
         mask = and_masks(self.dit.default_attn_mask(layout, *window), self.subject_mask(layout, present))
         kwargs = {"extra": extra, "attn_mask": mask}
         if c.mca != "none":
-            kwargs["extra_cross_ctx"] = self.action_payload(actions, present, anchor, frames, layout)
+            kwargs["extra_cross_ctx"] = self.action_payload(actions, present, anchor, facing, frames, layout)
         if c.state_render:
             grid_hw = layout.grid[1:]
             look = seen.unflatten(-1, (GLIMPSE_CELLS, -1))[..., GLIMPSE_CELLS // 2, :]  # (B, T, S, C) own cell
@@ -339,12 +340,11 @@ class ActionWorldModel(WorldModel):
             mask = mask & isolate[None]
         return mask
 
-    def action_payload(self, actions, present, anchor, frames, layout) -> dict[str, torch.Tensor]:
+    def action_payload(self, actions, present, anchor, facing, frames, layout) -> dict[str, torch.Tensor]:
         """Action tokens of this call for MCA: embeddings, rotary angles at the players'
         reference positions, and the (B, Nv, T*S) mask."""
         b, t, s = actions.shape
         slots = torch.arange(s, device=actions.device)
-        facing = anchor[..., 2:].argmax(-1)
         tokens = (self.mca_action_embed(actions * 4 + facing) + self.mca_slot_embed(slots)[None, None]).flatten(1, 2)
         cos, sin = self.dit.rope(self._positions(frames, anchor, True).flatten(1, 2))
         key_ok = present[:, None, :].expand(b, t, s).flatten(1)  # (B, T*S)

@@ -53,6 +53,8 @@ def to_x0_and_velocity(out: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, 
 class WorldModel(nn.Module):
     # Size of the per-player state denoised jointly with the video (0: none; see model.subjects).
     aux_dim = 0
+    # The state has its own noise level and is finished before the video (model.subjects).
+    state_first = False
 
     def __init__(self, dit: WanDiT, prediction: str = "x0", residual_prior: bool = True, min_sigma: float = 1e-3):
         super().__init__()

@@ -64,8 +64,6 @@ def rollout(model, context: torch.Tensor, steps: int, text: torch.Tensor, text_m
     frame0 = model.context_frame
     frames, states, frame_actions = [context], [context_state], []
     has_aux = model.aux_dim > 0 and context_state is not None
-    conditioning = getattr(model, "conditioning", None)
-    state_first = has_aux and conditioning is not None and conditioning.state_first
     cache = model.dit.new_kv_cache(window_frames=window_frames) if use_cache else None
 
     def sigma_of(value: float, n: int) -> torch.Tensor:
@@ -101,7 +99,7 @@ def rollout(model, context: torch.Tensor, steps: int, text: torch.Tensor, text_m
             return _uncached(model, x, sig, anchor, txt, offset, frames, states, frame_actions, step_actions,
                              present, aux, aux_anchor, has_aux, context_state, window_frames, aux_sig)
 
-        if state_first:
+        if has_aux and model.state_first:
             # The states first, the video still pure noise; then the video, drawn from the finished states.
             for i in range(len(state_sigmas) - 1):
                 pred = denoise(x, sigma_of(1.0, chunk), aux, sigma_of(state_sigmas[i], chunk))

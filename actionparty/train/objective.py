@@ -73,11 +73,14 @@ def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_ma
         raise ValueError(f"clip of {k} steps is not a whole number of {chunk}-frame chunks")
     sigma = sigma_chunks.repeat_interleave(chunk, dim=1)  # (B, K)
     video_keep = torch.ones_like(sigma)
-    if aux_sigma_chunks is not None:
+    if aux_sigma_chunks is None:
+        aux_sigma = sigma
+    else:
         # State-first: a frame whose state is noisy is a state-denoising example, as in the first
         # sampling pass (video still pure noise, no video loss); one whose state is clean is a
         # video example, as in the second (no state loss).
-        state_example = aux_sigma_chunks.repeat_interleave(chunk, dim=1) > 0
+        aux_sigma = aux_sigma_chunks.repeat_interleave(chunk, dim=1)
+        state_example = aux_sigma > 0
         sigma = torch.where(state_example, torch.ones_like(sigma), sigma)
         video_keep = (~state_example).float()
     x0 = latents[:, :, 1:]
@@ -89,7 +92,6 @@ def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_ma
     x_in = torch.cat([seen[:, :, :1], x_noisy], dim=2)
     sigma_in = torch.cat([torch.zeros_like(sigma[:, :1]), sigma], dim=1)
     anchor = torch.cat([seen[:, :, :1], chunk_anchors(seen, chunk)], dim=2)
-    aux_sigma = sigma if aux_sigma_chunks is None else aux_sigma_chunks.repeat_interleave(chunk, dim=1)
     inputs = dict(inputs or {})
     aux_in = aux_anchor = aux_sigma_in = None
     states = inputs.pop("state", None)

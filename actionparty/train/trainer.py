@@ -182,8 +182,6 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if profile.model.precision == "bf16" and device.type == "cuda" else nullcontext())
     chunks = cfg.clip_steps // core.chunk_frames
-    conditioning = getattr(core, "conditioning", None)
-    state_first = bool(core.aux_dim and conditioning is not None and conditioning.state_first)
 
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train {job.stage}", unit="step",
                disable=not (job.progress and info.is_main))
@@ -206,7 +204,7 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
                 g, cfg.batch_size, chunks, (latents.shape[1], cfg.clip_steps, *latents.shape[3:]), cfg.timestep_shift,
                 (cfg.clip_steps, PLAYER_SLOTS, core.aux_dim) if core.aux_dim else None)
             aux_sigma = (draw_state_sigmas(g, cfg.batch_size, chunks, cfg.timestep_shift, cfg.state_clean_fraction)
-                         if state_first else None)
+                         if core.state_first else None)
             context_sigma = context_noise = None
             if cfg.context_noise > 0:
                 context_sigma, context_noise = draw_context_noise(g, cfg.batch_size, (latents.shape[1], 1,
