@@ -141,6 +141,12 @@ class TrainConfig(StrictModel):
     # Training contexts are noised at a level drawn uniformly in [0, context_noise] (the model is
     # not told): it learns to draw the next frame from an imperfect one, as in a rollout.
     context_noise: Annotated[float, Field(ge=0, le=1)]
+    # This share of the training clips gets, as its context, the model's own drawing of the
+    # context frame from the frame before it (current weights, no gradient, ``self_context_steps``
+    # Euler steps; a state model draws it from the true state): the model learns to continue from
+    # its own sprites, as it must in a rollout. Costs one extra frame per clip and the sampling.
+    self_context: Annotated[float, Field(ge=0, le=1)]
+    self_context_steps: PositiveInt
     log_every: PositiveInt
     checkpoint_every: PositiveInt
     seed: Annotated[int, Field(ge=0)]
@@ -214,6 +220,9 @@ class RolloutConfig(StrictModel):
     timestep_shift: Annotated[float, Field(gt=0)]
     window_frames: PositiveInt | None = None  # earlier latent frames kept in the KV cache (default: clip_steps)
     horizons: list[PositiveInt]
+    # Models rolled out at every horizon (a seed run follows its variant); the others only at
+    # the shortest one. Default: every model.
+    long_horizon_models: list[str] | None = None
     clips_per_game: PositiveInt  # test windows rolled out per game and horizon
     sample_clips: PositiveInt  # clips drawn into the sample figures/GIFs
     curve_windows_per_game: PositiveInt  # test windows per game of a learning-curve point (MA, BA)
@@ -254,7 +263,17 @@ class Profile(StrictModel):
                 raise ValueError(f"seed_runs: {run!r} is not <variant>-s<k> with k >= 1 and a variant of 'variants'")
         if len(set(self.seed_runs)) != len(self.seed_runs):
             raise ValueError("seed_runs: a run is listed twice")
+        for name in self.rollout.long_horizon_models or []:
+            if name not in self.variants + list(UNTRAINED_MODELS):
+                raise ValueError(f"rollout.long_horizon_models: {name!r} is not a variant of 'variants' "
+                                 f"nor one of {', '.join(UNTRAINED_MODELS)}")
         return self
+
+    def horizons_of(self, model: str) -> list[int]:
+        """The horizons a model (a variant, a seed run, or an untrained model) is rolled out at."""
+        horizons = sorted(self.rollout.horizons)
+        wanted = self.rollout.long_horizon_models
+        return horizons if wanted is None or split_run(model)[0] in wanted else horizons[:1]
 
     @property
     def canvas_px(self) -> int:

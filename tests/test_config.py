@@ -54,6 +54,7 @@ def _write(tmp_path, repo, edit):
         (lambda d: d.update(seed_runs=["nope-s1"]), r"seed_runs: 'nope-s1' is not <variant>-s<k>"),
         (lambda d: d.update(seed_runs=["full-s1", "full-s1"]), r"seed_runs: a run is listed twice"),
         (lambda d: d["finetune"].update(loss_space="pixels"), r"finetune.loss_space: Input should be"),
+        (lambda d: d["rollout"].update(long_horizon_models=["nope"]), r"long_horizon_models: 'nope' is not a variant"),
     ],
 )
 def test_bad_profile_is_refused_with_key(tmp_path, repo, edit, message):
@@ -65,6 +66,17 @@ def test_run_names_split_into_variant_and_seed_offset():
     assert split_run("full") == ("full", 0)
     assert split_run("global_action-s2") == ("global_action", 2)
     assert split_run("no_rope_sa-s10") == ("no_rope_sa", 10)
+
+
+def test_long_horizons_are_for_the_listed_models_and_their_seed_runs(tmp_path, repo):
+    def edit(d):
+        d["rollout"].update(horizons=[20, 4], long_horizon_models=["full", "static"])
+
+    profile = load_profile(_write(tmp_path, repo, edit))
+    assert profile.horizons_of("full") == profile.horizons_of("full-s1") == profile.horizons_of("static") == [4, 20]
+    assert profile.horizons_of("no_msa") == profile.horizons_of("pretrained_ar") == [4]
+    everyone = load_profile(_write(tmp_path, repo, lambda d: d["rollout"].update(horizons=[20, 4])))
+    assert everyone.horizons_of("no_msa") == [4, 20]
 
 
 def test_unknown_game_is_refused(tmp_path, repo):

@@ -111,7 +111,8 @@ def test_x0_loss_space_is_the_plain_weighted_x0_error():
 
 
 def test_torchrun_two_processes_equal_one_process(tmp_path, train_lmdb):
-    profile, path = smoke_profile(tmp_path, steps=3, batch_size=4, checkpoint_every=10)
+    # with self-generated contexts: each process draws the contexts of its own clips
+    profile, path = smoke_profile(tmp_path, steps=3, batch_size=4, checkpoint_every=10, self_context=0.5)
     train(TrainJob(profile, profile.pretrain, train_lmdb, tmp_path / "single", "exp-138", build_world_model,
                    progress=False))
     run = subprocess.run(
@@ -279,3 +280,55 @@ def test_context_noise_reaches_the_input_and_anchor_but_not_the_target():
     torch.testing.assert_close(seen["x"][:, :, :1], noisy)
     torch.testing.assert_close(seen["anchor"][:, :, 1:], noisy)  # frame 1 starts from the noised context
     torch.testing.assert_close(out.loss, noisy.pow(2).mean())  # against the clean frame 1 (all zeros)
+
+
+def _random_state_model(tmp_path):
+    profile, _ = smoke_profile(tmp_path)
+    model, codec, text = build_world_model(profile, variant=load_variant("full", REPO / "params/variants"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    return model.eval(), codec, text
+
+
+def test_own_context_frame_is_what_a_rollout_draws(tmp_path):
+    """Self-generated training contexts: the frame drawn from the frame before it, given the
+    state the rollout finished with, is the rollout's own frame (same noise, same steps)."""
+    from actionparty.model.subjects import NO_ACTION
+    from actionparty.train.objective import draw_own_frame
+
+    model, codec, text = _random_state_model(tmp_path)
+    context = codec.encode(torch.randint(0, 255, (2, 1, 3, 96, 96), dtype=torch.uint8))
+    emb, mask = text(["coins", "clean_up"])
+    present = torch.zeros(2, 8, dtype=torch.bool)
+    present[:, :2] = True
+    state = model.grid.encode(torch.tensor([[3.0, 4.0], [6.0, 2.0]] + [[0.0, 0.0]] * 6), torch.zeros(8))
+    state = state.expand(2, 1, 8, 6).clone()
+    actions = torch.randint(0, 7, (2, 1, 8))
+    out = rollout(model, context, 1, emb, mask, generator=torch.Generator().manual_seed(1), sampling_steps=3,
+                  state_sampling_steps=1, shift=3.0, window_frames=1, actions=actions, present=present,
+                  context_state=state)
+    noise = torch.randn(context.shape, generator=torch.Generator().manual_seed(1))  # the rollout's first draw
+    inputs = {"state": out.states, "actions": torch.cat([torch.full_like(actions, NO_ACTION), actions], dim=1),
+              "present": present}
+    drawn = draw_own_frame(model, torch.cat([context, context], dim=2), emb, mask, inputs, noise, None, 3, 3.0)
+    torch.testing.assert_close(drawn, out.latents[:, :, 1:], rtol=1e-4, atol=1e-4)
+    # the state decides what is drawn
+    moved = out.states.clone()
+    moved[:, 1, 0, :2] += 0.5
+    other = draw_own_frame(model, torch.cat([context, context], dim=2), emb, mask, {**inputs, "state": moved}, noise,
+                           None, 3, 3.0)
+    assert not torch.allclose(other, drawn, atol=1e-4)
+
+
+def test_first_step_split_continues_the_clip(train_lmdb):
+    from actionparty.data.lmdb_dataset import ClipDataset, split_first_step
+
+    long, short = ClipDataset(train_lmdb, clip_steps=2), ClipDataset(train_lmdb, clip_steps=1)
+    batch = torch.utils.data.default_collate([long.clip(1, 2)])
+    first, rest = split_first_step(batch)
+    for part, start in ((first, 2), (rest, 3)):
+        expected = short.clip(1, start)
+        for key, value in expected.items():
+            torch.testing.assert_close(part[key][0], value, msg=key)

@@ -36,11 +36,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,12 +58,18 @@ def profile_file(profile: str) -> str:
 
 
 def expand_targets(targets: list[str], profile_path: str) -> list[str]:
-    """Expand ``{horizon}`` over the profile's rollout horizons and ``{swap_horizon}`` to the shortest."""
-    with open(REPO / profile_path) as f:
-        horizons = sorted(int(h) for h in yaml.safe_load(f)["rollout"]["horizons"])
+    """Expand ``{horizon}`` over the rollout horizons of the target's model (every horizon of the
+    profile, or the shortest only: ``rollout.long_horizon_models``) and ``{swap_horizon}`` to the
+    shortest."""
+    from actionparty.config import load_profile
+
+    profile = load_profile(REPO / profile_path)
+    shortest = min(profile.rollout.horizons)
     out = []
     for target in targets:
-        target = target.replace("{swap_horizon}", str(horizons[0]))
+        target = target.replace("{swap_horizon}", str(shortest))
+        model = re.search(r"results/rollouts/([^/]+)/", target)
+        horizons = profile.horizons_of(model.group(1)) if model else sorted(profile.rollout.horizons)
         out += [target.replace("{horizon}", str(h)) for h in horizons] if "{horizon}" in target else [target]
     return out
 

@@ -281,6 +281,23 @@ class ClipDataset(torch.utils.data.Dataset):
         }
 
 
+# Batch fields with one entry per frame (1 + K) and per step (K), as ClipDataset returns them.
+FRAME_FIELDS = ("frames", "position", "facing", "visible")
+STEP_FIELDS = ("actions", "interact_effect")
+
+
+def split_first_step(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A batch of (1 + K)-step clips -> (the one-step clips of their first step, the K-step clips
+    that follow it, whose context frame is the first clips' last frame)."""
+    first, rest = dict(batch), dict(batch)
+    for key in FRAME_FIELDS:
+        first[key], rest[key] = batch[key][:, :2], batch[key][:, 1:]
+    for key in STEP_FIELDS:
+        first[key], rest[key] = batch[key][:, :1], batch[key][:, 1:]
+    rest["start"] = batch["start"] + 1
+    return first, rest
+
+
 def verify_lmdb(path: str | Path, progress: bool = True) -> dict:
     """Read every record and check its checksum and size; return the meta."""
     path = Path(path)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from actionparty.train.flow import add_noise, sample_sigmas
+from actionparty.train.flow import add_noise, euler_step, sample_sigmas, sampling_sigmas
 
 
 @dataclass
@@ -135,6 +135,40 @@ def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_ma
         mse_x0 = (pred.x0[:, :, 1:] - x0).pow(2).mean()
     stats = {"loss": float(loss.detach()), "video_loss": float(video_loss.detach()), **stats, "mse_x0": float(mse_x0)}
     return LossOutput(loss, stats, pred)
+
+
+@torch.no_grad()
+def draw_own_frame(model, latents: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None,
+                   inputs: dict[str, Any] | None, noise: torch.Tensor, aux_noise: torch.Tensor | None,
+                   steps: int, shift: float) -> torch.Tensor:
+    """The model's own drawing of frame 1 of two-frame clips from their clean frame 0, as a
+    rollout draws it: ``steps`` Euler steps from ``noise`` (B, C, 1, h, w). A state-first model
+    draws it from the true state of frame 1 (given clean); a model that denoises its states with
+    the video denoises them from ``aux_noise`` (B, 1, S, D) alongside. Returns (B, C, 1, h, w)."""
+    core = getattr(model, "module", model)
+    b = latents.shape[0]
+    context = latents[:, :, :1]
+    anchor = context.expand(-1, -1, 2, -1, -1)  # the context is its own anchor, and frame 1's
+    inputs = dict(inputs or {})
+    states = inputs.pop("state", None)
+    aux = aux_anchor = None
+    if states is not None:
+        aux_anchor = states[:, :1].expand(-1, 2, -1, -1)
+        if core.aux_dim:
+            aux = states[:, 1:] if core.state_first else states[:, :1] + aux_noise
+    sigmas = sampling_sigmas(steps, shift, device=latents.device)
+    zero = torch.zeros((b, 1), device=latents.device)
+    x = noise
+    for i in range(steps):
+        sigma = torch.cat([zero, torch.full_like(zero, float(sigmas[i]))], dim=1)
+        aux_sigma = torch.zeros_like(sigma) if core.state_first else sigma
+        pred = core(torch.cat([context, x], dim=2), sigma, anchor, text, text_mask, frame_offset=core.context_frame,
+                    inputs=inputs, aux=None if aux is None else torch.cat([states[:, :1], aux], dim=1),
+                    aux_anchor=aux_anchor, aux_sigma=aux_sigma)
+        x = euler_step(x, pred.x0[:, :, 1:], sigmas[i], sigmas[i + 1])
+        if aux is not None and not core.state_first:
+            aux = euler_step(aux, pred.aux_x0[:, 1:], sigmas[i], sigmas[i + 1])
+    return x
 
 
 def draw_context_noise(generator: torch.Generator, batch: int, context_shape, level: float):

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from actionparty.atomic import write_text
 from actionparty.config import Profile, TrainConfig
-from actionparty.data.lmdb_dataset import ClipDataset
+from actionparty.data.lmdb_dataset import ClipDataset, split_first_step
 from actionparty.games.actions import PLAYER_SLOTS
 from actionparty.train.checkpoint import (
     check_compatible,
@@ -38,7 +38,13 @@ from actionparty.train.checkpoint import (
 )
 from actionparty.train.distributed import DistInfo, init_distributed, rank_slice, shutdown_distributed, step_generator
 from actionparty.train.ema import EMA
-from actionparty.train.objective import draw_context_noise, draw_noise, draw_state_sigmas, flow_matching_loss
+from actionparty.train.objective import (
+    draw_context_noise,
+    draw_noise,
+    draw_own_frame,
+    draw_state_sigmas,
+    flow_matching_loss,
+)
 
 
 class StepBatchSampler(torch.utils.data.Sampler):
@@ -95,6 +101,31 @@ def load_model_weights(model: torch.nn.Module, state: dict, use_ema: bool = True
     return model.load_state_dict(weights, strict=strict)
 
 
+def _own_contexts(core, first: dict, g: torch.Generator, cfg: TrainConfig, part: slice, shape, codec, text,
+                  games: list[str], device):
+    """Self-generated contexts: which of this rank's clips get one (a ``cfg.self_context`` share
+    of the global batch) and the model's own drawing of their context frame from the frame
+    before it (:func:`draw_own_frame`); None when no clip does. Draws from ``g`` in the same
+    order on every rank, so a split run sees what a single process sees."""
+    b = cfg.batch_size
+    chosen = torch.rand((b,), generator=g) < cfg.self_context
+    noise = torch.randn((b, shape[1], 1, *shape[3:]), generator=g)
+    aux_noise = torch.randn((b, 1, PLAYER_SLOTS, core.aux_dim), generator=g) if core.aux_dim else None
+    pick = chosen[part].nonzero().flatten()
+    if not len(pick):
+        return None
+    sub = {k: v[pick] for k, v in first.items()}
+    with torch.no_grad():
+        latents = codec.encode(sub["frames"].to(device))
+    emb, emb_mask = text([games[int(i)] for i in sub["game"]], actions=sub["actions"], present=sub["present"],
+                         device=device)
+    inputs = core.inputs_from_batch(sub, device) if hasattr(core, "inputs_from_batch") else None
+    drawn = draw_own_frame(core, latents, emb, emb_mask, inputs, noise[part][pick].to(device),
+                           None if aux_noise is None else aux_noise[part][pick].to(device),
+                           cfg.self_context_steps, cfg.timestep_shift)
+    return pick.to(device), drawn
+
+
 def train(job: TrainJob) -> Path:
     info: DistInfo = init_distributed()
     try:
@@ -115,7 +146,9 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
     # The log grows in work/ (kept across a resume) and is copied next to the final checkpoint.
     final, last, log_path = out / "checkpoint.pt", work / "last.pt", work / "train_log.jsonl"
 
-    dataset = ClipDataset(job.train_lmdb, clip_steps=cfg.clip_steps, expect_canvas_px=profile.canvas_px)
+    # Self-generated contexts need the frame before each clip's context: clips one step longer.
+    lead = 1 if cfg.self_context > 0 else 0
+    dataset = ClipDataset(job.train_lmdb, clip_steps=cfg.clip_steps + lead, expect_canvas_px=profile.canvas_px)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model, codec, text = job.build(profile, device)
     games = dataset.games
@@ -194,6 +227,8 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
                 break
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, cfg)
+            if lead:
+                first, batch = split_first_step(batch)
             frames = batch["frames"].to(device)
             with torch.no_grad():
                 latents = codec.encode(frames)
@@ -211,6 +246,11 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
                                                                                       *latents.shape[3:]),
                                                                   cfg.context_noise)
                 context_sigma, context_noise = context_sigma[part].to(device), context_noise[part].to(device)
+            if lead:
+                own = _own_contexts(core, first, g, cfg, part, latents.shape, codec, text, games, device)
+                if own is not None:
+                    pick, drawn = own
+                    latents[pick, :, :1] = drawn
             inputs = core.inputs_from_batch(batch, device) if hasattr(core, "inputs_from_batch") else None
             with autocast:
                 result = flow_matching_loss(model, latents, emb, emb_mask, cfg, sigma[part].to(device),

@@ -31,7 +31,7 @@ rule metrics:
     input:
         test="data/lmdb/test.lmdb",
         detectors="results/detectors/detectors.pt",
-        rollouts=expand("results/rollouts/{{model}}/h{horizon}.npz", horizon=HORIZONS),
+        rollouts=lambda wc: rollout_files([wc.model]),
         swaps=f"results/rollouts/{{model}}/h{SWAP_HORIZON}_swap.npz",
     output:
         "results/metrics/{model}.json",

@@ -8,6 +8,11 @@ MODELS = RUNS + ["pretrained_ar", "static"]
 HORIZONS = [int(h) for h in config["rollout"]["horizons"]]
 
 
+def rollout_files(models):
+    """The rollouts of ``models``, each at its horizons (profile key rollout.long_horizon_models)."""
+    return [f"results/rollouts/{m}/h{h}.npz" for m in models for h in PROFILE.horizons_of(m)]
+
+
 wildcard_constraints:
     variant="|".join(RUNS),
     model="|".join(MODELS),
@@ -86,5 +91,5 @@ rule finetune:
 
 rule rollouts:
     input:
-        expand("results/rollouts/{model}/h{horizon}.npz", model=MODELS, horizon=HORIZONS),
+        rollout_files(MODELS),
         expand("results/rollouts/{model}/h{horizon}_swap.npz", model=MODELS, horizon=min(HORIZONS)),

@@ -16,7 +16,7 @@ rule report_build:
         metrics=expand("results/metrics/{model}.json", model=MODELS + ["oracle"]),
         logs=["results/exp-138/train_log.jsonl"] + expand("results/finetune/{variant}/train_log.jsonl", variant=VARIANTS),
         curves=CURVES,
-        rollouts=expand("results/rollouts/{model}/h{horizon}.npz", model=MODELS, horizon=HORIZONS),
+        rollouts=rollout_files(MODELS),
         detectors="results/detectors/detectors.pt",
         test="data/lmdb/test.lmdb",
     output:
