@@ -221,8 +221,8 @@ class RolloutConfig(StrictModel):
     window_frames: PositiveInt | None = None  # earlier latent frames kept in the KV cache (default: clip_steps)
     horizons: list[PositiveInt]
     # Models rolled out at every horizon (a seed run follows its variant); the others only at
-    # the shortest one. Default: every model.
-    long_horizon_models: list[str] | None = None
+    # the shortest one. null: every model. Required, so a profile never inherits another's list.
+    long_horizon_models: list[str] | None
     clips_per_game: PositiveInt  # test windows rolled out per game and horizon
     sample_clips: PositiveInt  # clips drawn into the sample figures/GIFs
     curve_windows_per_game: PositiveInt  # test windows per game of a learning-curve point (MA, BA)
