@@ -312,12 +312,12 @@ def test_own_context_frame_is_what_a_rollout_draws(tmp_path):
     noise = torch.randn(context.shape, generator=torch.Generator().manual_seed(1))  # the rollout's first draw
     inputs = {"state": out.states, "actions": torch.cat([torch.full_like(actions, NO_ACTION), actions], dim=1),
               "present": present}
-    drawn = draw_own_frame(model, torch.cat([context, context], dim=2), emb, mask, inputs, noise, None, 3, 3.0)
+    drawn = draw_own_frame(model, context, emb, mask, inputs, noise, None, 3, 3.0)
     torch.testing.assert_close(drawn, out.latents[:, :, 1:], rtol=1e-4, atol=1e-4)
     # the state decides what is drawn
     moved = out.states.clone()
     moved[:, 1, 0, :2] += 0.5
-    other = draw_own_frame(model, torch.cat([context, context], dim=2), emb, mask, {**inputs, "state": moved}, noise,
+    other = draw_own_frame(model, context, emb, mask, {**inputs, "state": moved}, noise,
                            None, 3, 3.0)
     assert not torch.allclose(other, drawn, atol=1e-4)
 

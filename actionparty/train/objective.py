@@ -138,16 +138,16 @@ def flow_matching_loss(model, latents: torch.Tensor, text: torch.Tensor, text_ma
 
 
 @torch.no_grad()
-def draw_own_frame(model, latents: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None,
+def draw_own_frame(model, context: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None,
                    inputs: dict[str, Any] | None, noise: torch.Tensor, aux_noise: torch.Tensor | None,
                    steps: int, shift: float) -> torch.Tensor:
-    """The model's own drawing of frame 1 of two-frame clips from their clean frame 0, as a
-    rollout draws it: ``steps`` Euler steps from ``noise`` (B, C, 1, h, w). A state-first model
-    draws it from the true state of frame 1 (given clean); a model that denoises its states with
-    the video denoises them from ``aux_noise`` (B, 1, S, D) alongside. Returns (B, C, 1, h, w)."""
+    """The model's own drawing of the frame after the clean ``context`` (B, C, 1, h, w), as a
+    rollout draws it: ``steps`` Euler steps from ``noise`` (B, C, 1, h, w). ``inputs`` are those
+    of the two-frame clips (context, drawn frame). A state-first model draws it from the true
+    state of the drawn frame (given clean); a model that denoises its states with the video
+    denoises them from ``aux_noise`` (B, 1, S, D) alongside. Returns (B, C, 1, h, w)."""
     core = getattr(model, "module", model)
-    b = latents.shape[0]
-    context = latents[:, :, :1]
+    b = context.shape[0]
     anchor = context.expand(-1, -1, 2, -1, -1)  # the context is its own anchor, and frame 1's
     inputs = dict(inputs or {})
     states = inputs.pop("state", None)
@@ -156,8 +156,8 @@ def draw_own_frame(model, latents: torch.Tensor, text: torch.Tensor, text_mask: 
         aux_anchor = states[:, :1].expand(-1, 2, -1, -1)
         if core.aux_dim:
             aux = states[:, 1:] if core.state_first else states[:, :1] + aux_noise
-    sigmas = sampling_sigmas(steps, shift, device=latents.device)
-    zero = torch.zeros((b, 1), device=latents.device)
+    sigmas = sampling_sigmas(steps, shift, device=context.device)
+    zero = torch.zeros((b, 1), device=context.device)
     x = noise
     for i in range(steps):
         sigma = torch.cat([zero, torch.full_like(zero, float(sigmas[i]))], dim=1)

@@ -115,12 +115,12 @@ def _own_contexts(core, first: dict, g: torch.Generator, cfg: TrainConfig, part:
     if not len(pick):
         return None
     sub = {k: v[pick] for k, v in first.items()}
-    with torch.no_grad():
-        latents = codec.encode(sub["frames"].to(device))
+    with torch.no_grad():  # only the frame before the context: the context's own latent is redrawn
+        context = codec.encode(sub["frames"][:, :1].to(device))
     emb, emb_mask = text([games[int(i)] for i in sub["game"]], actions=sub["actions"], present=sub["present"],
                          device=device)
     inputs = core.inputs_from_batch(sub, device) if hasattr(core, "inputs_from_batch") else None
-    drawn = draw_own_frame(core, latents, emb, emb_mask, inputs, noise[part][pick].to(device),
+    drawn = draw_own_frame(core, context, emb, emb_mask, inputs, noise[part][pick].to(device),
                            None if aux_noise is None else aux_noise[part][pick].to(device),
                            cfg.self_context_steps, cfg.timestep_shift)
     return pick.to(device), drawn
