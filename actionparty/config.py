@@ -162,6 +162,8 @@ class FinetuneConfig(TrainConfig):
     # finished state); the others draw the state's noise level independently of the video's.
     state_clean_fraction: Annotated[float, Field(ge=0, le=1)]
     curve_every: Annotated[int, Field(ge=0)]  # EMA snapshot every this many steps for the learning curve (0: none)
+    # Variants that keep those snapshots and get a learning curve (their seed runs do not).
+    curve_variants: list[str]
 
 
 class VariantConfig(StrictModel):
@@ -263,6 +265,9 @@ class Profile(StrictModel):
                 raise ValueError(f"seed_runs: {run!r} is not <variant>-s<k> with k >= 1 and a variant of 'variants'")
         if len(set(self.seed_runs)) != len(self.seed_runs):
             raise ValueError("seed_runs: a run is listed twice")
+        for name in self.finetune.curve_variants:
+            if name not in self.variants:
+                raise ValueError(f"finetune.curve_variants: {name!r} is not a variant of 'variants'")
         for name in self.rollout.long_horizon_models or []:
             if name not in self.variants + list(UNTRAINED_MODELS):
                 raise ValueError(f"rollout.long_horizon_models: {name!r} is not a variant of 'variants' "

@@ -55,6 +55,7 @@ def _write(tmp_path, repo, edit):
         (lambda d: d.update(seed_runs=["full-s1", "full-s1"]), r"seed_runs: a run is listed twice"),
         (lambda d: d["finetune"].update(loss_space="pixels"), r"finetune.loss_space: Input should be"),
         (lambda d: d["rollout"].update(long_horizon_models=["nope"]), r"long_horizon_models: 'nope' is not a variant"),
+        (lambda d: d["finetune"].update(curve_variants=["full-s1"]), r"curve_variants: 'full-s1' is not a variant"),
     ],
 )
 def test_bad_profile_is_refused_with_key(tmp_path, repo, edit, message):

@@ -44,9 +44,15 @@ def test_smoke_dag_runs_for_real(smoke_data):
     models = list(profile.variants) + list(profile.seed_runs) + ["pretrained_ar", "static"]
     for variant in profile.variants + profile.seed_runs:
         assert (work / f"results/finetune/{variant}/checkpoint.pt").is_file()
-    # Learning curves: one point per snapshot (every curve_every steps) and the final checkpoint.
+    # Learning curves: one point per snapshot (every curve_every steps) and the final checkpoint,
+    # for finetune.curve_variants only; the other finetunes keep no snapshots.
     steps = profile.finetune.steps
-    for variant in profile.variants:
+    assert set(profile.finetune.curve_variants) < set(profile.variants)
+    for run in profile.variants + profile.seed_runs:
+        kept = sorted(p.name for p in (work / f"results/finetune/{run}/snapshots").glob("step_*.pt"))
+        assert bool(kept) == (run in profile.finetune.curve_variants), (run, kept)
+        assert (work / f"results/finetune/{run}/curve.json").is_file() == (run in profile.finetune.curve_variants)
+    for variant in profile.finetune.curve_variants:
         curve = json.loads((work / f"results/finetune/{variant}/curve.json").read_text())
         assert curve["steps"] == list(range(profile.finetune.curve_every, steps, profile.finetune.curve_every)) + [steps]
         assert len(curve["MA"]) == len(curve["BA"]) == len(curve["steps"])

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from actionparty.atomic import write_text
-from actionparty.config import Profile, TrainConfig
+from actionparty.config import FinetuneConfig, Profile, TrainConfig
 from actionparty.data.lmdb_dataset import ClipDataset, split_first_step
 from actionparty.games.actions import PLAYER_SLOTS
 from actionparty.train.checkpoint import (
@@ -138,10 +138,12 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
     cfg, profile, device = job.cfg, job.profile, info.device
     torch.set_num_threads(profile.resources.train_threads)
     out, work = Path(job.out), Path(job.out) / "work"
-    snapshot_every = getattr(cfg, "curve_every", None)  # finetunes only: learning-curve snapshots
+    # Learning-curve snapshots: finetunes of the variants in finetune.curve_variants only.
+    finetune = isinstance(cfg, FinetuneConfig)
+    snapshot_every = cfg.curve_every if finetune and job.stage in cfg.curve_variants else 0
     if info.is_main:
         work.mkdir(parents=True, exist_ok=True)
-        if snapshot_every is not None:  # a finetune: its snapshots folder exists even when it keeps none
+        if finetune:  # a finetune: its snapshots folder exists even when it keeps none
             (out / "snapshots").mkdir(exist_ok=True)
     # The log grows in work/ (kept across a resume) and is copied next to the final checkpoint.
     final, last, log_path = out / "checkpoint.pt", work / "last.pt", work / "train_log.jsonl"

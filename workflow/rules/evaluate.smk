@@ -100,8 +100,9 @@ rule curve:
         " --test-lmdb {input.test} --detectors {input.detectors} --out {output} --threads {threads} > {log} 2>&1"
 
 
-# Learning curves of the variants (none when the profile keeps no snapshots).
-CURVES = expand("results/finetune/{variant}/curve.json", variant=VARIANTS) if config["finetune"]["curve_every"] else []
+# Learning curves of finetune.curve_variants (none when the profile keeps no snapshots).
+CURVES = expand("results/finetune/{variant}/curve.json",
+                variant=config["finetune"]["curve_variants"] if config["finetune"]["curve_every"] else [])
 
 
 rule combined_metrics:

@@ -5,7 +5,7 @@ REPORT_TABLES = ["main", "ablation", "per_game", "per_player_count", "per_cause"
 # Rollout figures: ActionParty against the global-action baseline when the profile runs them.
 ROLLOUT_FIGURE_MODELS = [m for m in ("full", "global_action") if m in VARIANTS] or VARIANTS[:1]
 REPORT_FIGURES = ["per_player_count", "ma_curve", "training_curves"] + [f"rollout_{m}" for m in ROLLOUT_FIGURE_MODELS]
-if config["finetune"]["curve_every"]:
+if CURVES:
     REPORT_FIGURES.append("learning_curves")
 LONG_HORIZON = max(HORIZONS)
 
