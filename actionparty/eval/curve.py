@@ -1,7 +1,7 @@
 """Learning curves: MA and BA of a finetuning run at its snapshots, on a cheap test subset.
 
-A finetune with ``curve_every > 0`` leaves EMA snapshots ``snapshots/step_NNNNNN.pt`` next to its
-checkpoint. :func:`learning_curve` rolls every snapshot and the final checkpoint out over the
+A finetune of a variant in ``finetune.curve_variants`` (with ``curve_every > 0``) leaves EMA
+snapshots ``snapshots/step_NNNNNN.pt`` next to its checkpoint. :func:`learning_curve` rolls every snapshot and the final checkpoint out over the
 first ``windows_per_game`` test windows per game at the binding-test horizon, once with the
 recorded actions and once with two players' actions swapped, and scores them with the evaluation
 detectors exactly as :mod:`actionparty.eval.evaluate` does. The result
