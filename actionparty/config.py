@@ -161,6 +161,10 @@ class FinetuneConfig(TrainConfig):
     # State-first variants: share of clips whose states are given clean (the video is drawn from a
     # finished state); the others draw the state's noise level independently of the video's.
     state_clean_fraction: Annotated[float, Field(ge=0, le=1)]
+    # The state examples' noise levels: timestep shift of their draw (like timestep_shift). A large
+    # shift keeps them near noise 1, where a one-step state pass (rollout.state_sampling_steps: 1)
+    # draws the state; at lower levels the noisy state gives the move away.
+    state_timestep_shift: Annotated[float, Field(gt=0)]
     curve_every: Annotated[int, Field(ge=0)]  # EMA snapshot every this many steps for the learning curve (0: none)
     # Variants that keep those snapshots and get a learning curve (their seed runs do not).
     curve_variants: list[str]
@@ -181,6 +185,9 @@ class VariantConfig(StrictModel):
     state_first: bool = True
     state_render: bool = True  # (needs state_first) video tokens read the players' states at their cells
     glimpse: bool = True  # state tokens read the previous frame's latents around their player's cell
+    # The state path in the player's own frame: glimpse, state change and state head turned by
+    # its previous facing (actions are relative to it), so a move is the same at every facing.
+    egocentric: bool = True
 
     @model_validator(mode="after")
     def _render_needs_state_first(self):
@@ -195,7 +202,7 @@ class VariantConfig(StrictModel):
         return Conditioning(self.kind, self.state, self.msa, self.mca, self.spatial_rope, state_loss_weight,
                             state_first=subject_state and self.state_first,
                             state_render=subject_state and self.state_render,
-                            glimpse=subject_state and self.glimpse)
+                            glimpse=subject_state and self.glimpse, egocentric=subject_state and self.egocentric)
 
 
 VARIANT_DIR = "params/variants"

@@ -8,7 +8,8 @@ import torch
 
 import actionparty.model.dit as dit_module
 from actionparty.model.dit import make_dit
-from actionparty.model.subjects import NO_ACTION, STATE_DIM, ActionWorldModel, Conditioning, StateGrid
+from actionparty.games.actions import FACING_STEP
+from actionparty.model.subjects import NO_ACTION, STATE_DIM, ActionWorldModel, Conditioning, StateGrid, to_own_frame
 
 S = 8
 GRID = 6  # tokens per side
@@ -265,3 +266,44 @@ def test_glimpse_changes_the_state_tokens_only_through_the_previous_frame():
     near[..., 3, 3] += 3.0  # the cell south-east of the players
     c = model(x, sigma, near, text, None, frame_offset=0, inputs=inputs, aux=aux, aux_anchor=aux)
     assert not torch.allclose(a.raw.extra, c.raw.extra)
+
+
+def test_own_frame_is_the_canvas_turned_by_the_facing():
+    """A north-facing player's "one cell forward, still facing north" is, for a player facing k,
+    FACING_STEP[k] and facing k; the two directions are inverse quarter turns."""
+    grid = StateGrid(canvas_cells=12, grid_side=12)
+    forward_north = grid.encode(torch.tensor([0.0, -1.0]), torch.tensor(0)) - grid.encode(torch.zeros(2), torch.tensor(0))
+    forward_north[2:] = grid.encode(torch.zeros(2), torch.tensor(0))[2:]  # the facing one-hot itself
+    for k in range(4):
+        canvas = to_own_frame(forward_north, torch.tensor(k), inverse=True)
+        assert canvas[:2].tolist() == list(map(float, FACING_STEP[k]))
+        assert int(canvas[2:].argmax()) == k
+    state, facing = torch.randn(5, 3, STATE_DIM), torch.randint(0, 4, (5, 3))
+    torch.testing.assert_close(to_own_frame(to_own_frame(state, facing), facing, inverse=True), state)
+
+
+def test_egocentric_glimpse_reads_the_cells_in_front_first():
+    model = make_model(glimpse=True, egocentric=True)
+    latents = torch.arange(GRID * GRID, dtype=torch.float).view(1, 1, 1, GRID, GRID).expand(1, 12, 1, GRID, GRID)
+    x, y = 2, 3
+    for k, front in enumerate([[(x - 1, y - 1), (x, y - 1), (x + 1, y - 1)],  # facing N: the row above, west to east
+                               [(x + 1, y - 1), (x + 1, y), (x + 1, y + 1)],  # E: the column east, north to south
+                               [(x + 1, y + 1), (x, y + 1), (x - 1, y + 1)],  # S: the row below, east to west
+                               [(x - 1, y + 1), (x - 1, y), (x - 1, y - 1)]]):  # W: the column west, south to north
+        facing = torch.full((1, 1, S), k)
+        state = model.grid.encode(torch.tensor([float(x), float(y)]), torch.tensor(k)).expand(1, 1, S, STATE_DIM)
+        seen = model.glimpse(latents, state, facing).view(1, 1, S, 9, 12)[0, 0, 0, :, 0]
+        assert seen[:3].tolist() == [float(cy * GRID + cx) for cx, cy in front]
+        assert seen[4] == y * GRID + x  # the centre is the player's own cell
+
+
+def test_own_frame_is_on_for_the_state_variants_but_no_egocentric():
+    from pathlib import Path
+
+    from actionparty.config import load_variant
+
+    variants = Path(__file__).resolve().parents[1] / "params/variants"
+    assert load_variant("full", variants).conditioning(1.0).egocentric
+    assert not load_variant("no_egocentric", variants).conditioning(1.0).egocentric
+    assert not load_variant("no_state", variants).conditioning(1.0).egocentric  # nothing to turn
+    assert not load_variant("global_action", variants).conditioning(1.0).egocentric

@@ -23,6 +23,9 @@ carries the player's state s(t, p) = (x, y, facing):
   with the residual prior); loss = video + lambda * state.
 * ``glimpse``: the state token also reads the previous frame's latents at its player's cell and
   the 8 cells around it (what a move would run into; raw latents, no map feature);
+* ``egocentric`` (own frame): the glimpse is read turned by the player's previous facing (its
+  first row is in front of the player), the noisy state change enters turned into that frame and
+  the head's output is turned back (``to_own_frame``), so a move is one case at every facing;
 * ``state_first``: the state has its own noise level; a training clip is either a state example
   (noisy state, video pure noise, state loss) or a video example (clean state, video loss), and
   sampling finishes the states before drawing the video (model.rollout);
@@ -100,6 +103,26 @@ class StateGrid:
         return self.cells_to_grid(self.decode(state)[0]).flip(-1)
 
 
+# Quarter turns clockwise on the canvas (x right, y down): _TURNS[k] takes a north-facing
+# player's frame to the frame of facing k (N, E, S, W), e.g. its forward (0, -1) to FACING_STEP[k].
+_TURNS = torch.tensor([[[1, 0], [0, 1]], [[0, -1], [1, 0]], [[-1, 0], [0, -1]], [[0, 1], [-1, 0]]],
+                      dtype=torch.float32)
+
+
+def to_own_frame(state: torch.Tensor, facing: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """A state (difference) (..., 6) seen by a player facing ``facing`` (...): x, y turned so that
+    its forward is north and its facing one-hot rolled so that its own facing is N.
+    ``inverse``: from the player's frame back to the canvas's. Both are exact (quarter turns)."""
+    turn = _TURNS.to(state.device, state.dtype)[facing]  # (..., 2, 2)
+    if inverse:
+        xy = (turn @ state[..., :2, None])[..., 0]
+        index = (torch.arange(4, device=state.device) - facing[..., None]) % 4
+    else:
+        xy = (turn.transpose(-1, -2) @ state[..., :2, None])[..., 0]
+        index = (torch.arange(4, device=state.device) + facing[..., None]) % 4
+    return torch.cat([xy, state[..., 2:].gather(-1, index)], dim=-1)
+
+
 # ------------------------------------------------------------------------------ variants
 
 
@@ -116,6 +139,7 @@ class Conditioning:
     state_first: bool = False  # the state's noise level is its own; sampling finishes it first
     state_render: bool = False  # video tokens read each player's state at the cell it puts them in
     glimpse: bool = False  # state tokens read the previous frame's latents at and around their cell
+    egocentric: bool = False  # the state path works in each player's own frame (its previous facing)
 
 
 # ------------------------------------------------------------------------------ MCA
@@ -265,14 +289,15 @@ class ActionWorldModel(WorldModel):
         tokens = (self.action_embed(actions) + self.slot_embed(slots)[None, None] + self.facing_embed(facing)
                   + self.turned_action_embed(actions * 4 + facing))
         if c.glimpse or c.state_render:
-            seen = self.glimpse(inputs["video_anchor"], anchor)  # (B, T, S, 9 * C)
+            seen = self.glimpse(inputs["video_anchor"], anchor, facing if c.egocentric else None)  # (B, T, S, 9 * C)
         if c.glimpse:
             tokens = tokens + self.glimpse_in(seen)
         if c.state:
             # The noisy state relative to the previous one: the previous position is in the token
             # only as its rotary position, which attention can compare but not read, so an absolute
             # noisy position would leave the move it implies out of reach of the state head.
-            tokens = tokens + self.state_in(inputs["aux"] - anchor)
+            change = inputs["aux"] - anchor
+            tokens = tokens + self.state_in(to_own_frame(change, facing) if c.egocentric else change)
         extra = ExtraTokens(
             tokens=tokens.flatten(1, 2),
             positions=self._positions(frames, anchor, c.spatial_rope).flatten(1, 2),
@@ -297,14 +322,18 @@ class ActionWorldModel(WorldModel):
             kwargs["out_cond"] = self.render_skip(drawn)
         return kwargs
 
-    def glimpse(self, latents: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    def glimpse(self, latents: torch.Tensor, state: torch.Tensor, facing: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, S, 9 * C): each frame's latents (B, C, T, h, w) sampled at the centres of the
-        3 x 3 cells around each player's cell in ``state`` (B, T, S, 6); zero off the canvas."""
+        3 x 3 cells around each player's cell in ``state`` (B, T, S, 6); zero off the canvas.
+        With ``facing`` (B, T, S) the 3 x 3 cells are taken in the player's own frame (the first
+        row is the one in front of it), else in the canvas's (the first row is north)."""
         b, c, t, h, w = latents.shape
         s = state.shape[2]
         cells = self.grid.decode(state)[0].round()  # (B, T, S, 2) x, y
         offsets = torch.tensor([(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)], device=state.device,
                                dtype=cells.dtype)
+        if facing is not None:  # (B, T, S, 9, 2): each offset turned into the canvas's frame
+            offsets = (_TURNS.to(state.device, cells.dtype)[facing][..., None, :, :] @ offsets[..., None])[..., 0]
         points = cells[..., None, :] + offsets  # (B, T, S, 9, 2) cells (x, y)
         # Cell centres in grid_sample's normalised coordinates (align_corners=False: -1 and 1
         # are the latent's outer edges, which are the canvas's edges).
@@ -361,5 +390,7 @@ class ActionWorldModel(WorldModel):
     def predict_aux(self, out, inputs, sigma):
         b, t, s, _ = inputs["aux"].shape
         head = self.state_head(out.extra.view(b, t, s, -1))
+        if self.conditioning.egocentric:  # the head speaks in the player's own frame
+            head = to_own_frame(head, inputs["aux_anchor"][..., 2:].argmax(-1), inverse=True)
         return to_x0_and_velocity(head, inputs["aux"], sigma[:, :, None, None], inputs["aux_anchor"], self.prediction,
                                   self.residual_prior, self.min_sigma)

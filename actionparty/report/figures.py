@@ -72,7 +72,7 @@ def save_figure(fig, stem: str | Path) -> list[Path]:
 MODEL_COLOURS = {"full": "tab:blue", "no_msa": "tab:orange", "no_mca": "tab:green", "clipwise_mca": "tab:purple",
                  "no_rope_sa": "tab:brown", "no_state": "tab:olive", "text_action": "tab:pink",
                  "global_action": "tab:red", "pretrained_ar": "tab:cyan",
-                 "no_state_render": "gold", "no_glimpse": "teal", "static": "0.55", "oracle": "black"}
+                 "no_state_render": "gold", "no_glimpse": "teal", "no_egocentric": "indigo", "static": "0.55", "oracle": "black"}
 
 
 def model_style(model: str) -> dict:

@@ -32,7 +32,7 @@ from actionparty.eval.metrics import CAUSES
 METRICS_SCHEMA = 1  # the schema evaluate.py writes (docs/EVALUATION.md)
 
 # Order of rows everywhere: ActionParty, its ablations, the baselines, the copy floor, the oracle.
-ABLATIONS = ("no_msa", "no_mca", "clipwise_mca", "no_rope_sa", "no_state", "no_state_render", "no_glimpse")
+ABLATIONS = ("no_msa", "no_mca", "clipwise_mca", "no_rope_sa", "no_state", "no_state_render", "no_glimpse", "no_egocentric")
 BASELINES = ("text_action", "global_action", "pretrained_ar")
 MODELS = ("full", *ABLATIONS, *BASELINES, "static", "oracle")
 VARIANTS = tuple(m for m in MODELS if m not in (*UNTRAINED_MODELS, "oracle"))  # finetuned from exp-138
@@ -46,6 +46,7 @@ DISPLAY_NAMES = {
     "no_state": "w/o state",
     "no_state_render": "w/o state render",
     "no_glimpse": "w/o glimpse",
+    "no_egocentric": "w/o own frame",
     "text_action": "Text-Action",
     "global_action": "Global-Action",
     "pretrained_ar": "Pretrained AR",
@@ -56,7 +57,8 @@ DISPLAY_NAMES = {
 BUILTIN_EXPERIMENTS = {
     "full": "exp-139", "no_msa": "exp-140", "no_mca": "exp-141", "clipwise_mca": "exp-142",
     "no_rope_sa": "exp-143", "no_state": "exp-144", "text_action": "exp-145", "global_action": "exp-146",
-    "no_state_render": "exp-147", "no_glimpse": "exp-148", "pretrained_ar": "exp-138",
+    "no_state_render": "exp-147", "no_glimpse": "exp-148", "no_egocentric": "exp-149",
+    "pretrained_ar": "exp-138",
 }
 
 # Metrics where lower is better; every other shown metric is better higher.

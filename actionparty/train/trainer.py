@@ -240,7 +240,7 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
             sigma, noise, aux_noise = draw_noise(
                 g, cfg.batch_size, chunks, (latents.shape[1], cfg.clip_steps, *latents.shape[3:]), cfg.timestep_shift,
                 (cfg.clip_steps, PLAYER_SLOTS, core.aux_dim) if core.aux_dim else None)
-            aux_sigma = (draw_state_sigmas(g, cfg.batch_size, chunks, cfg.timestep_shift, cfg.state_clean_fraction)
+            aux_sigma = (draw_state_sigmas(g, cfg.batch_size, chunks, cfg.state_timestep_shift, cfg.state_clean_fraction)
                          if core.state_first else None)
             context_sigma = context_noise = None
             if cfg.context_noise > 0:
