@@ -304,6 +304,26 @@ def test_frozen_rollout_scores_only_the_players_that_stand_still(world, tmp_path
     assert static["FD"] > truth["FD"] and static["PSNR"] < truth["PSNR"]
 
 
+def test_ma_given_st_scores_the_video_where_the_models_own_state_is_right(world, tmp_path):
+    """MA_given_ST is MA over the player-steps whose predicted state is right: a frozen video with
+    the true states scores there what it scores everywhere (every state is right); shifted by a
+    cell, no state is right and it is null; a true video with the true states scores ~1."""
+    rollout, gt = ground_truth_rollout(world, 4, "stated")
+    position, facing = gt["position"].astype(np.float32), gt["facing"].astype(np.int64)
+    frozen = np.repeat(rollout.frames[:, :1], 5, axis=1)
+    cases = {"frozen": (frozen, position), "shifted": (frozen, position + 1), "truth": (rollout.frames, position)}
+    overall = {}
+    for name, (frames, pred) in cases.items():
+        write_rollout(tmp_path / f"{name}/h4.npz", Rollout(**{**rollout.__dict__, "frames": frames,
+                                                              "pred_position": pred, "pred_facing": facing,
+                                                              "meta": dict(rollout.meta, variant=name)}))
+        overall[name] = evaluate_variant(name, [tmp_path / f"{name}/h4.npz"], [], world["test"], world["detectors"],
+                                         world["cfg"], progress=False)["horizons"]["h4"]["overall"]
+    assert overall["frozen"]["ST_exact"] == 1.0 and overall["frozen"]["MA_given_ST"] == overall["frozen"]["MA"] < 0.6
+    assert overall["shifted"]["ST_exact"] == 0.0 and overall["shifted"]["MA_given_ST"] is None
+    assert overall["truth"]["MA_given_ST"] >= 0.97
+
+
 def test_binding_accuracy_on_swapped_rollouts(world, tmp_path):
     """A 'model' that renders the swapped actions faithfully binds (BA ~1); one that ignores the
     swap moves every player by the other's actions (BA ~0, BA_other ~1)."""

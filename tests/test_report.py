@@ -54,7 +54,7 @@ def _metrics_values(model: str, base: float) -> dict:
     values.update(PSNR=round(20 + 10 * base, 5), FD=round(5 * (1 - base), 5), FVD_I3D=None,
                   ST_l1=round(2 * (1 - base), 5) if model in ("full", "no_msa") else None)
     if model not in ("full", "no_msa"):
-        values.update(ST_exact=None, ST_facing=None)
+        values.update(ST_exact=None, ST_facing=None, MA_given_ST=None)
     if model == "text_action":
         values["EA"] = None
     values.update(windows=4, player_steps=40, player_frames=40, interact_steps=3, binding_steps=8)

@@ -11,7 +11,7 @@ Per horizon H, ``results/metrics/{variant}.json`` holds (see docs/EVALUATION.md)
                          "ma_curve": [H values], "sp_curve": [...], "ba_curve": [...] | null}}}
 
 {metrics} = MA, MA_moving, MA_static, SP, DR, duplicated, vanished, EA, BA, BA_other, ST_l1,
-ST_exact, ST_facing, PSNR, SSIM, FD, FVD_I3D, rules_agreement, and the counts behind them
+ST_exact, ST_facing, MA_given_ST, PSNR, SSIM, FD, FVD_I3D, rules_agreement, and the counts behind them
 (windows, player_steps, player_frames, interact_steps, binding_steps). A metric that does not apply
 (no INTERACT steps, no swap rollout, no predicted state, no I3D checkpoint) is null.
 """
@@ -52,7 +52,7 @@ from actionparty.games.actions import CANONICAL_ACTIONS, INTERACT
 
 METRICS_SCHEMA = 1
 METRIC_KEYS = ("MA", "MA_moving", "MA_static", "SP", "DR", "duplicated", "vanished", "EA", "BA", "BA_other",
-               "ST_l1", "ST_exact", "ST_facing", "PSNR", "SSIM", "FD", "FVD_I3D", "rules_agreement")
+               "ST_l1", "ST_exact", "ST_facing", "MA_given_ST", "PSNR", "SSIM", "FD", "FVD_I3D", "rules_agreement")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,8 +158,10 @@ def rollout_outcomes(rollout: Rollout, gt: dict, detectors: Detectors, det_game:
                                      None if rollout.pred_facing is None else rollout.pred_facing[:, 1:],
                                      gt["facing"][:, 1:])
         a["st_l1"], a["st_exact"] = st["l1"], st["exact"]
+        a["st_right"] = st["exact"]  # the whole state: cell, and facing where the model gives one
         if "facing" in st:
             a["st_facing"] = st["facing"]
+            a["st_right"] = st["exact"] & st["facing"]
     out = Outcomes(gt["game"], gt["present"].sum(1), a, {"fd_gen": feats[:, 1:], "fd_real": gt_feats})
     if i3d is not None:
         out.features["i3d_gen"] = i3d(gen).numpy()
@@ -210,6 +212,8 @@ def summarise(main: Outcomes | None, binding: Outcomes | None, rows: np.ndarray 
             out.update(ST_l1=float(a["st_l1"][fv].mean()) if fv.any() else None, ST_exact=M.share(a["st_exact"], fv))
         if "st_facing" in a:
             out["ST_facing"] = M.share(a["st_facing"], fv)
+        if "st_right" in a:  # the video against the model's own state: MA where that state is right
+            out["MA_given_ST"] = M.share(a["motion"], sv & a["st_right"])
         if "i3d_gen" in main.features:
             out["FVD_I3D"] = _fd(main.features["i3d_gen"][rows], main.features["i3d_real"][rows])
         out.update(windows=int(rows.sum()), player_steps=int(sv.sum()), player_frames=int(fv.sum()),

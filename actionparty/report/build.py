@@ -37,7 +37,8 @@ CAPTIONS = {
             "PSNR, SSIM and the Fréchet distance of detector features (FD, not an FVD) at horizons 4 and 20.",
     "ablation": "ActionParty against its ablations (w/o MSA, w/o MCA, clip-wise MCA, no RoPE in SA, w/o state) on "
                 "the same metrics plus state tracking of the model's own predicted coordinates (ST_l1 in cells, "
-                "ST_exact share of exact cells).",
+                "ST_exact share of exact cells) and MA where that predicted state is right (MA_given_ST: how "
+                "faithfully the video draws the model's own state).",
     "per_game": "MA and SP of every model and the oracle in each game, at the shortest horizon.",
     "per_player_count": "MA and SP of every model and the oracle by the number of players in the scene, at the "
                         "shortest horizon.",
