@@ -109,18 +109,19 @@ _TURNS = torch.tensor([[[1, 0], [0, 1]], [[0, -1], [1, 0]], [[-1, 0], [0, -1]], 
                       dtype=torch.float32)
 
 
+def turn_to_canvas(xy: torch.Tensor, facing: torch.Tensor) -> torch.Tensor:
+    """(..., 2) cell vectors in the frame of a player facing ``facing`` (broadcast against ``...``)
+    -> the same vectors on the canvas."""
+    return (_TURNS.to(xy.device, xy.dtype)[facing] @ xy[..., None])[..., 0]
+
+
 def to_own_frame(state: torch.Tensor, facing: torch.Tensor, inverse: bool = False) -> torch.Tensor:
     """A state (difference) (..., 6) seen by a player facing ``facing`` (...): x, y turned so that
     its forward is north and its facing one-hot rolled so that its own facing is N.
     ``inverse``: from the player's frame back to the canvas's. Both are exact (quarter turns)."""
-    turn = _TURNS.to(state.device, state.dtype)[facing]  # (..., 2, 2)
-    if inverse:
-        xy = (turn @ state[..., :2, None])[..., 0]
-        index = (torch.arange(4, device=state.device) - facing[..., None]) % 4
-    else:
-        xy = (turn.transpose(-1, -2) @ state[..., :2, None])[..., 0]
-        index = (torch.arange(4, device=state.device) + facing[..., None]) % 4
-    return torch.cat([xy, state[..., 2:].gather(-1, index)], dim=-1)
+    turn = facing if inverse else (-facing) % 4  # the inverse of k quarter turns is 4 - k
+    index = (torch.arange(4, device=state.device) - turn[..., None]) % 4
+    return torch.cat([turn_to_canvas(state[..., :2], turn), state[..., 2:].gather(-1, index)], dim=-1)
 
 
 # ------------------------------------------------------------------------------ variants
@@ -333,7 +334,7 @@ class ActionWorldModel(WorldModel):
         offsets = torch.tensor([(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)], device=state.device,
                                dtype=cells.dtype)
         if facing is not None:  # (B, T, S, 9, 2): each offset turned into the canvas's frame
-            offsets = (_TURNS.to(state.device, cells.dtype)[facing][..., None, :, :] @ offsets[..., None])[..., 0]
+            offsets = turn_to_canvas(offsets, facing[..., None])
         points = cells[..., None, :] + offsets  # (B, T, S, 9, 2) cells (x, y)
         # Cell centres in grid_sample's normalised coordinates (align_corners=False: -1 and 1
         # are the latent's outer edges, which are the canvas's edges).
