@@ -227,6 +227,9 @@ class RolloutConfig(StrictModel):
     sampling_steps: PositiveInt
     state_sampling_steps: PositiveInt  # state-first models: Euler steps of the states' pass (then sampling_steps of video)
     timestep_shift: Annotated[float, Field(gt=0)]
+    # Noise level of each generated frame as the next step's context (the frames kept are as
+    # drawn); a model finetuned on noised contexts (finetune.context_noise) drifts less with it.
+    context_noise: Annotated[float, Field(ge=0, lt=1)]
     window_frames: PositiveInt | None = None  # earlier latent frames kept in the KV cache (default: clip_steps)
     horizons: list[PositiveInt]
     # Models rolled out at every horizon (a seed run follows its variant); the others only at

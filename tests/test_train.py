@@ -165,6 +165,29 @@ def test_untrained_residual_model_copies_the_context(tmp_path):
     assert torch.equal(decoded[:, 3], frames[:, 0])
 
 
+def test_context_noise_noises_only_the_contexts_the_model_reads(tmp_path):
+    model, codec, text, profile = _random_world_model(tmp_path)
+    context = codec.encode(torch.randint(0, 255, (2, 1, 3, 96, 96), dtype=torch.uint8))
+    emb, mask = text(["coins", "clean_up"])
+    kw = dict(sampling_steps=2, shift=3.0, window_frames=2)
+    noisy = rollout(model, context, 3, emb, mask, generator=torch.Generator().manual_seed(1), context_noise=0.1,
+                    **kw).latents
+    uncached = rollout(model, context, 3, emb, mask, generator=torch.Generator().manual_seed(1), context_noise=0.1,
+                       use_cache=False, **kw).latents
+    torch.testing.assert_close(noisy, uncached, rtol=1e-4, atol=1e-4)
+    plain = rollout(model, context, 3, emb, mask, generator=torch.Generator().manual_seed(1), **kw).latents
+    # the context and the first frame (read from the true context) are the same; later frames read noised ones
+    assert torch.equal(noisy[:, :, :2], plain[:, :, :2])
+    assert not torch.allclose(noisy[:, :, 2:], plain[:, :, 2:], atol=1e-3)
+    # an untrained residual model copies what it reads: frame 2 is frame 1 noised at 0.1, as drawn
+    copier, codec, text = build_world_model(profile)
+    out = rollout(copier.eval(), context, 2, emb, mask, generator=torch.Generator().manual_seed(1), context_noise=0.1,
+                  **kw).latents
+    torch.testing.assert_close(out[:, :, 1], context[:, :, 0])
+    unit = (out[:, :, 2] - 0.9 * out[:, :, 1]) / 0.1
+    assert abs(float(unit.std()) - 1.0) < 0.05 and abs(float(unit.mean())) < 0.05
+
+
 def test_flow_schedule():
     s = torch.linspace(0, 1, 11)
     assert torch.allclose(shift_sigma(s, 1.0), s)

@@ -116,6 +116,7 @@ def _generate(loaded: LoadedModel, dataset, batch, actions, profile, horizon, ge
         context_state = model.grid.encode(batch["position"][:, :1].to(device), batch["facing"][:, :1].to(device))
     result = rollout(model, context, horizon, emb, mask, sampling_steps=profile.rollout.sampling_steps,
                      state_sampling_steps=profile.rollout.state_sampling_steps,
+                     context_noise=profile.rollout.context_noise,
                      shift=profile.rollout.timestep_shift, window_frames=window_frames(profile, loaded.train_clip_steps),
                      generator=generator, actions=actions if conditioned else None,
                      present=present if conditioned else None, context_state=context_state, text_fn=text_fn,

@@ -13,6 +13,11 @@ for both), or, for state-first models, in two passes: ``state_sampling_steps`` f
 while the video is still pure noise (the finished states are snapped to whole cells and one
 facing), then ``sampling_steps`` for the video, drawn from the finished states.
 
+With ``context_noise`` > 0 each generated frame is noised at that level before it becomes the
+next chunk's context (what the cache and the residual anchor hold); the frames returned stay as
+drawn. A model trained on contexts noised up to some level (``finetune.context_noise``) then reads
+its own frames, slightly off, the way it read its training contexts (docs/METHOD.md).
+
 ``use_cache=False`` computes the same thing without a cache, by re-running every clean frame so
 far together with the noisy chunk under the windowed block-causal mask (the reference the tests
 compare against).
@@ -26,7 +31,7 @@ from typing import Any, Callable
 import torch
 
 from actionparty.model.subjects import NO_ACTION
-from actionparty.train.flow import euler_step, sampling_sigmas
+from actionparty.train.flow import add_noise, euler_step, sampling_sigmas
 
 
 @dataclass
@@ -38,7 +43,7 @@ class Rollout:
 @torch.no_grad()
 def rollout(model, context: torch.Tensor, steps: int, text: torch.Tensor, text_mask: torch.Tensor | None, *,
             sampling_steps: int, shift: float, window_frames: int | None, generator: torch.Generator | None = None,
-            state_sampling_steps: int | None = None,
+            state_sampling_steps: int | None = None, context_noise: float = 0.0,
             actions: torch.Tensor | None = None, present: torch.Tensor | None = None,
             context_state: torch.Tensor | None = None,
             text_fn: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None,
@@ -54,6 +59,8 @@ def rollout(model, context: torch.Tensor, steps: int, text: torch.Tensor, text_m
             (the text-action baseline); default: ``text``/``text_mask`` throughout.
         state_sampling_steps: Euler steps of a state-first model's state pass (default
             ``sampling_steps``); one step takes the denoiser's estimate at noise 1, snapped.
+        context_noise: noise level of each generated frame as the next chunk's context (drawn
+            from ``generator``); 0 feeds the frames back as drawn.
     """
     chunk = model.chunk_frames
     if steps % chunk:
@@ -62,7 +69,8 @@ def rollout(model, context: torch.Tensor, steps: int, text: torch.Tensor, text_m
     sigmas = sampling_sigmas(sampling_steps, shift, device=device)
     state_sigmas = sampling_sigmas(state_sampling_steps or sampling_steps, shift, device=device)
     frame0 = model.context_frame
-    frames, states, frame_actions = [context], [context_state], []
+    frames, states, frame_actions = [context], [context_state], []  # the contexts the model reads
+    drawn = [context]  # the frames returned
     has_aux = model.aux_dim > 0 and context_state is not None
     cache = model.dit.new_kv_cache(window_frames=window_frames) if use_cache else None
 
@@ -115,13 +123,17 @@ def rollout(model, context: torch.Tensor, steps: int, text: torch.Tensor, text_m
                 x = euler_step(x, pred.x0, sigmas[i], sigmas[i + 1])
                 if has_aux:
                     aux = euler_step(aux, pred.aux_x0, sigmas[i], sigmas[i + 1])
+        drawn.append(x)
+        if context_noise > 0:
+            noise = torch.randn(x.shape, generator=generator).to(device)
+            x = add_noise(x, noise, torch.tensor(context_noise, device=device))
         frames.append(x)
         states.append(aux)
         frame_actions.append(step_actions)
         if use_cache:
             model(x, sigma_of(0.0, chunk), anchor, *txt, frame_offset=offset, inputs=chunk_inputs(step_actions),
                   kv_cache=cache, update_cache=True, aux=aux, aux_anchor=aux_anchor)
-    return Rollout(torch.cat(frames, dim=2), torch.cat(states, dim=1) if has_aux else None)
+    return Rollout(torch.cat(drawn, dim=2), torch.cat(states, dim=1) if has_aux else None)
 
 
 def _uncached(model, x, sigma, anchor, txt, offset, frames, states, frame_actions, step_actions, present, aux,
