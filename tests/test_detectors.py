@@ -33,7 +33,7 @@ from actionparty.eval.detectors import (
     train_detectors,
 )
 from actionparty.eval.evaluate import evaluate_oracle, evaluate_variant, oracle_rollout
-from actionparty.eval.rollout_io import Rollout, choose_swaps, swap_actions, write_rollout
+from actionparty.eval.rollout_io import Rollout, binding_swaps, write_rollout
 from actionparty.games.actions import INTERACT, NOOP, TURN_LEFT
 
 CANVAS = 7
@@ -328,8 +328,7 @@ def test_binding_accuracy_on_swapped_rollouts(world, tmp_path):
     """A 'model' that renders the swapped actions faithfully binds (BA ~1); one that ignores the
     swap moves every player by the other's actions (BA ~0, BA_other ~1)."""
     rollout, gt = ground_truth_rollout(world, 4, "swapper")
-    swap = choose_swaps(rollout.present, gt["visible"][:, 0], seed=0)
-    fed = swap_actions(rollout.actions, swap)
+    swap, fed = binding_swaps(rollout.present, gt["visible"][:, 0], rollout.actions, seed=0)
     faithful, ignoring = [], []
     for i in range(rollout.num):
         game = gt["games"][int(rollout.game[i])]

@@ -26,7 +26,7 @@ from actionparty.eval.evaluate import (
     rollout_outcomes,
     summarise,
 )
-from actionparty.eval.rollout_io import Rollout, choose_swaps, select_windows, swap_actions
+from actionparty.eval.rollout_io import Rollout, binding_swaps, select_windows
 
 def learning_curve(profile: Profile, variant: str, checkpoint: str | Path, test_lmdb: str | Path,
                    detectors: str | Path, progress: bool = True) -> dict:
@@ -41,8 +41,7 @@ def learning_curve(profile: Profile, variant: str, checkpoint: str | Path, test_
     ds = ctx.dataset(horizon)
     windows = select_windows(ds, profile.rollout.curve_windows_per_game, profile.rollout.seed)
     gt = ground_truth(ds, windows["episode"], windows["start"], str(test_lmdb))
-    swap = choose_swaps(gt["present"], gt["visible"][:, 0], profile.rollout.seed)
-    swapped = swap_actions(gt["actions"], swap)
+    swap, swapped = binding_swaps(gt["present"], gt["visible"][:, 0], gt["actions"], profile.rollout.seed)
     det_game, walk = ctx.mapping(ds, windows["game"])
     every = np.ones(len(windows["game"]), bool)
     curve: dict = {"variant": variant, "horizon": horizon, "windows": int(every.sum()),

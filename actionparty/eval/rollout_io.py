@@ -18,8 +18,9 @@ pred_facing      int64 (N, H+1, S)             optional: the model's own facing 
 swap             int64 (N, 2)                  optional: the two exchanged slots (-1 = none)
 ===============  ============================  ================================================
 
-Which windows and which swaps: :func:`select_windows` and :func:`choose_swaps`, shared by the
-rollout stage and the oracle so both see the same windows.
+Which windows: :func:`select_windows`, shared by the rollout stage, the learning curves and the
+oracle so all see the same windows. Which swaps: :func:`choose_swaps` (:func:`binding_swaps` also
+exchanges the actions), shared by the rollout stage and the learning curves.
 """
 
 from __future__ import annotations
@@ -214,6 +215,14 @@ def choose_swaps(present: np.ndarray, visible: np.ndarray, seed: int) -> np.ndar
         if slots.size >= 2:
             swap[i] = np.sort(rng.choice(slots, size=2, replace=False))
     return swap
+
+
+def binding_swaps(present: np.ndarray, visible: np.ndarray, actions: np.ndarray,
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The binding test's inputs, one rule for the rollout command and the learning curves: the
+    swapped slots (:func:`choose_swaps`) and the actions (N, H, S) with them exchanged."""
+    swap = choose_swaps(present, visible, seed)
+    return swap, swap_actions(actions, swap)
 
 
 def swap_actions(actions: np.ndarray, swap: np.ndarray) -> np.ndarray:

@@ -49,7 +49,7 @@ def _cmd_rollout(args) -> None:
     from actionparty.config import UNTRAINED_MODELS, load_profile, split_run
     from actionparty.data.lmdb_dataset import ClipDataset
     from actionparty.errors import UserError
-    from actionparty.eval.rollout_io import Rollout, choose_swaps, select_windows, swap_actions, write_rollout
+    from actionparty.eval.rollout_io import Rollout, binding_swaps, select_windows, write_rollout
     from actionparty.rollout.generate import load_for_rollout, rollout_windows
 
     profile = load_profile(args.profile)
@@ -70,8 +70,7 @@ def _cmd_rollout(args) -> None:
         present = np.stack([c["present"].numpy() for c in clips])
         visible = np.stack([c["visible"][0].numpy() for c in clips])
         recorded = np.stack([c["actions"].numpy() for c in clips])
-        swap = choose_swaps(present, visible, profile.rollout.seed)
-        actions = swap_actions(recorded, swap)
+        swap, actions = binding_swaps(present, visible, recorded, profile.rollout.seed)
     # A seed run (<variant>-s<k>) samples with its own noise over the same windows.
     seed = profile.rollout.seed + split_run(args.model)[1]
     arrays = rollout_windows(loaded, dataset, windows, profile, actions=actions, seed=seed, progress=not args.quiet)
