@@ -130,7 +130,7 @@ def rollout(model, context: torch.Tensor, steps: int, text: torch.Tensor, text_m
         frames.append(x)
         states.append(aux)
         frame_actions.append(step_actions)
-        if use_cache:
+        if use_cache and s + chunk < steps:  # the last chunk is read by no later one
             model(x, sigma_of(0.0, chunk), anchor, *txt, frame_offset=offset, inputs=chunk_inputs(step_actions),
                   kv_cache=cache, update_cache=True, aux=aux, aux_anchor=aux_anchor)
     return Rollout(torch.cat(drawn, dim=2), torch.cat(states, dim=1) if has_aux else None)
