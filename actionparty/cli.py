@@ -143,9 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from actionparty.eval.commands import add_commands as add_eval_commands
     from actionparty.report.commands import add_commands as add_report_commands
+    from actionparty.rollout.commands import add_commands as add_rollout_commands
     from actionparty.train.commands import add_commands as add_train_commands
 
     add_train_commands(sub)
+    add_rollout_commands(sub)
     add_eval_commands(sub)
     add_report_commands(sub)
     return parser

@@ -33,7 +33,7 @@ from actionparty.eval.detectors import (
     train_detectors,
 )
 from actionparty.eval.evaluate import evaluate_oracle, evaluate_variant, oracle_rollout
-from actionparty.eval.rollout_io import Rollout, binding_swaps, write_rollout
+from actionparty.rollout.rollout_io import Rollout, binding_swaps, write_rollout
 from actionparty.games.actions import INTERACT, NOOP, TURN_LEFT
 
 CANVAS = 7

@@ -15,7 +15,7 @@ from actionparty.eval import metrics as M
 from actionparty.eval.commands import add_commands
 from actionparty.eval.config import EvalConfig
 from actionparty.eval.evaluate import combine_metrics, write_table
-from actionparty.eval.rollout_io import (
+from actionparty.rollout.rollout_io import (
     Rollout,
     RolloutError,
     choose_swaps,

@@ -22,7 +22,7 @@ from actionparty.eval import metrics as M
 from actionparty.eval.config import EvalConfig
 from actionparty.eval.detectors import Detectors, build_models, load_detectors, save_detectors
 from actionparty.eval.evaluate import METRIC_KEYS, ground_truth
-from actionparty.eval.rollout_io import Rollout, select_windows, write_rollout
+from actionparty.rollout.rollout_io import Rollout, select_windows, write_rollout
 from actionparty.games.actions import FORWARD, NOOP, TURN_RIGHT
 from actionparty.report import figures as F
 from actionparty.report import tables as T

@@ -13,8 +13,8 @@ from actionparty.config import load_variant, validate_profile
 from actionparty.data.lmdb_dataset import build_lmdb
 from actionparty.model.factory import build_world_model
 from actionparty.rollout.sampler import rollout
-from actionparty.train.checkpoint import load_checkpoint
-from actionparty.train.flow import add_noise, sampling_sigmas, shift_sigma
+from actionparty.model.checkpoint import load_checkpoint
+from actionparty.model.flow import add_noise, sampling_sigmas, shift_sigma
 from actionparty.train.objective import draw_state_sigmas
 from actionparty.train.trainer import TrainJob, train
 from conftest import REPO, subprocess_env, write_synthetic_episodes
@@ -67,7 +67,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, train_l
 
 def test_finetune_snapshots_are_the_learning_curve_points(tmp_path, train_lmdb):
     from actionparty.config import load_variant
-    from actionparty.train.checkpoint import list_snapshots
+    from actionparty.model.checkpoint import list_snapshots
 
     profile, _ = smoke_profile(tmp_path)
     variant = load_variant("full", REPO / "params/variants")

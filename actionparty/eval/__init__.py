@@ -4,7 +4,6 @@
     detectors.py    TileClassifier (who and which facing in each cell), InverseDynamics (which
                     action between two frames); training, held-out accuracy, checkpoint bundle
     metrics.py      MA, SP, DR, EA, BA, ST, PSNR, SSIM, FD, I3D-FVD as pure functions
-    rollout_io.py   the rollout file format (write_rollout/read_rollout), window and swap choice
     evaluate.py     rollouts (or the oracle's ground truth) -> results/metrics/{variant}.json
     commands.py     CLI: train-detectors, evaluate, evaluate-oracle, combine-metrics
 

@@ -20,23 +20,23 @@ from tqdm import tqdm
 from actionparty.config import Profile
 from actionparty.errors import UserError
 from actionparty.eval.evaluate import (
-    _Context,
+    EvalContext,
     binding_rollout_outcomes,
     ground_truth,
     rollout_outcomes,
     summarise,
 )
-from actionparty.eval.rollout_io import Rollout, binding_swaps, select_windows
+from actionparty.rollout.rollout_io import Rollout, binding_swaps, select_windows
 
 def learning_curve(profile: Profile, variant: str, checkpoint: str | Path, test_lmdb: str | Path,
                    detectors: str | Path, progress: bool = True) -> dict:
     from actionparty.rollout.generate import load_for_rollout, rollout_windows
-    from actionparty.train.checkpoint import list_snapshots, load_checkpoint
+    from actionparty.model.checkpoint import list_snapshots, load_checkpoint
 
     checkpoint = Path(checkpoint)
     final_step = int(load_checkpoint(checkpoint)["step"])
     points = [(s, p) for s, p in list_snapshots(checkpoint.parent) if s < final_step] + [(final_step, checkpoint)]
-    ctx = _Context(test_lmdb, detectors, profile.eval)
+    ctx = EvalContext(test_lmdb, detectors, profile.eval)
     horizon = min(profile.rollout.horizons)  # the binding test's horizon (workflow: SWAP_HORIZON)
     ds = ctx.dataset(horizon)
     windows = select_windows(ds, profile.rollout.curve_windows_per_game, profile.rollout.seed)

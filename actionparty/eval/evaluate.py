@@ -40,7 +40,7 @@ from actionparty.eval.detectors import (
     detect,
     load_detectors,
 )
-from actionparty.eval.rollout_io import (
+from actionparty.rollout.rollout_io import (
     Rollout,
     RolloutError,
     read_rollout,
@@ -266,7 +266,7 @@ def horizon_report(main: Outcomes | None, binding: Outcomes | None, games: list[
 # ---------------------------------------------------------------------------------------------
 
 
-class _Context:
+class EvalContext:
     """The test LMDB (a ClipDataset per horizon), the detectors and their game mapping."""
 
     def __init__(self, test_lmdb: str | Path, detectors_path: str | Path, cfg: EvalConfig):
@@ -296,7 +296,7 @@ class _Context:
                 "detectors": self.detectors_path, "test_lmdb": str(self.test_lmdb), "horizons": {}}
 
 
-def _load_checked(ctx: _Context, path: str | Path, variant: str, swap: bool) -> tuple[Rollout, dict, ClipDataset]:
+def _load_checked(ctx: EvalContext, path: str | Path, variant: str, swap: bool) -> tuple[Rollout, dict, ClipDataset]:
     rollout = read_rollout(path)
     if rollout.meta.get("variant") != variant:
         raise RolloutError(f"{path}: rollout of variant '{rollout.meta.get('variant')}', not '{variant}'")
@@ -314,7 +314,7 @@ def evaluate_variant(variant: str, rollouts: list[str | Path], swap_rollouts: li
                      test_lmdb: str | Path, detectors_path: str | Path, cfg: EvalConfig, progress: bool = True) -> dict:
     """Metrics of a model variant from its rollout files (one per horizon) and optional swapped
     (BA) rollout files; returns the JSON dict (see the module docstring)."""
-    ctx = _Context(test_lmdb, detectors_path, cfg)
+    ctx = EvalContext(test_lmdb, detectors_path, cfg)
     files = [(read_rollout_meta(p)["horizon"], is_swap, p)
              for is_swap, paths in ((False, rollouts), (True, swap_rollouts)) for p in paths]
     result = ctx.header(variant, "model")
@@ -359,7 +359,7 @@ def evaluate_oracle(test_lmdb: str | Path, detectors_path: str | Path, cfg: Eval
     """The oracle row: ground-truth frames through the same code, for every configured horizon.
     MA, SP, DR, EA there measure the detectors (any gap bounds every model's number);
     rules_agreement measures BA's movement rules."""
-    ctx = _Context(test_lmdb, detectors_path, cfg)
+    ctx = EvalContext(test_lmdb, detectors_path, cfg)
     result = ctx.header("oracle", "oracle")
     for h in tqdm(horizons, desc="evaluate oracle", unit="horizon", disable=not progress):
         ds = ctx.dataset(h)

@@ -28,7 +28,7 @@ from torch import nn
 
 from actionparty.model.codecs import frames_from_uint8, frames_to_uint8, make_codec
 from actionparty.model.dit import DiTOutput, KVCache, WanDiT, make_dit
-from actionparty.train.flow import TIMESTEP_SCALE
+from actionparty.model.flow import TIMESTEP_SCALE
 
 
 @dataclass

@@ -3,6 +3,7 @@
     actionparty report --results results --out reports [--test-lmdb data/lmdb/test.lmdb] \
         [--rollout-models full global_action] [--windows 3] [--rollout-horizon 4]
     actionparty targets --results results [--strict]
+    actionparty sample --profile P --checkpoint C --lmdb test.lmdb [--steps 20] --out DIR
 """
 
 from __future__ import annotations
@@ -25,6 +26,31 @@ def _cmd_report(args) -> None:
         print(f"  missing: {line}")
 
 
+def _cmd_sample(args) -> None:
+    from actionparty.config import load_profile
+    from actionparty.data.lmdb_dataset import ClipDataset
+    from actionparty.rollout.rollout_io import select_windows
+    from actionparty.report.samples import side_by_side, write_gif, write_strip
+    from actionparty.rollout.commands import device
+    from actionparty.rollout.generate import load_for_rollout, rollout_windows
+
+    profile = load_profile(args.profile)
+    loaded = load_for_rollout(profile, args.checkpoint, device=device())
+    dataset = ClipDataset(args.lmdb, clip_steps=args.steps, expect_canvas_px=profile.canvas_px)
+    windows = select_windows(dataset, profile.rollout.sample_clips, profile.rollout.seed)
+    result = rollout_windows(loaded, dataset, windows, profile, seed=profile.rollout.seed, progress=False)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for n in range(len(windows["episode"])):
+        gt = dataset.clip(int(windows["episode"][n]), int(windows["start"][n]))["frames"].permute(0, 2, 3, 1).numpy()
+        game = dataset.games[int(windows["game"][n])]
+        name = f"{game}_{n:02d}"
+        write_gif(out / f"{name}.gif", side_by_side(gt, result["frames"][n]))
+        write_strip(out / f"{name}.png", [("ground truth", gt), ("generated", result["frames"][n])],
+                    f"{game}: {loaded.state['stage']} rollout, {args.steps} steps (top: ground truth)")
+    print(f"{out}: {len(windows['episode'])} sample rollouts of {args.steps} steps")
+
+
 def _cmd_targets(args) -> None:
     from actionparty.report.tables import load_metrics
     from actionparty.report.targets import check_targets, targets_markdown
@@ -36,7 +62,15 @@ def _cmd_targets(args) -> None:
 
 
 def add_commands(sub) -> None:
-    """Register ``actionparty report`` on an argparse subparsers object."""
+    """Register ``actionparty report``, ``targets`` and ``sample`` on an argparse subparsers object."""
+    p = sub.add_parser("sample", help="roll a checkpoint out from test context frames; GIF + PNG per clip")
+    p.set_defaults(func=_cmd_sample)
+    p.add_argument("--profile", required=True)
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--lmdb", required=True, type=Path)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--out", required=True, type=Path)
+
     help = "tables (md/csv/tex), figures (png/pdf), GIFs and index.md rebuilt from results/ alone"
     p = sub.add_parser("report", help=help, description=help)
     p.set_defaults(func=_cmd_report)

@@ -31,7 +31,7 @@ import numpy as np
 
 from actionparty.atomic import atomic_path
 from actionparty.eval import metrics as M
-from actionparty.eval.rollout_io import Rollout, RolloutError
+from actionparty.rollout.rollout_io import Rollout, RolloutError
 from actionparty.games.actions import CANONICAL_ACTIONS, CELL_PX
 from actionparty.report.samples import side_by_side, write_gif
 from actionparty.report.tables import ABLATIONS, MODELS, MetricsError, MetricsSet
@@ -330,7 +330,7 @@ def rollout_view(path: str | Path, model: str, windows: int, detectors=None, tes
                  ) -> RolloutView:
     """Read ``windows`` windows of a rollout file, their ground truth from ``test_lmdb`` (optional)
     and the detectors' judgement of every fed action (optional: ``detectors`` None = no frames)."""
-    from actionparty.eval.rollout_io import read_rollout
+    from actionparty.rollout.rollout_io import read_rollout
 
     full = read_rollout(path)
     rollout = _subset(full, pick_windows(full.game, windows))

@@ -2,7 +2,7 @@
 
 Models: an action-conditioned variant (a finetune checkpoint), ``pretrained_ar`` (the exp-138
 checkpoint, no actions) and ``static`` (repeats the context frame: the copy floor). Output is
-the rollout format of :mod:`actionparty.eval.rollout_io`.
+the rollout format of :mod:`actionparty.rollout.rollout_io`.
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ from tqdm import tqdm
 
 from actionparty.config import Profile, VariantConfig
 from actionparty.data.lmdb_dataset import ClipDataset
+from actionparty.model.checkpoint import check_compatible, load_checkpoint, load_model_weights
 from actionparty.model.factory import build_world_model
 from actionparty.rollout.sampler import rollout
-from actionparty.train.checkpoint import check_compatible, load_checkpoint
-from actionparty.train.trainer import load_model_weights
-
 
 @dataclass
 class LoadedModel:
@@ -59,7 +57,7 @@ def rollout_windows(loaded: LoadedModel | None, dataset: ClipDataset, windows: d
 
     Args:
         loaded: the model, or None for ``static`` (every frame = the context frame).
-        windows: {'episode', 'start', 'game'} (N,) arrays (see eval.rollout_io.select_windows).
+        windows: {'episode', 'start', 'game'} (N,) arrays (see rollout.rollout_io.select_windows).
         actions: (N, H, S) actions to feed instead of the recorded ones (binding test swaps).
 
     Returns the rollout arrays: frames uint8 (N, H+1, Hpx, Wpx, 3), episode, start, game,

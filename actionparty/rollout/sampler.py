@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 
 from actionparty.model.subjects import NO_ACTION
-from actionparty.train.flow import add_noise, euler_step, sampling_sigmas
+from actionparty.model.flow import add_noise, euler_step, sampling_sigmas
 
 
 @dataclass

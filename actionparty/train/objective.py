@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from actionparty.train.flow import add_noise, euler_step, sample_sigmas, sampling_sigmas
+from actionparty.model.flow import add_noise, euler_step, sample_sigmas, sampling_sigmas
 
 
 @dataclass

@@ -29,9 +29,10 @@ from actionparty.atomic import write_text
 from actionparty.config import FinetuneConfig, Profile, TrainConfig
 from actionparty.data.lmdb_dataset import ClipDataset, split_first_step
 from actionparty.games.actions import PLAYER_SLOTS
-from actionparty.train.checkpoint import (
+from actionparty.model.checkpoint import (
     check_compatible,
     list_snapshots,
+    load_model_weights,
     load_checkpoint,
     save_checkpoint,
     snapshot_path,
@@ -91,14 +92,6 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     return cfg.lr
-
-
-def load_model_weights(model: torch.nn.Module, state: dict, use_ema: bool = True, strict: bool = True):
-    """Load a checkpoint's EMA (or raw) weights; returns torch's missing/unexpected key report."""
-    weights = state["ema"]["shadow"] if use_ema and state.get("ema") else state["model"]
-    target = model.state_dict()
-    weights = {k: v.to(target[k].dtype) if k in target else v for k, v in weights.items()}
-    return model.load_state_dict(weights, strict=strict)
 
 
 def _own_contexts(core, first: dict, g: torch.Generator, cfg: TrainConfig, part: slice, shape, codec, text,

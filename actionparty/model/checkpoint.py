@@ -55,3 +55,11 @@ def check_compatible(path: str | Path, state: dict, profile_model: dict) -> None
         if saved.get(key) != profile_model.get(key):
             raise UserError(f"{path}: checkpoint was trained with model.{key}={saved.get(key)!r}, "
                             f"the profile has {profile_model.get(key)!r}")
+
+
+def load_model_weights(model: torch.nn.Module, state: dict, use_ema: bool = True, strict: bool = True):
+    """Load a checkpoint's EMA (or raw) weights; returns torch's missing/unexpected key report."""
+    weights = state["ema"]["shadow"] if use_ema and state.get("ema") else state["model"]
+    target = model.state_dict()
+    weights = {k: v.to(target[k].dtype) if k in target else v for k, v in weights.items()}
+    return model.load_state_dict(weights, strict=strict)
