@@ -9,7 +9,6 @@ generated from these models (``actionparty schema``), so both sides agree by con
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from actionparty.errors import ProfileError
 from actionparty.eval.config import EvalConfig
+from actionparty.variants import VARIANT_DIR, check_name, load_variant, split_run, untrained_models
 
 SPLITS = ("train", "val", "test")
 # Episode seeds of different splits never overlap: seed = base + SPLIT_SEED_STRIDE * split + index.
@@ -170,57 +170,6 @@ class FinetuneConfig(TrainConfig):
     curve_variants: list[str]
 
 
-class VariantConfig(StrictModel):
-    """One finetuned model (params/variants/<name>.yaml): which conditioning mechanisms it uses."""
-
-    experiment: str  # experiment id (exp-139 = ActionParty full)
-    description: str
-    kind: Literal["subject", "global", "text"]
-    state: bool = True  # subject tokens denoise the player's state
-    msa: bool = True  # subject-isolated self-attention
-    mca: Literal["framewise", "clipwise", "none"] = "framewise"  # masked action cross-attention
-    spatial_rope: bool = True  # state tokens at their player's position in self-attention
-    # The state is denoised before the video (independent noise levels in training, the state
-    # finished first in sampling) and drawn onto the video tokens where it puts each player.
-    state_first: bool = True
-    state_render: bool = True  # (needs state_first) video tokens read the players' states at their cells
-    glimpse: bool = True  # state tokens read the previous frame's latents around their player's cell
-    # The state path in the player's own frame: glimpse, state change and state head turned by
-    # its previous facing (actions are relative to it), so a move is the same at every facing.
-    egocentric: bool = True
-
-    @model_validator(mode="after")
-    def _render_needs_state_first(self):
-        if self.kind == "subject" and self.state and self.state_render and not self.state_first:
-            raise ValueError("state_render needs state_first: the video is drawn from a finished state")
-        return self
-
-    def conditioning(self, state_loss_weight: float):
-        from actionparty.model.subjects import Conditioning
-
-        subject_state = self.kind == "subject" and self.state
-        return Conditioning(self.kind, self.state, self.msa, self.mca, self.spatial_rope, state_loss_weight,
-                            state_first=subject_state and self.state_first,
-                            state_render=subject_state and self.state_render,
-                            glimpse=subject_state and self.glimpse, egocentric=subject_state and self.egocentric)
-
-
-VARIANT_DIR = "params/variants"
-# Rolled out and evaluated but not trained: exp-138 without actions, and copying the context.
-UNTRAINED_MODELS = ("pretrained_ar", "static")
-
-
-def load_variant(name: str, directory: str | Path = VARIANT_DIR) -> VariantConfig:
-    path = Path(directory) / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in Path(directory).glob("*.yaml"))
-        raise ProfileError(f"{path}: unknown variant '{name}'; known: {', '.join(known)}")
-    try:
-        return VariantConfig.model_validate(yaml.safe_load(path.read_text()))
-    except ValidationError as err:
-        raise ProfileError(_format_error(str(path), err)) from None
-
-
 class RolloutConfig(StrictModel):
     """Autoregressive sampling from test-split context frames."""
 
@@ -263,8 +212,11 @@ class Profile(StrictModel):
     @classmethod
     def _variants_exist(cls, names: list[str]) -> list[str]:
         for name in names:
+            check_name(name, "variant")
             if not (Path(VARIANT_DIR) / f"{name}.yaml").is_file():
                 raise ValueError(f"unknown variant {name!r} (no {VARIANT_DIR}/{name}.yaml)")
+            if not load_variant(name).trained:
+                raise ValueError(f"{name!r} is not a finetuned variant ({VARIANT_DIR}/{name}.yaml: source)")
         return names
 
     @model_validator(mode="after")
@@ -278,10 +230,11 @@ class Profile(StrictModel):
         for name in self.finetune.curve_variants:
             if name not in self.variants:
                 raise ValueError(f"finetune.curve_variants: {name!r} is not a variant of 'variants'")
+        untrained = list(untrained_models())
         for name in self.rollout.long_horizon_models or []:
-            if name not in self.variants + list(UNTRAINED_MODELS):
+            if name not in self.variants + untrained:
                 raise ValueError(f"rollout.long_horizon_models: {name!r} is not a variant of 'variants' "
-                                 f"nor one of {', '.join(UNTRAINED_MODELS)}")
+                                 f"nor one of {', '.join(untrained)}")
         return self
 
     def horizons_of(self, model: str) -> list[int]:
@@ -295,12 +248,6 @@ class Profile(StrictModel):
         from actionparty.games.actions import CELL_PX
 
         return self.canvas_cells * CELL_PX
-
-
-def split_run(name: str) -> tuple[str, int]:
-    """A model or run name -> (variant, seed offset): 'full-s1' -> ('full', 1), 'full' -> ('full', 0)."""
-    m = re.fullmatch(r"(.+)-s(\d+)", name)
-    return (m.group(1), int(m.group(2))) if m else (name, 0)
 
 
 def _format_error(source: str, err: ValidationError) -> str:

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from actionparty.cli import main
-from actionparty.config import dump_json_schema, load_profile, split_run
+from actionparty.config import dump_json_schema, load_profile
+from actionparty.variants import split_run
 from actionparty.games import CatalogueError, resolve_games
 from actionparty.errors import ProfileError
 

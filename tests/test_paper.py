@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from actionparty.config import load_profile, load_variant
+from actionparty.config import load_profile
+from actionparty.variants import load_variant
 from actionparty.errors import UserError
 from actionparty.model.factory import build_world_model
 from actionparty.train.estimate import build_on_meta, estimate

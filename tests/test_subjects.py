@@ -300,7 +300,7 @@ def test_egocentric_glimpse_reads_the_cells_in_front_first():
 def test_own_frame_is_on_for_the_state_variants_but_no_egocentric():
     from pathlib import Path
 
-    from actionparty.config import load_variant
+    from actionparty.variants import load_variant
 
     variants = Path(__file__).resolve().parents[1] / "params/variants"
     assert load_variant("full", variants).conditioning(1.0).egocentric

@@ -9,7 +9,8 @@ import pytest
 import torch
 import yaml
 
-from actionparty.config import load_variant, validate_profile
+from actionparty.config import validate_profile
+from actionparty.variants import load_variant
 from actionparty.data.lmdb_dataset import build_lmdb
 from actionparty.model.factory import build_world_model
 from actionparty.rollout.sampler import rollout
@@ -66,7 +67,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, train_l
 
 
 def test_finetune_snapshots_are_the_learning_curve_points(tmp_path, train_lmdb):
-    from actionparty.config import load_variant
+    from actionparty.variants import load_variant
     from actionparty.model.checkpoint import list_snapshots
 
     profile, _ = smoke_profile(tmp_path)

@@ -6,7 +6,8 @@ from typing import Sequence
 
 import torch
 
-from actionparty.config import Profile, VariantConfig
+from actionparty.config import Profile
+from actionparty.variants import VariantConfig
 from actionparty.games.actions import CANONICAL_ACTIONS
 from actionparty.model.subjects import NO_ACTION, ActionWorldModel, StateGrid
 from actionparty.model.text import TextEmbedder, make_text_embedder

@@ -19,20 +19,21 @@ def _cmd_rollout(args) -> None:
     """Roll a model out over the profile's test windows (and the swapped-actions binding test)."""
     import numpy as np
 
-    from actionparty.config import UNTRAINED_MODELS, load_profile, split_run
+    from actionparty.config import load_profile
+    from actionparty.variants import models_from, split_run, untrained_models
     from actionparty.data.lmdb_dataset import ClipDataset
     from actionparty.errors import UserError
     from actionparty.rollout.rollout_io import Rollout, binding_swaps, select_windows, write_rollout
     from actionparty.rollout.generate import load_for_rollout, rollout_windows
 
     profile = load_profile(args.profile)
-    if args.model == "static":
+    if args.model in models_from("copy"):
         loaded = None
     elif args.checkpoint is None:
         raise UserError(f"model '{args.model}' needs --checkpoint")
     else:
         loaded = load_for_rollout(profile, args.checkpoint, device=device())
-        if args.model not in UNTRAINED_MODELS and loaded.state.get("variant") != args.model:
+        if args.model not in untrained_models() and loaded.state.get("variant") != args.model:
             raise UserError(f"{args.checkpoint}: checkpoint of '{loaded.state.get('variant') or loaded.state['stage']}', "
                             f"not of model '{args.model}'")
     dataset = ClipDataset(args.lmdb, clip_steps=args.horizon, expect_canvas_px=profile.canvas_px)

@@ -14,11 +14,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from actionparty.config import Profile, VariantConfig
+from actionparty.config import Profile
 from actionparty.data.lmdb_dataset import ClipDataset
 from actionparty.model.checkpoint import check_compatible, load_checkpoint, load_model_weights
 from actionparty.model.factory import build_world_model
 from actionparty.rollout.sampler import rollout
+from actionparty.variants import VariantConfig
 
 @dataclass
 class LoadedModel:

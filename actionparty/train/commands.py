@@ -19,7 +19,8 @@ def _cmd_pretrain(args) -> None:
 
 
 def _cmd_finetune(args) -> None:
-    from actionparty.config import load_profile, load_variant, split_run
+    from actionparty.config import load_profile
+    from actionparty.variants import load_variant, split_run
     from actionparty.model.factory import build_world_model
     from actionparty.train.trainer import TrainJob, train
 
@@ -49,7 +50,8 @@ def _cmd_bench_model(args) -> None:
 
 
 def _cmd_estimate(args) -> None:
-    from actionparty.config import load_profile, load_variant
+    from actionparty.config import load_profile
+    from actionparty.variants import load_variant
     from actionparty.train.estimate import estimate, print_estimate
 
     profile = load_profile(args.profile)

@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from actionparty.config import Profile, VariantConfig
+from actionparty.config import Profile
+from actionparty.variants import VariantConfig
 from actionparty.games.actions import PLAYER_SLOTS
 
 GB = 1e9

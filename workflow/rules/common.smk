@@ -2,7 +2,8 @@
 import os
 import yaml
 
-from actionparty.config import SPLITS, split_run, validate_profile
+from actionparty.config import SPLITS, validate_profile
+from actionparty.variants import models_from, split_run, untrained_models
 from actionparty.games import resolve_games
 
 PROFILE = validate_profile(config, source="snakemake config")

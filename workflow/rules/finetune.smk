@@ -4,7 +4,7 @@
 VARIANTS = list(config["variants"])
 SEED_RUNS = list(config["seed_runs"])  # <variant>-s<k>: the same variant with seed + k
 RUNS = VARIANTS + SEED_RUNS
-MODELS = RUNS + ["pretrained_ar", "static"]
+MODELS = RUNS + list(untrained_models())  # + the exp-138 model and the copy floor (params/variants/)
 HORIZONS = [int(h) for h in config["rollout"]["horizons"]]
 
 
@@ -50,10 +50,11 @@ rule finetune_variant:
 
 
 def model_checkpoint(wildcards):
-    """The checkpoint a model is rolled out from (none for `static`)."""
-    if wildcards.model == "static":
+    """The checkpoint a model is rolled out from: its finetune, exp-138 (source pretrain), or
+    none (source copy)."""
+    if wildcards.model in models_from("copy"):
         return []
-    if wildcards.model == "pretrained_ar":
+    if wildcards.model in models_from("pretrain"):
         return ["results/exp-138/checkpoint.pt"]
     return [f"results/finetune/{wildcards.model}/checkpoint.pt"]
 

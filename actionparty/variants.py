@@ -1,0 +1,197 @@
+"""The model registry: one file per table row in ``params/variants/<name>.yaml``.
+
+Every model that appears in a table or figure is described by its file and nowhere else: what
+it is called, whose it is (the paper's method, ours, an ablation of one of them, a baseline, a
+reference row), the experiment id, the plot colour, where its weights come from, and, for the
+trained ones, every conditioning switch. The DAG, the model factory, the tables, the figures
+and the tests read this registry; adding a variant is adding one file.
+
+    role       paper | ours | ablation | baseline | reference
+    source     finetune (trained from exp-138 by the finetune stage) | pretrain (the exp-138
+               checkpoint itself) | copy (repeats the context frame) | ground_truth (the oracle)
+    conditioning.kind
+               subject (subject state tokens, model.subjects) | global (all players' actions in
+               the frame's adaLN input) | text (actions in the prompt) | video (no actions)
+
+Rows are ordered by role, then source, then experiment id (``registry``).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from actionparty.errors import ProfileError
+
+VARIANT_DIR = "params/variants"
+ROLES = ("paper", "ours", "ablation", "baseline", "reference")
+SOURCES = ("finetune", "pretrain", "copy", "ground_truth")
+# Model and variant names reach file paths and shell lines: lower-case words only.
+NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SubjectConditioning(_Strict):
+    """Subject state tokens and the mechanisms around them (docs/METHOD.md names each one's
+    module). Every switch is spelt out in the variant's file: there are no defaults."""
+
+    kind: Literal["subject"]
+    state: bool  # the tokens carry the player's denoised state (else the action only)
+    msa: bool  # subject-isolated self-attention
+    mca: Literal["framewise", "clipwise", "none"]  # masked action cross-attention
+    spatial_rope: bool  # state tokens at their player's position in self-attention's RoPE
+    # The state has its own noise level and is finished before the video is drawn from it.
+    state_first: bool
+    state_render: bool  # video tokens read the players' states at the cells they put them in
+    glimpse: bool  # state tokens read the previous frame's latents around their player's cell
+    egocentric: bool  # the state path works in each player's own frame (its previous facing)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SubjectConditioning":
+        needs_state = [name for name in ("state_first", "state_render", "glimpse", "egocentric")
+                       if getattr(self, name)]
+        if needs_state and not self.state:
+            raise ValueError(f"{', '.join(needs_state)} need state: true (they act on the denoised state)")
+        if self.state_render and not self.state_first:
+            raise ValueError("state_render needs state_first: the video is drawn from a finished state")
+        return self
+
+
+class GlobalConditioning(_Strict):
+    kind: Literal["global"]
+
+
+class TextConditioning(_Strict):
+    kind: Literal["text"]
+
+
+class VideoConditioning(_Strict):
+    """No actions at all: the exp-138 video model."""
+
+    kind: Literal["video"]
+
+
+Conditioning = Annotated[Union[SubjectConditioning, GlobalConditioning, TextConditioning, VideoConditioning],
+                         Field(discriminator="kind")]
+
+
+class VariantConfig(_Strict):
+    """One row of the tables (params/variants/<name>.yaml)."""
+
+    name: str  # shown in tables and figures
+    description: str
+    role: Literal["paper", "ours", "ablation", "baseline", "reference"]
+    ablation_of: str | None = None  # the variant an ablation switches one thing off in
+    experiment: str | None  # experiment id (exp-138 pretraining, exp-139 ...); none for references
+    paper_name: str | None = None  # the row's name in the paper, where the paper has the row
+    colour: str  # matplotlib colour of its lines and bars
+    source: Literal["finetune", "pretrain", "copy", "ground_truth"]
+    conditioning: Conditioning | None  # none for rows without a network (copy, ground truth)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "VariantConfig":
+        if (self.role == "ablation") != (self.ablation_of is not None):
+            raise ValueError("ablation_of is set for, and only for, role: ablation")
+        has_network = self.source in ("finetune", "pretrain")
+        if has_network != (self.conditioning is not None):
+            raise ValueError(f"source {self.source} {'needs' if has_network else 'takes no'} conditioning")
+        if self.source == "pretrain" and self.conditioning.kind != "video":
+            raise ValueError("source pretrain is the exp-138 video model: conditioning.kind must be video")
+        if self.source == "finetune" and self.conditioning.kind == "video":
+            raise ValueError("a finetuned variant is conditioned on actions: conditioning.kind is not video")
+        return self
+
+    @property
+    def trained(self) -> bool:
+        """Trained by the finetune stage (the profile's ``variants`` list holds only these)."""
+        return self.source == "finetune"
+
+    @property
+    def subject(self) -> SubjectConditioning | None:
+        """The subject-token switches, for kind subject."""
+        c = self.conditioning
+        return c if isinstance(c, SubjectConditioning) else None
+
+
+def _format(path: Path, err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-after", "tagged-union")))
+    what = {"extra_forbidden": "unknown key", "missing": "missing key"}.get(first["type"], first["msg"])
+    return f"{path}: {where or '<root>'}: {what}"
+
+
+def check_name(name: str, what: str = "model") -> str:
+    """``name`` unchanged, or ProfileError: names become file paths and words in shell lines."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise ProfileError(f"{what} name {name!r} must match {NAME_PATTERN.pattern} (lower-case letters, digits, _)")
+    return name
+
+
+def load_variant(name: str, directory: str | Path = VARIANT_DIR) -> VariantConfig:
+    """The variant file ``<directory>/<name>.yaml``, validated (one-line ProfileError otherwise)."""
+    check_name(name, "variant")
+    path = Path(directory) / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in Path(directory).glob("*.yaml"))
+        raise ProfileError(f"{path}: unknown variant '{name}'; known: {', '.join(known)}")
+    return _load(path)
+
+
+def _load(path: Path) -> VariantConfig:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ProfileError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    try:
+        variant = VariantConfig.model_validate(data)
+    except ValidationError as err:
+        raise ProfileError(_format(path, err)) from None
+    if variant.ablation_of is not None and not (path.parent / f"{variant.ablation_of}.yaml").is_file():
+        raise ProfileError(f"{path}: ablation_of: no variant '{variant.ablation_of}'")
+    return variant
+
+
+def _order(item: tuple[str, VariantConfig]) -> tuple:
+    name, v = item
+    number = int(re.sub(r"\D", "", v.experiment) or 0) if v.experiment else 0
+    return ROLES.index(v.role), SOURCES.index(v.source), number, name
+
+
+def registry(directory: str | Path = VARIANT_DIR) -> dict[str, VariantConfig]:
+    """Every variant file of ``directory``, in table order (role, source, experiment id)."""
+    return dict(_registry(str(Path(directory).resolve())))
+
+
+@lru_cache(maxsize=8)
+def _registry(directory: str) -> tuple[tuple[str, VariantConfig], ...]:
+    paths = sorted(Path(directory).glob("*.yaml"))
+    if not paths:
+        raise ProfileError(f"{directory}: no variant files (params/variants/<name>.yaml)")
+    items = [(check_name(p.stem, "variant"), _load(p)) for p in paths]
+    return tuple(sorted(items, key=_order))
+
+
+def models_from(source: str, directory: str | Path = VARIANT_DIR) -> tuple[str, ...]:
+    """Names of the registry's rows of one ``source``, in table order."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; known: {', '.join(SOURCES)}")
+    return tuple(name for name, v in registry(directory).items() if v.source == source)
+
+
+def untrained_models(directory: str | Path = VARIANT_DIR) -> tuple[str, ...]:
+    """Rolled out and evaluated but not finetuned: the exp-138 model and the copy floor."""
+    return models_from("pretrain", directory) + models_from("copy", directory)
+
+
+def split_run(name: str) -> tuple[str, int]:
+    """A model or run name -> (variant, seed offset): 'full-s1' -> ('full', 1), 'full' -> ('full', 0)."""
+    m = re.fullmatch(r"(.+)-s(\d+)", name)
+    return (m.group(1), int(m.group(2))) if m else (name, 0)
