@@ -9,7 +9,7 @@ import torch
 from actionparty.config import Profile
 from actionparty.variants import VariantConfig
 from actionparty.games.actions import CANONICAL_ACTIONS
-from actionparty.model.subjects import NO_ACTION, ActionWorldModel, StateGrid
+from actionparty.model.subjects import NO_ACTION, ActionWorldModel, StateGrid, legacy_conditioning
 from actionparty.model.text import TextEmbedder, make_text_embedder
 from actionparty.model.world import FrameCodec, WorldModel, build_dit, build_frame_codec
 
@@ -111,9 +111,9 @@ def build_world_model(profile: Profile, device="cpu", variant: VariantConfig | N
     else:
         side = dit.token_grid((1, *latent_side(profile, codec)))[1]
         grid = StateGrid(profile.canvas_cells, side)
-        model = ActionWorldModel(dit, variant.conditioning(profile.finetune.state_loss_weight), grid,
+        model = ActionWorldModel(dit, legacy_conditioning(variant), grid,
                                  profile.model.prediction, profile.model.residual_prior)
-    text = TextConditioner(embedder, with_actions=variant is not None and variant.kind == "text")
+    text = TextConditioner(embedder, with_actions=variant is not None and variant.conditioning.kind == "text")
     return model.to(device), codec, text
 
 

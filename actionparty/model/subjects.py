@@ -143,6 +143,14 @@ class Conditioning:
     egocentric: bool = False  # the state path works in each player's own frame (its previous facing)
 
 
+def legacy_conditioning(variant) -> Conditioning:
+    c = variant.conditioning
+    if c.kind != "subject":
+        return Conditioning(c.kind)
+    return Conditioning("subject", c.state, c.msa, c.mca, c.spatial_rope, 1.0, state_first=c.state_first,
+                        state_render=c.state_render, glimpse=c.glimpse, egocentric=c.egocentric)
+
+
 # ------------------------------------------------------------------------------ MCA
 
 

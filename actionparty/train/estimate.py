@@ -44,7 +44,7 @@ class TrainingEstimate:
 def build_on_meta(profile: Profile, variant: VariantConfig | None = None):
     """The profile's DiT (and action modules) on the meta device, with the codec's real shapes."""
     from actionparty.model.dit import make_dit
-    from actionparty.model.subjects import ActionWorldModel, StateGrid
+    from actionparty.model.subjects import ActionWorldModel, StateGrid, legacy_conditioning
     from actionparty.model.world import WorldModel
 
     cfg = profile.model
@@ -58,7 +58,7 @@ def build_on_meta(profile: Profile, variant: VariantConfig | None = None):
             model = WorldModel(dit, cfg.prediction, cfg.residual_prior)
         else:
             grid = StateGrid(profile.canvas_cells, side // patch[1])
-            model = ActionWorldModel(dit, variant.conditioning(profile.finetune.state_loss_weight), grid,
+            model = ActionWorldModel(dit, legacy_conditioning(variant), grid,
                                      cfg.prediction, cfg.residual_prior)
     return model, side
 
@@ -71,7 +71,7 @@ def estimate(profile: Profile, variant: VariantConfig | None = None) -> Training
     tokens_per_frame = (side // d.patch_size[1]) * (side // d.patch_size[2])
     frames = 1 + train.clip_steps
     video = frames * tokens_per_frame
-    state = frames * PLAYER_SLOTS if variant is not None and variant.kind == "subject" else 0
+    state = frames * PLAYER_SLOTS if variant is not None and variant.conditioning.kind == "subject" else 0
     n = video + state
     gpus = max(profile.resources.train_gpus, 1)
     clips_per_gpu = max(train.batch_size // gpus, 1)
