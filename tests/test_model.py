@@ -19,6 +19,7 @@ from actionparty.model.dit import (
     DIT_SIZES,
     VIDEO_TAG,
     BlockContext,
+    DiTConditioning,
     ExtraTokens,
     WanDiT,
     dit_config,
@@ -81,7 +82,7 @@ def test_output_shapes_and_time_broadcast():
     same_t = model(x, t[:, :1].expand(B, T).contiguous(), text).video
     assert torch.allclose(model(x, t[:, 0], text).video, same_t)  # (B,) broadcasts to every frame
     extra = state_tokens(model, T)
-    out = model(x, t, text, extra=extra)
+    out = model(x, t, text, cond=DiTConditioning(extra=extra))
     assert out.video.shape == (B, 4, T, H, W) and out.extra.shape == (B, extra.num_tokens, model.config.dim)
     with pytest.raises(ValueError, match="t must be"):
         model(x, t[:, :2], text)
@@ -152,7 +153,7 @@ def test_zero_init_starts_at_zero_output():
 def test_bf16_forward_keeps_fp32_rope_and_is_finite():
     model = tiny().to(torch.bfloat16)
     x, t, text = inputs()
-    out = model(x, t, text, extra=state_tokens(model, T))
+    out = model(x, t, text, cond=DiTConditioning(extra=state_tokens(model, T)))
     assert out.video.dtype == torch.float32 and torch.isfinite(out.video).all() and torch.isfinite(out.extra).all()
     cos, _ = model.rope.grid(T, 4, 4)
     assert cos.dtype == torch.float32
@@ -330,13 +331,14 @@ def test_kv_cached_rollout_equals_uncached(chunk, frames, with_extra):
     x, t, text = inputs(frames=frames)
     extra = state_tokens(model, frames) if with_extra else None
     with torch.no_grad():
-        full = model(x, t, text, extra=extra)
+        full = model(x, t, text, cond=DiTConditioning(extra=extra))
         cache = model.new_kv_cache()
         for c in range(frames // chunk):
             sl = slice(c * chunk, (c + 1) * chunk)
             chunk_extra = _slice_extra(extra, sl) if with_extra else None
-            peek = model(x[:, :, sl], t[:, sl], text, extra=chunk_extra, kv_cache=cache)  # read-only call
-            out = model(x[:, :, sl], t[:, sl], text, extra=chunk_extra, kv_cache=cache, update_cache=True)
+            peek = model(x[:, :, sl], t[:, sl], text, cond=DiTConditioning(extra=chunk_extra), kv_cache=cache)  # read-only call
+            out = model(x[:, :, sl], t[:, sl], text, cond=DiTConditioning(extra=chunk_extra), kv_cache=cache,
+                        update_cache=True)
             assert torch.equal(peek.video, out.video)
             assert torch.allclose(out.video, full.video[:, :, sl], atol=1e-5)
             if with_extra:
@@ -354,7 +356,8 @@ def test_sliding_window_cache_equals_windowed_mask(sink):
     x, t, text = inputs(frames=frames)
     with torch.no_grad():
         f = video_token_frames(frames, S)
-        full = model(x, t, text, attn_mask=block_causal_mask(f, f, 1, window_frames=window, sink_frames=sink)).video
+        full = model(x, t, text, cond=DiTConditioning(
+            attn_mask=block_causal_mask(f, f, 1, window_frames=window, sink_frames=sink))).video
         cache = model.new_kv_cache(window_frames=window, sink_frames=sink)
         for c in range(frames):
             out = model(x[:, :, c:c + 1], t[:, c:c + 1], text, kv_cache=cache, update_cache=True).video
@@ -375,10 +378,10 @@ def test_extra_tokens_positions_mask_and_isolation():
     model = tiny(chunk_frames=1)
     x, t, text = inputs()
     extra = state_tokens(model, T)
-    base = model(x, t, text, extra=extra)
+    base = model(x, t, text, cond=DiTConditioning(extra=extra))
     moved = ExtraTokens(extra.tokens, extra.positions + torch.tensor([0.0, 0.5, -0.25]), extra.timesteps,
                         extra.frames, tags=extra.tags)
-    assert (model(x, t, text, extra=moved).extra - base.extra).abs().max() > 1e-4  # rotary position matters
+    assert (model(x, t, text, cond=DiTConditioning(extra=moved)).extra - base.extra).abs().max() > 1e-4  # rotary position matters
     # An arbitrary mask over [video; extra]: video tokens cannot see extra tokens -> video output
     # is exactly the one without extra tokens; extra tokens see only video and their own player.
     layout = model.token_layout((T, H, W), extra)
@@ -387,13 +390,14 @@ def test_extra_tokens_positions_mask_and_isolation():
     same_player = layout.q_tags[:, None] == layout.k_tags[None, :]
     visible = torch.where(video_q, ~is_extra_key[None, :], ~is_extra_key[None, :] | same_player)
     mask = and_masks(model.default_attn_mask(layout), visible)
-    isolated = model(x, t, text, extra=extra, attn_mask=mask)
+    isolated = model(x, t, text, cond=DiTConditioning(extra=extra, attn_mask=mask))
     assert torch.allclose(isolated.video, model(x, t, text).video, atol=1e-5)
     assert (isolated.extra - base.extra).abs().max() > 1e-4
     # own modulation input: changing one extra token's timestep changes that token's output
     t2 = extra.timesteps.clone()
     t2[:, 0] += 100
-    other = model(x, t, text, extra=ExtraTokens(extra.tokens, extra.positions, t2, extra.frames, tags=extra.tags))
+    other = model(x, t, text, cond=DiTConditioning(
+        extra=ExtraTokens(extra.tokens, extra.positions, t2, extra.frames, tags=extra.tags)))
     assert (other.extra[:, 0] - base.extra[:, 0]).abs().max() > 1e-4
 
 
@@ -402,11 +406,11 @@ def test_extra_cross_attention_hook_is_called_in_every_block():
     x, t, text = inputs()
     plain = model(x, t, text).video
     model.install_extra_cross_attn(ZeroGatedCrossAttention)
-    assert torch.allclose(model(x, t, text, extra_cross_ctx={"scale": 1.0}).video, plain, atol=1e-6)  # zero-init
+    assert torch.allclose(model(x, t, text, cond=DiTConditioning(payload={"scale": 1.0})).video, plain, atol=1e-6)  # zero-init
     assert "blocks.1.extra_cross_attn.proj.weight" in model.state_dict()
     for b in model.blocks:
         nn.init.normal_(b.extra_cross_attn.proj.bias, std=0.1)  # (a constant would vanish in LayerNorm)
-    hooked = model(x, t, text, extra_cross_ctx={"scale": 1.0}).video
+    hooked = model(x, t, text, cond=DiTConditioning(payload={"scale": 1.0})).video
     assert (hooked - plain).abs().max() > 1e-4
     for i, b in enumerate(model.blocks):
         ctx = b.extra_cross_attn.calls[-1]
@@ -418,9 +422,9 @@ def test_frame_cond_enters_modulation_per_frame():
     model = tiny(chunk_frames=1)
     x, t, text = inputs()
     cond = torch.zeros(B, T, model.config.dim)
-    base = model(x, t, text, frame_cond=cond).video
+    base = model(x, t, text, cond=DiTConditioning(frame_cond=cond)).video
     assert torch.allclose(base, model(x, t, text).video)
     cond[:, 2] = 1.0
-    out = model(x, t, text, frame_cond=cond).video
+    out = model(x, t, text, cond=DiTConditioning(frame_cond=cond)).video
     assert torch.allclose(out[:, :, :2], base[:, :, :2], atol=1e-6)  # causal: earlier frames unaffected
     assert (out[:, :, 2] - base[:, :, 2]).abs().max() > 1e-4

@@ -9,36 +9,58 @@ import torch
 import actionparty.model.dit as dit_module
 from actionparty.model.dit import make_dit
 from actionparty.games.actions import FACING_STEP
-from actionparty.model.subjects import NO_ACTION, STATE_DIM, ActionWorldModel, Conditioning, StateGrid, to_own_frame
+from actionparty.model.conditioning import (
+    NO_ACTION,
+    STATE_DIM,
+    CallLayout,
+    StateGrid,
+    SubjectInputs,
+    SubjectTokens,
+    to_own_frame,
+)
+from actionparty.model.conditioning.glimpse import read_glimpse
+from actionparty.model.conditioning.render import render_map
+from actionparty.model.world import WorldModel
+from actionparty.variants import SubjectConditioning
 
 S = 8
 GRID = 6  # tokens per side
 
 
-def make_model(layers=1, **flags) -> ActionWorldModel:
+# The paper's mechanisms only (the state denoised with the video, spatial RoPE, MSA, frame-wise
+# MCA); each test switches on or off what it is about.
+PAPER_MECHANISMS = dict(kind="subject", state=True, msa=True, mca="framewise", spatial_rope=True, state_first=False,
+                        state_render=False, glimpse=False, egocentric=False)
+
+
+def subject_model(dit, **flags) -> WorldModel:
+    grid = StateGrid(GRID, GRID)
+    return WorldModel(dit, SubjectTokens(dit, SubjectConditioning(**{**PAPER_MECHANISMS, **flags}), grid), grid)
+
+
+def make_model(layers=1, **flags) -> WorldModel:
     torch.manual_seed(0)
     dit = make_dit("tiny", in_dim=12, out_dim=12, patch_size=(1, 1, 1), num_layers=layers, chunk_frames=1)
-    model = ActionWorldModel(dit, Conditioning("subject", **flags), StateGrid(GRID, GRID))
+    model = subject_model(dit, **flags)
     with torch.no_grad():  # random weights everywhere, zero-initialised gates included
         for p in model.parameters():
             p.normal_(0, 0.3)
     return model.eval()
 
 
-def call(model, frames=1, aux=None, actions=None, present=None, x=None, offset=0, anchor=None):
+def call(model, frames=1, state=None, actions=None, present=None, x=None, offset=0, anchor=None):
     torch.manual_seed(1)
     x = torch.randn(1, 12, frames, GRID, GRID) if x is None else x
     sigma = torch.full((1, frames), 0.5)
-    if aux is None:
-        aux = torch.rand(1, frames, S, STATE_DIM) * 2 - 1
+    if state is None:
+        state = torch.rand(1, frames, S, STATE_DIM) * 2 - 1
     if actions is None:
         actions = torch.randint(0, NO_ACTION, (1, frames, S))
     if present is None:
         present = torch.ones(1, S, dtype=torch.bool)
     text = torch.randn(1, 4, model.dit.config.text_dim)
     return model(x, sigma, x, text, None, frame_offset=offset,
-                 inputs={"actions": actions, "present": present}, aux=aux,
-                 aux_anchor=aux if anchor is None else anchor)
+                 subjects=SubjectInputs(actions, present, prev_state=state if anchor is None else anchor, state=state))
 
 
 def state_out(pred, frames=1):
@@ -48,11 +70,11 @@ def state_out(pred, frames=1):
 @pytest.mark.parametrize("msa", [True, False])
 def test_subject_isolation_within_a_layer(msa):
     model = make_model(msa=msa, mca="none")
-    aux = torch.rand(1, 1, S, STATE_DIM) * 2 - 1
-    a = state_out(call(model, aux=aux))
-    moved = aux.clone()
+    state = torch.rand(1, 1, S, STATE_DIM) * 2 - 1
+    a = state_out(call(model, state=state))
+    moved = state.clone()
     moved[0, 0, 0] += 0.7  # perturb player 0's state token
-    b = state_out(call(model, aux=moved))
+    b = state_out(call(model, state=moved))
     assert not torch.allclose(a[0, 0, 0], b[0, 0, 0])  # its own output changes
     others_same = torch.allclose(a[0, 0, 1:], b[0, 0, 1:], atol=1e-6)
     assert others_same == msa  # with MSA the other players cannot see it (one layer: no video relay)
@@ -72,9 +94,9 @@ def _state_attention(model, monkeypatch, yx):
     grid = model.grid
     anchor = grid.encode(torch.zeros(1, 1, S, 2), torch.zeros(1, 1, S, dtype=torch.long))
     anchor[0, 0, 0] = grid.encode(torch.tensor([float(yx[1]), float(yx[0])]), torch.tensor(0))
-    aux = anchor.clone()  # the token reads the state relative to the anchor: same content at any cell
+    state = anchor.clone()  # the token reads the state relative to the anchor: same content at any cell
     x = torch.zeros(1, 12, 1, GRID, GRID)  # identical video tokens: only RoPE tells them apart
-    call(model, aux=aux, anchor=anchor, x=x, actions=torch.zeros(1, 1, S, dtype=torch.long))
+    call(model, state=state, anchor=anchor, x=x, actions=torch.zeros(1, 1, S, dtype=torch.long))
     q, k, _ = captured["qk"]
     nv = GRID * GRID
     logits = torch.einsum("hd,khd->hk", q[0, nv], k[0, :nv])
@@ -121,15 +143,15 @@ def test_framewise_mca_keeps_other_steps_actions_out(mca, independent):
 def test_no_mca_removes_action_cross_attention_only():
     full, no_mca = make_model(), make_model(mca="none")
     extra = {n for n, _ in full.named_parameters()} - {n for n, _ in no_mca.named_parameters()}
-    assert extra and all("extra_cross_attn" in n or n.startswith("mca_") for n in extra)
+    assert extra and all("extra_cross_attn" in n or n.startswith("conditioning.mca.") for n in extra)
     assert {n for n, _ in no_mca.named_parameters()} <= {n for n, _ in full.named_parameters()}
 
 
 def test_no_state_removes_state_input_and_head_only():
     full, no_state = make_model(), make_model(state=False)
-    assert no_state.aux_dim == 0 and full.aux_dim == STATE_DIM
+    assert not no_state.has_state and full.has_state
     extra = {n for n, _ in full.named_parameters()} - {n for n, _ in no_state.named_parameters()}
-    assert extra and all(n.startswith(("state_in", "state_head")) for n in extra)
+    assert extra and all(n.startswith(("conditioning.state_in", "conditioning.state_head")) for n in extra)
 
 
 def test_no_msa_changes_only_state_to_state_attention():
@@ -137,7 +159,7 @@ def test_no_msa_changes_only_state_to_state_attention():
     assert {n for n, _ in full.named_parameters()} == {n for n, _ in no_msa.named_parameters()}
     layout = full.dit.token_layout((1, GRID, GRID), call_extra(full), None, 0)
     present = torch.ones(1, S, dtype=torch.bool)
-    a, b = full.subject_mask(layout, present)[0], no_msa.subject_mask(layout, present)[0]
+    a, b = full.conditioning.isolation_mask(layout, present)[0], no_msa.conditioning.isolation_mask(layout, present)[0]
     differ = a != b
     q_state, k_state = layout.q_tags >= 0, layout.k_tags >= 0
     assert differ.any()
@@ -157,13 +179,13 @@ def call_extra(model):
 def test_empty_slots_contribute_nothing(msa):
     model = make_model(layers=2, msa=msa)
     present = torch.tensor([[True, True, True, False, False, False, False, False]])
-    aux = torch.rand(1, 1, S, STATE_DIM) * 2 - 1
+    state = torch.rand(1, 1, S, STATE_DIM) * 2 - 1
     actions = torch.randint(0, NO_ACTION, (1, 1, S))
-    a = call(model, aux=aux, actions=actions, present=present)
-    aux2, actions2 = aux.clone(), actions.clone()
-    aux2[0, 0, 3:] = torch.rand(5, STATE_DIM)
+    a = call(model, state=state, actions=actions, present=present)
+    state2, actions2 = state.clone(), actions.clone()
+    state2[0, 0, 3:] = torch.rand(5, STATE_DIM)
     actions2[0, 0, 3:] = (actions2[0, 0, 3:] + 3) % NO_ACTION
-    b = call(model, aux=aux2, actions=actions2, present=present)
+    b = call(model, state=state2, actions=actions2, present=present)
     torch.testing.assert_close(a.x0, b.x0)  # video unaffected
     torch.testing.assert_close(state_out(a)[0, 0, :3], state_out(b)[0, 0, :3])  # present players unaffected
 
@@ -200,48 +222,45 @@ def test_state_render_draws_each_player_at_its_cells_only():
     moved = prev.clone()
     moved[0, 0, 0, :2] = grid.encode(torch.tensor([3.0, 2.0]), torch.tensor(0))[:2]  # one cell east
     actions = torch.zeros(1, 1, S, dtype=torch.long)
-    a = call(model, aux=prev, actions=actions, present=present, anchor=prev)
-    b = call(model, aux=moved, actions=actions, present=present, anchor=prev)
+    a = call(model, state=prev, actions=actions, present=present, anchor=prev)
+    b = call(model, state=moved, actions=actions, present=present, anchor=prev)
     # The whole frame attends to the player's tokens, so compare the linear path's own share.
     feature = torch.randn(1, 1, S, model.dit.config.dim)
-    drawn_a = model.render_map(prev, present, (GRID, GRID), feature)
-    drawn_b = model.render_map(moved, present, (GRID, GRID), feature)
+    drawn_a = render_map(prev, present, grid, (GRID, GRID), feature)
+    drawn_b = render_map(moved, present, grid, (GRID, GRID), feature)
     diff = (drawn_b - drawn_a).abs().sum(-1).view(GRID, GRID)
     assert set(map(tuple, diff.nonzero().tolist())) == {(2, 2), (2, 3)}  # (row, col): left (2, 2), entered (2, 3)
     assert not torch.allclose(a.x0[0, :, 0, 2, 3], b.x0[0, :, 0, 2, 3])
     # A present player's state at a fractional position spreads over the four nearest cells.
     half = moved.clone()
     half[0, 0, 0, :2] += 0.5
-    spread = model.render_map(half, present, (GRID, GRID), feature)
+    spread = render_map(half, present, grid, (GRID, GRID), feature)
     assert int((spread.abs().sum(-1) > 0).sum()) == 4
     # Absent players draw nothing.
-    assert model.render_map(prev, torch.zeros(1, S, dtype=torch.bool), (GRID, GRID), feature).abs().sum() == 0
+    assert render_map(prev, torch.zeros(1, S, dtype=torch.bool), grid, (GRID, GRID), feature).abs().sum() == 0
 
 
 def test_render_gates_start_closed():
     torch.manual_seed(0)
     dit = make_dit("tiny", in_dim=12, out_dim=12, patch_size=(1, 1, 1), num_layers=1, chunk_frames=1)
-    with_render = ActionWorldModel(dit, Conditioning("subject", state_first=True, state_render=True),
-                                   StateGrid(GRID, GRID)).eval()
+    with_render = subject_model(dit, state_first=True, state_render=True).eval()
     x = torch.randn(1, 12, 1, GRID, GRID)
-    aux = torch.rand(1, 1, S, STATE_DIM) * 2 - 1
-    inputs = {"actions": torch.zeros(1, 1, S, dtype=torch.long), "present": torch.ones(1, S, dtype=torch.bool)}
+    state = torch.rand(1, 1, S, STATE_DIM) * 2 - 1
+    subjects = SubjectInputs(torch.zeros(1, 1, S, dtype=torch.long), torch.ones(1, S, dtype=torch.bool), state, state)
     text = torch.randn(1, 4, dit.config.text_dim)
-    out = with_render.condition({**inputs, "latent_shape": (1, GRID, GRID), "aux": aux, "aux_anchor": aux,
-                                 "aux_sigma": torch.full((1, 1), 0.5), "video_anchor": x}, 0, 1, torch.full((1, 1), 0.5), None, None)
-    assert out["video_cond"].abs().sum() == 0 and out["out_cond"].abs().sum() == 0
-    pred = with_render(x, torch.full((1, 1), 0.5), x, text, None, frame_offset=0, inputs=inputs, aux=aux,
-                       aux_anchor=aux)
+    sigma = torch.full((1, 1), 0.5)
+    out = with_render.conditioning(dit, subjects, CallLayout((1, GRID, GRID), 0, None, None, x, sigma))
+    assert out.video_cond.abs().sum() == 0 and out.out_cond.abs().sum() == 0
+    pred = with_render(x, sigma, x, text, None, frame_offset=0, subjects=subjects)
     assert torch.isfinite(pred.x0).all()
 
 
 def test_glimpse_reads_the_cells_around_the_player():
-    model = make_model(glimpse=True)
-    grid = model.grid  # GRID x GRID cells, one latent position per cell
+    grid = StateGrid(GRID, GRID)  # GRID x GRID cells, one latent position per cell
     latents = torch.arange(GRID * GRID, dtype=torch.float).view(1, 1, 1, GRID, GRID).expand(1, 12, 1, GRID, GRID)
     state = grid.encode(torch.tensor([[2.0, 3.0], [0.0, 0.0]]), torch.tensor([0, 1]))  # (x, y) cells
     state = torch.cat([state, state[:1].expand(S - 2, -1)]).view(1, 1, S, STATE_DIM)
-    seen = model.glimpse(latents, state).view(1, 1, S, 9, 12)[..., 0]  # channel 0 of each of the 9 cells
+    seen = read_glimpse(latents, state, grid).view(1, 1, S, 9, 12)[..., 0]  # channel 0 of each of the 9 cells
     row, col = 3, 2
     expect = [(row + dy) * GRID + (col + dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
     torch.testing.assert_close(seen[0, 0, 0], torch.tensor(expect, dtype=torch.float))
@@ -253,18 +272,18 @@ def test_glimpse_changes_the_state_tokens_only_through_the_previous_frame():
     model = make_model(glimpse=True)
     x = torch.randn(1, 12, 1, GRID, GRID)
     anchor = torch.randn(1, 12, 1, GRID, GRID)
-    aux = model.grid.encode(torch.tensor([2.0, 2.0]), torch.tensor(0)).expand(1, 1, S, STATE_DIM).clone()
-    inputs = {"actions": torch.zeros(1, 1, S, dtype=torch.long), "present": torch.ones(1, S, dtype=torch.bool)}
+    state = model.grid.encode(torch.tensor([2.0, 2.0]), torch.tensor(0)).expand(1, 1, S, STATE_DIM).clone()
+    subjects = SubjectInputs(torch.zeros(1, 1, S, dtype=torch.long), torch.ones(1, S, dtype=torch.bool), state, state)
     text = torch.randn(1, 4, model.dit.config.text_dim)
     sigma = torch.full((1, 1), 0.5)
-    a = model(x, sigma, anchor, text, None, frame_offset=0, inputs=inputs, aux=aux, aux_anchor=aux)
+    a = model(x, sigma, anchor, text, None, frame_offset=0, subjects=subjects)
     far = anchor.clone()
     far[..., 5, 5] += 3.0  # a cell outside every player's 3 x 3 glimpse
-    b = model(x, sigma, far, text, None, frame_offset=0, inputs=inputs, aux=aux, aux_anchor=aux)
+    b = model(x, sigma, far, text, None, frame_offset=0, subjects=subjects)
     torch.testing.assert_close(a.raw.extra, b.raw.extra)
     near = anchor.clone()
     near[..., 3, 3] += 3.0  # the cell south-east of the players
-    c = model(x, sigma, near, text, None, frame_offset=0, inputs=inputs, aux=aux, aux_anchor=aux)
+    c = model(x, sigma, near, text, None, frame_offset=0, subjects=subjects)
     assert not torch.allclose(a.raw.extra, c.raw.extra)
 
 
@@ -283,7 +302,7 @@ def test_own_frame_is_the_canvas_turned_by_the_facing():
 
 
 def test_egocentric_glimpse_reads_the_cells_in_front_first():
-    model = make_model(glimpse=True, egocentric=True)
+    grid = StateGrid(GRID, GRID)
     latents = torch.arange(GRID * GRID, dtype=torch.float).view(1, 1, 1, GRID, GRID).expand(1, 12, 1, GRID, GRID)
     x, y = 2, 3
     for k, front in enumerate([[(x - 1, y - 1), (x, y - 1), (x + 1, y - 1)],  # facing N: the row above, west to east
@@ -291,8 +310,8 @@ def test_egocentric_glimpse_reads_the_cells_in_front_first():
                                [(x + 1, y + 1), (x, y + 1), (x - 1, y + 1)],  # S: the row below, east to west
                                [(x - 1, y + 1), (x - 1, y), (x - 1, y - 1)]]):  # W: the column west, south to north
         facing = torch.full((1, 1, S), k)
-        state = model.grid.encode(torch.tensor([float(x), float(y)]), torch.tensor(k)).expand(1, 1, S, STATE_DIM)
-        seen = model.glimpse(latents, state, facing).view(1, 1, S, 9, 12)[0, 0, 0, :, 0]
+        state = grid.encode(torch.tensor([float(x), float(y)]), torch.tensor(k)).expand(1, 1, S, STATE_DIM)
+        seen = read_glimpse(latents, state, grid, facing).view(1, 1, S, 9, 12)[0, 0, 0, :, 0]
         assert seen[:3].tolist() == [float(cy * GRID + cx) for cx, cy in front]
         assert seen[4] == y * GRID + x  # the centre is the player's own cell
 
@@ -303,7 +322,7 @@ def test_own_frame_is_on_for_the_state_variants_but_no_egocentric():
     from actionparty.variants import load_variant
 
     variants = Path(__file__).resolve().parents[1] / "params/variants"
-    assert load_variant("full", variants).conditioning(1.0).egocentric
-    assert not load_variant("no_egocentric", variants).conditioning(1.0).egocentric
-    assert not load_variant("no_state", variants).conditioning(1.0).egocentric  # nothing to turn
-    assert not load_variant("global_action", variants).conditioning(1.0).egocentric
+    assert load_variant("full", variants).subject.egocentric
+    assert not load_variant("no_egocentric", variants).subject.egocentric
+    assert not load_variant("no_state", variants).subject.egocentric  # nothing to turn
+    assert load_variant("global_action", variants).subject is None

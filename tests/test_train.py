@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
 import yaml
 
 from actionparty.config import validate_profile
-from actionparty.variants import load_variant
 from actionparty.data.lmdb_dataset import build_lmdb
-from actionparty.model.factory import build_world_model
-from actionparty.rollout.sampler import rollout
 from actionparty.model.checkpoint import load_checkpoint
+from actionparty.model.conditioning import NO_ACTION, SubjectInputs
+from actionparty.model.factory import build_world_model
 from actionparty.model.flow import add_noise, sampling_sigmas, shift_sigma
-from actionparty.train.objective import draw_state_sigmas
+from actionparty.rollout.sampler import rollout
+from actionparty.train.objective import ClipNoise, draw_state_sigmas
 from actionparty.train.trainer import TrainJob, train
+from actionparty.variants import load_variant
 from conftest import REPO, subprocess_env, write_synthetic_episodes
 
 
@@ -91,7 +93,7 @@ def test_x0_loss_space_is_the_plain_weighted_x0_error():
     from actionparty.train.objective import flow_matching_loss
 
     class Fixed(torch.nn.Module):  # predicts x0 = 0.5 everywhere (no residual prior)
-        aux_dim, chunk_frames, context_frame, prediction = 0, 1, 0, "x0"
+        has_state, chunk_frames, context_frame, prediction = False, 1, 0, "x0"
 
         def forward(self, x, sigma, anchor, text, text_mask, **_):
             return SimpleNamespace(x0=torch.full_like(x, 0.5), velocity=torch.zeros_like(x))
@@ -100,14 +102,14 @@ def test_x0_loss_space_is_the_plain_weighted_x0_error():
     latents[:, :, 1, 0, 0] = 1.0  # one changed position per clip
     cfg = SimpleNamespace(loss_space="x0", change_weight=3.0, min_sigma=0.05)
     sigma = torch.tensor([[0.2], [0.9]])
-    out = flow_matching_loss(Fixed(), latents, None, None, cfg, sigma, torch.zeros(2, 3, 1, 4, 4))
+    out = flow_matching_loss(Fixed(), latents, None, None, cfg, ClipNoise(sigma, torch.zeros(2, 3, 1, 4, 4)))
     weight = torch.ones(2, 1, 1, 4, 4)
     weight[:, :, :, 0, 0] = 4.0
     err = (0.5 - latents[:, :, 1:]).pow(2)
     expected = (weight * err).sum() / (weight.sum() * 3)
     torch.testing.assert_close(out.loss, expected)  # no 1/sigma^2: every noise level counts alike
     velocity = flow_matching_loss(Fixed(), latents, None, None, SimpleNamespace(**{**vars(cfg), "loss_space": "velocity"}),
-                                  sigma, torch.zeros(2, 3, 1, 4, 4))
+                                  ClipNoise(sigma, torch.zeros(2, 3, 1, 4, 4)))
     assert velocity.loss > out.loss
 
 
@@ -217,7 +219,7 @@ def test_checkpoint_from_another_model_config_is_refused(tmp_path, train_lmdb):
 def test_state_first_rollout_cached_equals_uncached_and_snaps_states(tmp_path):
     profile, _ = smoke_profile(tmp_path)
     model, codec, text = build_world_model(profile, variant=load_variant("full", REPO / "params/variants"))
-    assert model.conditioning.state_first and model.conditioning.state_render
+    assert model.state_first and model.conditioning.render is not None
     torch.manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
@@ -257,25 +259,27 @@ def test_state_first_examples_split_the_video_and_state_losses():
     seen = {}
 
     class Fixed(torch.nn.Module):  # x0 = 0.5 everywhere, states predicted 0.25 off in x
-        aux_dim, chunk_frames, context_frame, prediction = 6, 1, 0, "x0"
+        has_state, chunk_frames, context_frame, prediction = True, 1, 0, "x0"
 
-        def forward(self, x, sigma, anchor, text, text_mask, aux=None, aux_sigma=None, **_):
-            seen.update(sigma=sigma, aux_sigma=aux_sigma)
-            aux_x0 = aux.clone()
-            aux_x0[..., 1:, :, 0] = states[..., 1:, :, 0] + 0.25
-            return SimpleNamespace(x0=torch.full_like(x, 0.5), velocity=torch.zeros_like(x), aux_x0=aux_x0)
+        def forward(self, x, sigma, anchor, text, text_mask, subjects=None, **_):
+            seen.update(sigma=sigma, state_sigma=subjects.state_sigma)
+            state_x0 = subjects.state.clone()
+            state_x0[..., 1:, :, 0] = states[..., 1:, :, 0] + 0.25
+            return SimpleNamespace(x0=torch.full_like(x, 0.5), velocity=torch.zeros_like(x), state_x0=state_x0)
 
     latents = torch.zeros(2, 3, 2, 4, 4)
     states = torch.zeros(2, 2, 8, 6)
     present = torch.zeros(2, 8, dtype=torch.bool)
     present[:, :2] = True
-    cfg = SimpleNamespace(loss_space="x0", state_loss_space="x0", change_weight=0.0, min_sigma=0.05)
+    cfg = SimpleNamespace(loss_space="x0", state_loss_space="x0", state_loss_weight=1.0, change_weight=0.0,
+                          min_sigma=0.05)
     sigma = torch.tensor([[0.3], [0.3]])
-    aux_sigma = torch.tensor([[0.0], [0.6]])  # clip 0: video example, clip 1: state example
-    out = flow_matching_loss(Fixed(), latents, None, None, cfg, sigma, torch.zeros(2, 3, 1, 4, 4),
-                             {"state": states, "present": present}, torch.zeros(2, 1, 8, 6), 1.0, aux_sigma)
+    state_sigma = torch.tensor([[0.0], [0.6]])  # clip 0: video example, clip 1: state example
+    clip = SubjectInputs(torch.zeros(2, 2, 8, dtype=torch.long), present, state=states)
+    out = flow_matching_loss(Fixed(), latents, None, None, cfg,
+                             ClipNoise(sigma, torch.zeros(2, 3, 1, 4, 4), torch.zeros(2, 1, 8, 6), state_sigma), clip)
     torch.testing.assert_close(seen["sigma"][:, 1], torch.tensor([0.3, 1.0]))  # the state example's video is noise
-    torch.testing.assert_close(seen["aux_sigma"][:, 1], torch.tensor([0.0, 0.6]))
+    torch.testing.assert_close(seen["state_sigma"][:, 1], torch.tensor([0.0, 0.6]))
     torch.testing.assert_close(torch.tensor(out.stats["video_loss"]), torch.tensor(0.25))  # (0.5 - 0)^2, clip 0 only
     torch.testing.assert_close(torch.tensor(out.stats["state_loss"]), torch.tensor(0.25 ** 2 / 6))  # clip 1 only
 
@@ -288,7 +292,7 @@ def test_context_noise_reaches_the_input_and_anchor_but_not_the_target():
     seen = {}
 
     class Fixed(torch.nn.Module):  # predicts x0 = the anchor (copy the context)
-        aux_dim, chunk_frames, context_frame, prediction = 0, 1, 0, "x0"
+        has_state, chunk_frames, context_frame, prediction = False, 1, 0, "x0"
 
         def forward(self, x, sigma, anchor, text, text_mask, **_):
             seen.update(x=x, anchor=anchor)
@@ -298,8 +302,9 @@ def test_context_noise_reaches_the_input_and_anchor_but_not_the_target():
     cfg = SimpleNamespace(loss_space="x0", change_weight=0.0, min_sigma=0.05)
     level, noise = draw_context_noise(torch.Generator().manual_seed(0), 2, (3, 1, 4, 4), 0.1)
     assert (level >= 0).all() and (level <= 0.1).all()
-    out = flow_matching_loss(Fixed(), latents, None, None, cfg, torch.full((2, 1), 0.5), torch.zeros(2, 3, 1, 4, 4),
-                             context_sigma=level, context_noise=noise)
+    out = flow_matching_loss(Fixed(), latents, None, None, cfg,
+                             ClipNoise(torch.full((2, 1), 0.5), torch.zeros(2, 3, 1, 4, 4), context_sigma=level,
+                                       context_noise=noise))
     noisy = level[:, None, None, None, None] * noise  # (1 - level) * 0 + level * noise
     torch.testing.assert_close(seen["x"][:, :, :1], noisy)
     torch.testing.assert_close(seen["anchor"][:, :, 1:], noisy)  # frame 1 starts from the noised context
@@ -319,7 +324,6 @@ def _random_state_model(tmp_path):
 def test_own_context_frame_is_what_a_rollout_draws(tmp_path):
     """Self-generated training contexts: the frame drawn from the frame before it, given the
     state the rollout finished with, is the rollout's own frame (same noise, same steps)."""
-    from actionparty.model.subjects import NO_ACTION
     from actionparty.train.objective import draw_own_frame
 
     model, codec, text = _random_state_model(tmp_path)
@@ -334,15 +338,13 @@ def test_own_context_frame_is_what_a_rollout_draws(tmp_path):
                   state_sampling_steps=1, shift=3.0, window_frames=1, actions=actions, present=present,
                   context_state=state)
     noise = torch.randn(context.shape, generator=torch.Generator().manual_seed(1))  # the rollout's first draw
-    inputs = {"state": out.states, "actions": torch.cat([torch.full_like(actions, NO_ACTION), actions], dim=1),
-              "present": present}
-    drawn = draw_own_frame(model, context, emb, mask, inputs, noise, None, 3, 3.0)
+    clip = SubjectInputs(torch.cat([torch.full_like(actions, NO_ACTION), actions], dim=1), present, state=out.states)
+    drawn = draw_own_frame(model, context, emb, mask, clip, noise, None, 3, 3.0)
     torch.testing.assert_close(drawn, out.latents[:, :, 1:], rtol=1e-4, atol=1e-4)
     # the state decides what is drawn
     moved = out.states.clone()
     moved[:, 1, 0, :2] += 0.5
-    other = draw_own_frame(model, context, emb, mask, {**inputs, "state": moved}, noise,
-                           None, 3, 3.0)
+    other = draw_own_frame(model, context, emb, mask, replace(clip, state=moved), noise, None, 3, 3.0)
     assert not torch.allclose(other, drawn, atol=1e-4)
 
 

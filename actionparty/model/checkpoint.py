@@ -13,7 +13,8 @@ import torch
 from actionparty.atomic import atomic_path
 from actionparty.errors import UserError
 
-FORMAT = "actionparty-checkpoint-1"
+# 2: the conditioning modules' parameters are under ``conditioning.`` (model.conditioning).
+FORMAT = "actionparty-checkpoint-2"
 
 
 def save_checkpoint(path: str | Path, **state) -> None:
@@ -43,8 +44,10 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
         raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    if not isinstance(state, dict) or not str(state.get("format", "")).startswith("actionparty-checkpoint-"):
         raise UserError(f"{path}: not an ActionParty checkpoint (expected format {FORMAT})")
+    if state["format"] != FORMAT:
+        raise UserError(f"{path}: checkpoint format {state['format']}, this version reads {FORMAT} (retrain it)")
     return state
 
 

@@ -27,6 +27,9 @@ What differs from Wan (all additions; with defaults the computation is Wan's):
   part in self- and cross-attention and come back as hidden states (no head is applied).
 * **Extra cross-attention hook**: an optional module per block, ``blocks.i.extra_cross_attn``,
   called between self- and text cross-attention (``x = x + module(x, BlockContext)``).
+* **One extension point for conditioning**: everything a conditioning module adds to a call
+  (extra tokens, an attention mask, per-frame adaLN input, a spatial map on the video tokens or
+  on the head's output, the hook modules' payload) travels in one :class:`DiTConditioning`.
 * Sublayers run in the parameters' dtype (or under autocast), while the residual stream,
   the modulation and the norms stay fp32: bf16-safe.
 """
@@ -254,7 +257,29 @@ class BlockContext:
     layout: TokenLayout
     rope_cos: torch.Tensor  # (B|1, N, head_dim // 2) rotary angles of the query tokens
     rope_sin: torch.Tensor
-    payload: Any = None  # forwarded unchanged from ``WanDiT.forward(extra_cross_ctx=...)``
+    payload: Any = None  # ``DiTConditioning.payload`` of the call, unchanged
+
+
+@dataclass
+class DiTConditioning:
+    """What a conditioning module adds to one :meth:`WanDiT.forward` call (all optional).
+
+    extra:       tokens appended after the video tokens (:class:`ExtraTokens`).
+    attn_mask:   bool (Nq, Nk) or (B, Nq, Nk) over queries [video; extra] and keys
+                 [cached; video; extra]; replaces the default block-causal mask (build it from
+                 :meth:`WanDiT.token_layout`, e.g. ``and_masks(default_attn_mask(layout), mine)``).
+    frame_cond:  (B, T/pt, dim) added to each frame's time embedding (adaLN input).
+    video_cond:  (B, T/pt * H/ph * W/pw, dim) added to the video tokens after the patch embedding.
+    out_cond:    (B, T/pt * H/ph * W/pw, pt*ph*pw*out_dim) added to the head's output per token.
+    payload:     handed to the blocks' ``extra_cross_attn`` modules as ``BlockContext.payload``.
+    """
+
+    extra: ExtraTokens | None = None
+    attn_mask: torch.Tensor | None = None
+    frame_cond: torch.Tensor | None = None
+    video_cond: torch.Tensor | None = None
+    out_cond: torch.Tensor | None = None
+    payload: Any = None
 
 
 @dataclass
@@ -593,15 +618,10 @@ class WanDiT(nn.Module):
         text: torch.Tensor,
         text_mask: torch.Tensor | None = None,
         *,
-        extra: ExtraTokens | None = None,
-        attn_mask: torch.Tensor | None = None,
-        frame_cond: torch.Tensor | None = None,
+        cond: DiTConditioning | None = None,
         kv_cache: KVCache | None = None,
         update_cache: bool = False,
         frame_offset: int | None = None,
-        extra_cross_ctx: Any = None,
-        video_cond: torch.Tensor | None = None,
-        out_cond: torch.Tensor | None = None,
     ) -> DiTOutput:
         """Predict ``out_dim`` values per latent position.
 
@@ -610,19 +630,10 @@ class WanDiT(nn.Module):
             t: timesteps (B, T/pt) one per latent (token) frame, or (B,) for all frames; Wan's scale
                 (0..1000).
             text: (B, L, text_dim) text embeddings; text_mask (B, L) bool, True = real token.
-            extra: tokens appended after the video tokens (see :class:`ExtraTokens`).
-            attn_mask: bool (Nq, Nk) or (B, Nq, Nk) over queries [video; extra] and keys
-                [cached; video; extra]; replaces the default block-causal mask (build it from
-                :meth:`token_layout`, e.g. ``and_masks(default_attn_mask(layout), my_mask)``).
-            frame_cond: (B, T/pt, dim) added to each frame's time embedding (adaLN input), e.g.
-                a per-frame action embedding.
+            cond: what a conditioning module adds (:class:`DiTConditioning`); none: plain Wan.
             kv_cache: read cached keys/values of earlier frames (and append these tokens if
                 ``update_cache``). Frames are numbered from ``frame_offset`` (default: the
                 cache's ``next_frame``, else 0) for RoPE and masks.
-            extra_cross_ctx: passed to the blocks' ``extra_cross_attn`` modules as ``ctx.payload``.
-            video_cond: (B, T/pt * H/ph * W/pw, dim) added to the video tokens after the patch
-                embedding (a spatial condition map, e.g. players drawn where their states put them).
-            out_cond: (B, T/pt * H/ph * W/pw, pt*ph*pw*out_dim) added to the head's output per token.
 
         Returns:
             :class:`DiTOutput` with ``video`` (B, out_dim, T, H, W) fp32 and ``extra`` (B, M, dim)
@@ -633,6 +644,8 @@ class WanDiT(nn.Module):
             raise ValueError(f"x must be (B, {cfg.in_dim}, T, H, W), got {tuple(x.shape)}")
         if update_cache and kv_cache is None:
             raise ValueError("update_cache=True needs a kv_cache")
+        cond = cond or DiTConditioning()
+        extra, attn_mask, video_cond, out_cond = cond.extra, cond.attn_mask, cond.video_cond, cond.out_cond
         batch, device = x.shape[0], x.device
         layout = self.token_layout(tuple(x.shape[2:]), extra, kv_cache, frame_offset, device)
         num_frames, height, width = layout.grid
@@ -648,7 +661,7 @@ class WanDiT(nn.Module):
             t = t[:, None].expand(batch, num_frames)
         if tuple(t.shape) != (batch, num_frames):
             raise ValueError(f"t must be (B, T) = ({batch}, {num_frames}) or (B,), got {tuple(t.shape)}")
-        e_video = self.embed_time(t, frame_cond)  # (B, T, dim): also the head's modulation input
+        e_video = self.embed_time(t, cond.frame_cond)  # (B, T, dim): also the head's modulation input
         e0_extra = None
         rope_cos, rope_sin = (u[None] for u in self.rope.grid(num_frames, height, width, layout.frame_offset, device))
 
@@ -669,7 +682,7 @@ class WanDiT(nn.Module):
         if attn_mask is None:
             window = (kv_cache.window_frames, kv_cache.sink_frames) if kv_cache is not None else (None, 0)
             attn_mask = self.default_attn_mask(layout, *window)
-        hook_ctx = BlockContext(layout, rope_cos, rope_sin, extra_cross_ctx)
+        hook_ctx = BlockContext(layout, rope_cos, rope_sin, cond.payload)
 
         for i, block in enumerate(self.blocks):
             args = (tokens, mod, rope_cos, rope_sin, context, context_mask, attn_mask,

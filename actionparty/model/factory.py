@@ -2,60 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Sequence
-
-import torch
-
 from actionparty.config import Profile
-from actionparty.variants import VariantConfig
-from actionparty.games.actions import CANONICAL_ACTIONS
-from actionparty.model.subjects import NO_ACTION, ActionWorldModel, StateGrid, legacy_conditioning
+from actionparty.model.conditioning import StateGrid, TextConditioner, build_conditioning
+from actionparty.model.conditioning.text_action import PROMPT_VOCABULARY
 from actionparty.model.text import TextEmbedder, make_text_embedder
 from actionparty.model.world import FrameCodec, WorldModel, build_dit, build_frame_codec
-
-ACTION_WORDS = {i: name.lower().replace("_", " ") for i, name in enumerate(CANONICAL_ACTIONS)}
-# Words of the text-action prompts, added to the tiny encoder's vocabulary.
-_PROMPT_VOCABULARY = "actions step player none " + " ".join(ACTION_WORDS.values()) + " " + " ".join(
-    str(i) for i in range(1, 9)) + " : ; , ."
-
-
-def action_prompt(description: str, actions: torch.Tensor, present: torch.Tensor) -> str:
-    """The text-action prompt: every present player's actions, then the game description.
-
-    actions (T, S) long for the T steps of a chunk/clip. Actions come first so that a short
-    text encoder never truncates them.
-    """
-    steps = []
-    for t in range(actions.shape[0]):
-        moves = [f"player {p + 1} {ACTION_WORDS.get(int(actions[t, p]), 'none')}"
-                 for p in range(actions.shape[1]) if present[p] and int(actions[t, p]) != NO_ACTION]
-        steps.append(f"step {t + 1} : " + " , ".join(moves) if actions.shape[0] > 1 else " , ".join(moves))
-    return "actions : " + " ; ".join(steps) + " . " + description
-
-
-class TextConditioner:
-    """``(games, actions=None, present=None) -> (emb (B, L, D), mask (B, L))``.
-
-    Plain models get each game's cached description embedding; the text-action baseline gets a
-    prompt with the players' actions (T, S per clip) in front of the description.
-    """
-
-    def __init__(self, embedder: TextEmbedder, with_actions: bool = False):
-        self.embedder = embedder
-        self.with_actions = with_actions
-
-    @property
-    def dim(self) -> int:
-        return self.embedder.dim
-
-    def __call__(self, games: Sequence[str], actions: torch.Tensor | None = None,
-                 present: torch.Tensor | None = None, device=None):
-        if not self.with_actions:
-            return self.embedder(games, device=device)
-        prompts = [action_prompt(self.embedder.descriptions[g], actions[i], present[i]) for i, g in enumerate(games)]
-        with torch.no_grad():
-            emb, mask = self.embedder.encoder.encode(prompts)
-        return emb.to(device) if device else emb, mask.to(device) if device else mask
+from actionparty.variants import VariantConfig
 
 
 def game_descriptions(profile: Profile) -> dict[str, str]:
@@ -69,7 +21,7 @@ def build_text_embedder(profile: Profile, device="cpu") -> TextEmbedder:
     cfg = profile.model
     descriptions = game_descriptions(profile)
     if cfg.text_encoder == "tiny":
-        embedder = make_text_embedder("tiny", {**descriptions, "__prompt_vocabulary__": _PROMPT_VOCABULARY},
+        embedder = make_text_embedder("tiny", {**descriptions, "__prompt_vocabulary__": PROMPT_VOCABULARY},
                                       max_len=cfg.text_len)
         embedder.descriptions = descriptions
         return embedder
@@ -106,13 +58,11 @@ def build_world_model(profile: Profile, device="cpu", variant: VariantConfig | N
     codec = build_frame_codec(profile.model, device=device)
     embedder = build_text_embedder(profile, device=device)
     dit = build_dit(profile.model, codec.latent_channels, embedder.dim, codec.codec.dit_patch_size)
-    if variant is None:
-        model = WorldModel(dit, profile.model.prediction, profile.model.residual_prior)
-    else:
-        side = dit.token_grid((1, *latent_side(profile, codec)))[1]
-        grid = StateGrid(profile.canvas_cells, side)
-        model = ActionWorldModel(dit, legacy_conditioning(variant), grid,
-                                 profile.model.prediction, profile.model.residual_prior)
+    conditioning, grid = None, None
+    if variant is not None:
+        grid = StateGrid(profile.canvas_cells, dit.token_grid((1, *latent_side(profile, codec)))[1])
+        conditioning = build_conditioning(variant.conditioning, dit, grid)
+    model = WorldModel(dit, conditioning, grid, profile.model.prediction, profile.model.residual_prior)
     text = TextConditioner(embedder, with_actions=variant is not None and variant.conditioning.kind == "text")
     return model.to(device), codec, text
 

@@ -40,6 +40,18 @@ def x0_from_velocity(x_sigma: torch.Tensor, v_hat: torch.Tensor, sigma: torch.Te
     return x_sigma - sigma * v_hat
 
 
+def x0_and_velocity(out: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, anchor: torch.Tensor | None,
+                    prediction: str, residual_prior: bool, min_sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A network output -> (x0, velocity) estimates at ``x`` (``sigma`` broadcasts against it).
+
+    ``prediction="x0"``: ``out`` is the clean sample (with ``residual_prior``, its difference
+    from ``anchor``); ``"velocity"``: ``out`` is the velocity."""
+    if prediction == "x0":
+        x0 = out + anchor if residual_prior else out
+        return x0, velocity_from_x0(x, x0, sigma, min_sigma)
+    return x0_from_velocity(x, out, sigma), out
+
+
 def sampling_sigmas(steps: int, shift: float, device=None) -> torch.Tensor:
     """Decreasing noise levels for Euler sampling, from 1 to 0 inclusive: (steps + 1,)."""
     s = torch.linspace(1.0, 0.0, steps + 1, device=device)

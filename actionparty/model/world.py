@@ -12,23 +12,24 @@ Frame numbering: the clean context frame sits at latent frame ``chunk_frames - 1
 frame of chunk 0), so that with block-causal chunks of ``chunk_frames`` frames it never shares a
 chunk with a noisy frame; only position differences enter RoPE, so the shift changes nothing else.
 
-Conditioning (actions, subject state tokens) is added by subclasses through
-:meth:`WorldModel.condition`, which returns the DiT keyword arguments (extra tokens, masks,
-frame conditioning) for a call.
+Conditioning on the players' actions (subject state tokens, the global-action baseline) is a
+module of :mod:`actionparty.model.conditioning`, which turns a call's :class:`SubjectInputs` into
+the DiT's one extension point, a :class:`~actionparty.model.dit.DiTConditioning`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from actionparty.model.codecs import frames_from_uint8, frames_to_uint8, make_codec
-from actionparty.model.dit import DiTOutput, KVCache, WanDiT, make_dit
-from actionparty.model.flow import TIMESTEP_SCALE
+from actionparty.model.conditioning.inputs import NO_ACTION, CallLayout, SubjectInputs
+from actionparty.model.conditioning.state import StateGrid
+from actionparty.model.dit import DiTConditioning, DiTOutput, KVCache, WanDiT, make_dit
+from actionparty.model.flow import TIMESTEP_SCALE, x0_and_velocity
 
 
 @dataclass
@@ -36,31 +37,27 @@ class Prediction:
     x0: torch.Tensor  # (B, C, T, h, w) clean-latent estimate
     velocity: torch.Tensor  # (B, C, T, h, w) velocity estimate (noise - x0)
     raw: DiTOutput  # the DiT's outputs (video, extra tokens)
-    aux_x0: torch.Tensor | None = None  # (B, T, S, D) jointly denoised subject states, if any
-    aux_velocity: torch.Tensor | None = None
-
-
-def to_x0_and_velocity(out: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, anchor: torch.Tensor | None,
-                       prediction: str, residual_prior: bool, min_sigma: float):
-    """Network output -> (x0, velocity); ``sigma`` broadcasts against ``x``."""
-    s = sigma.clamp_min(min_sigma)
-    if prediction == "x0":
-        x0 = out + anchor if residual_prior else out
-        return x0, (x - x0) / s
-    return x - sigma * out, out
+    state_x0: torch.Tensor | None = None  # (B, T, S, 6) clean subject-state estimate (state models)
+    state_velocity: torch.Tensor | None = None
 
 
 class WorldModel(nn.Module):
-    # Size of the per-player state denoised jointly with the video (0: none; see model.subjects).
-    aux_dim = 0
-    # The state has its own noise level and is finished before the video (model.subjects).
-    state_first = False
+    """A :class:`WanDiT`, optionally conditioned on the players' actions, and the flow
+    parameterisation of its output.
 
-    def __init__(self, dit: WanDiT, prediction: str = "x0", residual_prior: bool = True, min_sigma: float = 1e-3):
+    ``conditioning`` is the variant's module (:mod:`actionparty.model.conditioning`: subject
+    state tokens or the global-action baseline), or None for the video model of exp-138 and
+    the Text-Action baseline (whose actions reach the model through the prompt). ``grid``
+    converts the players' cells to state vectors (action-conditioned models)."""
+
+    def __init__(self, dit: WanDiT, conditioning: nn.Module | None = None, grid: StateGrid | None = None,
+                 prediction: str = "x0", residual_prior: bool = True, min_sigma: float = 1e-3):
         super().__init__()
         if residual_prior and prediction != "x0":
             raise ValueError("residual_prior needs prediction='x0'")
         self.dit = dit
+        self.conditioning = conditioning
+        self.grid = grid
         self.prediction = prediction
         self.residual_prior = residual_prior
         self.min_sigma = min_sigma
@@ -74,53 +71,64 @@ class WorldModel(nn.Module):
         """Latent frame index of the clean context frame."""
         return self.chunk_frames - 1
 
-    def condition(self, inputs: dict[str, Any], frame_offset: int, num_frames: int, sigma: torch.Tensor,
-                  kv_cache: KVCache | None, window_frames: int | None) -> dict[str, Any]:
-        """Extra DiT keyword arguments for frames ``[frame_offset, frame_offset + num_frames)``;
-        the plain video model has none but the windowed mask of an uncached call.
-        ``inputs["latent_shape"]`` is the call's latent (T, h, w)."""
-        if kv_cache is None and window_frames is not None:
-            layout = self.dit.token_layout(inputs["latent_shape"], None, None, frame_offset)
-            return {"attn_mask": self.dit.default_attn_mask(layout, window_frames)}
-        return {}
+    @property
+    def takes_actions(self) -> bool:
+        """Calls carry :class:`SubjectInputs` (the players' actions, and states where it has them)."""
+        return self.conditioning is not None
+
+    @property
+    def has_state(self) -> bool:
+        """Denoises every player's state with the video (subject state tokens with ``state``)."""
+        return self.conditioning is not None and self.conditioning.has_state
+
+    @property
+    def state_first(self) -> bool:
+        """The state has its own noise level and is finished before the video."""
+        return self.has_state and self.conditioning.state_first
+
+    def clip_inputs(self, batch: dict[str, torch.Tensor], device) -> SubjectInputs | None:
+        """A ClipDataset batch's conditioning: the actions leading into each of its 1+K frames
+        (NO_ACTION for the context), the occupied slots and the clean states (B, 1+K, S, 6)."""
+        if not self.takes_actions:
+            return None
+        actions = batch["actions"].to(device)
+        context = torch.full_like(actions[:, :1], NO_ACTION)
+        return SubjectInputs(actions=torch.cat([context, actions], dim=1), present=batch["present"].to(device),
+                             state=self.grid.encode(batch["position"].to(device), batch["facing"].to(device)))
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, anchor: torch.Tensor | None, text: torch.Tensor,
-                text_mask: torch.Tensor | None, *, frame_offset: int, inputs: dict[str, Any] | None = None,
+                text_mask: torch.Tensor | None, *, frame_offset: int, subjects: SubjectInputs | None = None,
                 kv_cache: KVCache | None = None, update_cache: bool = False,
-                window_frames: int | None = None, aux: torch.Tensor | None = None,
-                aux_anchor: torch.Tensor | None = None, aux_sigma: torch.Tensor | None = None) -> Prediction:
+                window_frames: int | None = None) -> Prediction:
         """Denoise latents.
 
         Args:
             x: (B, C, T, h, w) latents at noise levels ``sigma`` (B, T) in [0, 1] (0 = clean).
             anchor: (B, C, T, h, w) clean latent each frame's residual prior starts from (the last
-                clean frame before its chunk); ignored without ``residual_prior``.
+                clean frame before its chunk); also what the glimpse and the render read.
             text, text_mask: (B, L, D) / (B, L) text embeddings of each clip's game.
             frame_offset: latent frame index of ``x``'s first frame (RoPE, masks, cache).
-            inputs: conditioning inputs for :meth:`condition` (actions, states, ...).
+            subjects: the players' actions, presence and states for the T frames (models that
+                take actions); ``subjects.state_sigma`` defaults to ``sigma``.
             window_frames: without a cache, limit attention to this many earlier frames (the
                 uncached equivalent of a sliding-window KV cache).
-            aux, aux_anchor: (B, T, S, aux_dim) noisy subject states at the frames' noise levels
-                and the clean states their residual prior starts from (models with aux_dim > 0).
-            aux_sigma: (B, T) noise levels of ``aux`` when they differ from the video's (state-first
-                models); default ``sigma``.
         """
-        aux_sigma = sigma if aux_sigma is None else aux_sigma
-        inputs = {**(inputs or {}), "latent_shape": tuple(x.shape[2:]), "aux": aux, "aux_anchor": aux_anchor,
-                  "aux_sigma": aux_sigma, "video_anchor": anchor}
-        extra_kwargs = self.condition(inputs, frame_offset, x.shape[2], sigma, kv_cache, window_frames)
-        out = self.dit(x, sigma * TIMESTEP_SCALE, text, text_mask, kv_cache=kv_cache, update_cache=update_cache,
-                       frame_offset=frame_offset, **extra_kwargs)
-        x0, velocity = to_x0_and_velocity(out.video, x, sigma[:, None, :, None, None], anchor, self.prediction,
-                                          self.residual_prior, self.min_sigma)
+        call = CallLayout(tuple(x.shape[2:]), frame_offset, kv_cache, window_frames, anchor, sigma)
+        cond = self.conditioning(self.dit, subjects, call) if self.conditioning is not None else DiTConditioning()
+        if cond.attn_mask is None and kv_cache is None and window_frames is not None:
+            layout = self.dit.token_layout(call.latent_shape, cond.extra, None, frame_offset)
+            cond.attn_mask = self.dit.default_attn_mask(layout, window_frames)
+        out = self.dit(x, sigma * TIMESTEP_SCALE, text, text_mask, cond=cond, kv_cache=kv_cache,
+                       update_cache=update_cache, frame_offset=frame_offset)
+        x0, velocity = x0_and_velocity(out.video, x, sigma[:, None, :, None, None], anchor, self.prediction,
+                                       self.residual_prior, self.min_sigma)
         prediction = Prediction(x0, velocity, out)
-        if self.aux_dim:
-            prediction.aux_x0, prediction.aux_velocity = self.predict_aux(out, inputs, aux_sigma)
+        if self.has_state:
+            state_sigma = sigma if subjects.state_sigma is None else subjects.state_sigma
+            prediction.state_x0, prediction.state_velocity = x0_and_velocity(
+                self.conditioning.state_output(out, subjects), subjects.state, state_sigma[:, :, None, None],
+                subjects.prev_state, self.prediction, self.residual_prior, self.min_sigma)
         return prediction
-
-    def predict_aux(self, out: DiTOutput, inputs: dict[str, Any], sigma: torch.Tensor):
-        """(aux_x0, aux_velocity) from the DiT output; models with aux_dim > 0 implement it."""
-        raise NotImplementedError
 
 
 # ------------------------------------------------------------------------------------ frames

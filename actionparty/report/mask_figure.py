@@ -15,7 +15,8 @@ def attention_masks(frames: int = 2, grid: int = 2, players: int = 3, slots: int
     ``frames`` latent frames of ``grid``x``grid`` video tokens and ``slots`` player slots, of which
     ``players`` are present. Returns dict of name -> (mask (Nq, Nk) bool, q labels, k labels)."""
     from actionparty.model.dit import ExtraTokens, make_dit
-    from actionparty.model.subjects import ActionWorldModel, Conditioning, StateGrid
+    from actionparty.model.conditioning import StateGrid, SubjectTokens
+    from actionparty.variants import SubjectConditioning
 
     dit = make_dit("tiny", in_dim=4, out_dim=4, patch_size=(1, 1, 1), chunk_frames=1)
     present = torch.zeros(1, 8, dtype=torch.bool)
@@ -28,9 +29,10 @@ def attention_masks(frames: int = 2, grid: int = 2, players: int = 3, slots: int
         f"s{int(f)}p{int(t) + 1}" for f, t in zip(layout.q_frames[layout.num_video :], layout.q_tags[layout.num_video :])]
     out = {}
     for name, msa in (("ActionParty (MSA)", True), ("w/o MSA", False)):
-        model = ActionWorldModel(dit, Conditioning("subject", msa=msa), StateGrid(grid, grid))
+        switches = SubjectConditioning(kind="subject", state=True, msa=msa, mca="none", spatial_rope=True,
+                                       state_first=False, state_render=False, glimpse=False, egocentric=False)
         causal = dit.default_attn_mask(layout)
-        mask = model.subject_mask(layout, present)[0]
+        mask = SubjectTokens(dit, switches, StateGrid(grid, grid)).isolation_mask(layout, present)[0]
         out[name] = ((mask & causal) if causal is not None else mask, labels, labels)
     actions = [f"a{f}p{p + 1}" for f in range(frames) for p in range(slots)]
     a_frames = torch.arange(frames).repeat_interleave(slots)

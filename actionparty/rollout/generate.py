@@ -109,7 +109,7 @@ def _generate(loaded: LoadedModel, dataset, batch, actions, profile, horizon, ge
     if text.with_actions:
         text_fn = lambda s, n: text(games, actions=actions[:, max(s, 0) : max(s, 0) + n], present=present,  # noqa: E731
                                     device=device)
-    conditioned = hasattr(model, "inputs_from_batch")
+    conditioned = model.takes_actions
     context_state = None
     if conditioned:
         context_state = model.grid.encode(batch["position"][:, :1].to(device), batch["facing"][:, :1].to(device))

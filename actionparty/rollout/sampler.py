@@ -2,11 +2,13 @@
 
 For each chunk of ``chunk_frames`` latent frames: start from noise, take ``sampling_steps``
 Euler steps of the flow ODE (sigma from 1 to 0 with Wan's shift), each a forward pass that
-*reads* the KV cache of the clean earlier frames; then one more pass at sigma = 0 over the
-finished chunk *appends* its keys/values to the cache (as Self-Forcing does). The cache keeps at
-most ``window_frames`` earlier frames, so rollouts longer than the training clips slide a window.
+*reads* the KV cache of the clean earlier frames; once the chunk is finished, one more pass at
+sigma = 0 over it *appends* its keys/values to the cache (as Self-Forcing does), just before the
+next chunk is drawn (so the last chunk of a rollout, which nothing reads, is never appended).
+The cache keeps at most ``window_frames`` earlier frames, so rollouts longer than the training
+clips slide a window.
 
-Models with subject states (``model.aux_dim > 0``) denoise each player's state with the video;
+Models with subject states (``model.has_state``) denoise each player's state with the video;
 the finished state of a chunk becomes the next chunk's reference (its players' rotary positions
 and previous facing) — the model's own prediction, never ground truth. Jointly (one noise level
 for both), or, for state-first models, in two passes: ``state_sampling_steps`` for the states
@@ -21,144 +23,221 @@ its own frames, slightly off, the way it read its training contexts (docs/METHOD
 ``use_cache=False`` computes the same thing without a cache, by re-running every clean frame so
 far together with the noisy chunk under the windowed block-causal mask (the reference the tests
 compare against).
+
+:class:`Sampler` does it a chunk at a time (a person playing feeds each step's actions as they
+come); :func:`rollout` feeds a whole action sequence through it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
-from actionparty.model.subjects import NO_ACTION
+from actionparty.model.conditioning import NO_ACTION, SubjectInputs
 from actionparty.model.flow import add_noise, euler_step, sampling_sigmas
+
+TextFn = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
 class Rollout:
     latents: torch.Tensor  # (B, C, 1 + steps, h, w), frame 0 = the context
-    states: torch.Tensor | None  # (B, 1 + steps, S, D) subject states (models with aux_dim), frame 0 = context
+    states: torch.Tensor | None  # (B, 1 + steps, S, 6) predicted subject states (state models), frame 0 = context
 
 
-@torch.no_grad()
-def rollout(model, context: torch.Tensor, steps: int, text: torch.Tensor, text_mask: torch.Tensor | None, *,
-            sampling_steps: int, shift: float, window_frames: int | None, generator: torch.Generator | None = None,
-            state_sampling_steps: int | None = None, context_noise: float = 0.0,
-            actions: torch.Tensor | None = None, present: torch.Tensor | None = None,
-            context_state: torch.Tensor | None = None,
-            text_fn: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None,
-            use_cache: bool = True) -> Rollout:
-    """Generate ``steps`` latent frames after ``context``.
+@dataclass
+class _Chunk:
+    """A finished chunk, as the next chunks read it."""
+
+    latents: torch.Tensor  # (B, C, chunk, h, w), context-noised
+    state: torch.Tensor | None  # (B, chunk, S, 6) finished states (state models)
+    actions: torch.Tensor | None  # (B, chunk, S) the actions that led into its frames
+    subjects: SubjectInputs | None  # the inputs it was drawn with
+    anchor: torch.Tensor  # (B, C, chunk, h, w) the latents its frames started from
+    text: tuple[torch.Tensor, torch.Tensor | None]
+    offset: int  # latent frame of its first frame
+
+
+class Sampler:
+    """Autoregressive sampling of one batch of rollouts, a chunk at a time.
+
+    ``start(context, context_state)`` reads the clean context frame; each ``step(actions)``
+    draws the next chunk and returns it as drawn with the players' finished states.
 
     Args:
-        context: (B, C, 1, h, w) clean latent of the context frame.
-        actions: (B, steps, S) long actions of every player slot (action-conditioned models).
-        present: (B, S) bool occupied slots.
-        context_state: (B, 1, S, D) clean subject states of the context frame.
+        text, text_mask: (B, L, D) / (B, L) text of each rollout's game.
         text_fn: (first step, steps in chunk) -> (text, mask) for prompts that change per chunk
             (the text-action baseline); default: ``text``/``text_mask`` throughout.
+        present: (B, S) bool occupied slots (models that take actions).
         state_sampling_steps: Euler steps of a state-first model's state pass (default
             ``sampling_steps``); one step takes the denoiser's estimate at noise 1, snapped.
         context_noise: noise level of each generated frame as the next chunk's context (drawn
             from ``generator``); 0 feeds the frames back as drawn.
     """
+
+    def __init__(self, model, text: torch.Tensor | None, text_mask: torch.Tensor | None, *, sampling_steps: int,
+                 shift: float, window_frames: int | None, generator: torch.Generator | None = None,
+                 state_sampling_steps: int | None = None, context_noise: float = 0.0,
+                 present: torch.Tensor | None = None, text_fn: TextFn | None = None, use_cache: bool = True):
+        self.model, self.text, self.text_fn = model, (text, text_mask), text_fn
+        self.present, self.window_frames, self.generator = present, window_frames, generator
+        self.sampling_steps, self.context_noise, self.use_cache = sampling_steps, context_noise, use_cache
+        self.sigmas = sampling_sigmas(sampling_steps, shift)
+        self.state_sigmas = sampling_sigmas(state_sampling_steps or sampling_steps, shift)
+        self.chunk = model.chunk_frames
+
+    # ---------------------------------------------------------------------------------- public
+
+    @torch.no_grad()
+    def start(self, context: torch.Tensor, context_state: torch.Tensor | None = None) -> None:
+        """Begin from ``context`` (B, C, 1, h, w), the clean latent of the context frame, and
+        ``context_state`` (B, 1, S, 6), its players' clean states (models that take actions)."""
+        self.device, self.latent_shape = context.device, context.shape
+        self.context_state = context_state
+        self.has_state = self.model.has_state and context_state is not None
+        self.takes_actions = self.model.takes_actions and context_state is not None
+        self.cache = self.model.dit.new_kv_cache(window_frames=self.window_frames) if self.use_cache else None
+        self.steps_done = 0
+        actions = None
+        if self.takes_actions:
+            actions = torch.full((context.shape[0], 1, context_state.shape[2]), NO_ACTION, dtype=torch.long,
+                                 device=self.device)
+        subjects = self._subjects(actions, context_state, context_state if self.has_state else None)
+        text = self.text_fn(-1, 1) if self.text_fn else self.text
+        context_chunk = _Chunk(context, context_state, actions, subjects, context, text, self.model.context_frame)
+        self.history = [context_chunk]  # every chunk (uncached), or the last one (cached)
+        self._pending = context_chunk if self.use_cache else None  # read by the next chunk: append to the cache
+
+    @torch.no_grad()
+    def step(self, actions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Draw the next chunk: ``actions`` (B, chunk, S) of every player (models that take
+        actions) -> (latents as drawn (B, C, chunk, h, w), finished states (B, chunk, S, 6) or None)."""
+        self._commit_pending()
+        b, c, _, h, w = self.latent_shape
+        last = self.history[-1]
+        offset = self.model.context_frame + 1 + self.steps_done
+        anchor = last.latents.expand(-1, -1, self.chunk, -1, -1)
+        # Reference state: the last finished one (the context's, for models that do not denoise states).
+        ref = last.state if self.has_state else self.context_state
+        prev_state = None if ref is None else ref.expand(-1, self.chunk, -1, -1)
+        actions = actions if self.takes_actions else None
+        text = self.text_fn(self.steps_done, self.chunk) if self.text_fn else self.text
+        x = torch.randn((b, c, self.chunk, h, w), generator=self.generator).to(self.device)
+        # States start from the reference state plus unit noise (the flow of the state's move).
+        state = None
+        if self.has_state:
+            state = prev_state + torch.randn((b, self.chunk, *ref.shape[2:]), generator=self.generator).to(self.device)
+        current = _Chunk(x, state, actions, None, anchor, text, offset)
+        if self.has_state and self.model.state_first:
+            x, state = self._state_first(current, prev_state)
+        else:
+            x, state = self._joint(current, prev_state)
+        drawn = x
+        if self.context_noise > 0:
+            noise = torch.randn(x.shape, generator=self.generator).to(self.device)
+            x = add_noise(x, noise, torch.tensor(self.context_noise, device=self.device))
+        done = _Chunk(x, state, actions, self._subjects(actions, prev_state, state), anchor, text, offset)
+        self.history = self.history + [done] if not self.use_cache else [done]
+        self._pending = done if self.use_cache else None
+        self.steps_done += self.chunk
+        return drawn, state
+
+    # ---------------------------------------------------------------------------------- chunks
+
+    def _state_first(self, chunk: _Chunk, prev_state: torch.Tensor):
+        """The states first, the video still pure noise; then the video, drawn from the finished states."""
+        x, state, sig = chunk.latents, chunk.state, self.state_sigmas
+        for i in range(len(sig) - 1):
+            pred = self._denoise(chunk, x, self._sigma(1.0), prev_state, state, self._sigma(sig[i]))
+            state = euler_step(state, pred.state_x0, sig[i], sig[i + 1])
+        state = self.model.grid.snap(state)  # states are discrete: a whole cell and one facing
+        for i in range(self.sampling_steps):
+            pred = self._denoise(chunk, x, self._sigma(self.sigmas[i]), prev_state, state, self._sigma(0.0))
+            x = euler_step(x, pred.x0, self.sigmas[i], self.sigmas[i + 1])
+        return x, state
+
+    def _joint(self, chunk: _Chunk, prev_state: torch.Tensor | None):
+        """Video and states (if any) at one noise level."""
+        x, state, sig = chunk.latents, chunk.state, self.sigmas
+        for i in range(self.sampling_steps):
+            level = self._sigma(sig[i])
+            pred = self._denoise(chunk, x, level, prev_state, state, level)
+            x = euler_step(x, pred.x0, sig[i], sig[i + 1])
+            if state is not None:
+                state = euler_step(state, pred.state_x0, sig[i], sig[i + 1])
+        return x, state
+
+    def _sigma(self, value) -> torch.Tensor:
+        return torch.full((self.latent_shape[0], self.chunk), float(value), device=self.device)
+
+    def _subjects(self, actions, prev_state, state, state_sigma=None) -> SubjectInputs | None:
+        if not self.takes_actions:
+            return None
+        return SubjectInputs(actions, self.present, prev_state, state, state_sigma)
+
+    def _denoise(self, chunk: _Chunk, x, sigma, prev_state, state, state_sigma):
+        """One denoising pass over the chunk being drawn."""
+        subjects = self._subjects(chunk.actions, prev_state, state, state_sigma)
+        if self.use_cache:
+            return self.model(x, sigma, chunk.anchor, *chunk.text, frame_offset=chunk.offset, subjects=subjects,
+                              kv_cache=self.cache)
+        return self._uncached(chunk, x, sigma, subjects)
+
+    def _commit_pending(self) -> None:
+        """Append the last finished chunk's keys/values to the cache (it is about to be read)."""
+        done, self._pending = self._pending, None
+        if done is None:
+            return
+        self.model(done.latents, torch.zeros(done.latents.shape[0], done.latents.shape[2], device=self.device),
+                   done.anchor, *done.text, frame_offset=done.offset, subjects=done.subjects, kv_cache=self.cache,
+                   update_cache=True)
+
+    def _uncached(self, chunk: _Chunk, x, sigma, subjects: SubjectInputs | None):
+        """One denoising pass without a cache: every clean frame so far + the noisy chunk."""
+        clean = torch.cat([h.latents for h in self.history], dim=2)
+        n_clean, n = clean.shape[2], x.shape[2]
+        zeros = torch.zeros_like(sigma[:, :1]).expand(-1, n_clean)
+        # Each clean frame's anchor is the frame before it (the context is its own anchor).
+        anchors = torch.cat([clean[:, :, :1], clean[:, :, :-1], chunk.anchor], dim=2)
+        seq_subjects = None
+        if subjects is not None:
+            done = [h.subjects for h in self.history]
+            actions = torch.cat([*(d.actions for d in done), subjects.actions], dim=1)
+            state = prev = None
+            if self.has_state:
+                states = torch.cat([h.state for h in self.history], dim=1)
+                state = torch.cat([states, subjects.state], dim=1)
+                prev = torch.cat([states[:, :1], states[:, :-1], subjects.prev_state], dim=1)
+            else:
+                prev = self.context_state.expand(-1, n_clean + n, -1, -1)
+            level = sigma if subjects.state_sigma is None else subjects.state_sigma
+            seq_subjects = SubjectInputs(actions, self.present, prev, state, torch.cat([zeros, level], dim=1))
+        pred = self.model(torch.cat([clean, x], dim=2), torch.cat([zeros, sigma], dim=1), anchors, *chunk.text,
+                          frame_offset=chunk.offset - n_clean, subjects=seq_subjects, window_frames=self.window_frames)
+        pred.x0, pred.velocity = pred.x0[:, :, -n:], pred.velocity[:, :, -n:]
+        if pred.state_x0 is not None:
+            pred.state_x0, pred.state_velocity = pred.state_x0[:, -n:], pred.state_velocity[:, -n:]
+        return pred
+
+
+@torch.no_grad()
+def rollout(model, context: torch.Tensor, steps: int, text: torch.Tensor, text_mask: torch.Tensor | None, *,
+            actions: torch.Tensor | None = None, context_state: torch.Tensor | None = None, **sampler) -> Rollout:
+    """Generate ``steps`` latent frames after ``context`` (B, C, 1, h, w).
+
+    ``actions`` (B, steps, S) long: every player slot's actions (models that take actions);
+    ``context_state`` (B, 1, S, 6): the context frame's clean states. The other keyword
+    arguments are :class:`Sampler`'s."""
     chunk = model.chunk_frames
     if steps % chunk:
         raise ValueError(f"{steps} steps is not a whole number of {chunk}-frame chunks")
-    b, device = context.shape[0], context.device
-    sigmas = sampling_sigmas(sampling_steps, shift, device=device)
-    state_sigmas = sampling_sigmas(state_sampling_steps or sampling_steps, shift, device=device)
-    frame0 = model.context_frame
-    frames, states, frame_actions = [context], [context_state], []  # the contexts the model reads
-    drawn = [context]  # the frames returned
-    has_aux = model.aux_dim > 0 and context_state is not None
-    cache = model.dit.new_kv_cache(window_frames=window_frames) if use_cache else None
-
-    def sigma_of(value: float, n: int) -> torch.Tensor:
-        return torch.full((b, n), float(value), device=device)
-
-    def chunk_inputs(step_actions: torch.Tensor | None) -> dict[str, Any]:
-        return {} if step_actions is None else {"actions": step_actions, "present": present}
-
-    context_actions = None if actions is None else torch.full_like(actions[:, :1], NO_ACTION)
-    frame_actions.append(context_actions)
-    if use_cache:
-        txt = text_fn(-1, 1) if text_fn else (text, text_mask)
-        model(context, sigma_of(0.0, 1), context, *txt, frame_offset=frame0, inputs=chunk_inputs(context_actions),
-              kv_cache=cache, update_cache=True, aux=context_state if has_aux else None, aux_anchor=context_state)
+    sampler_ = Sampler(model, text, text_mask, **sampler)
+    sampler_.start(context, context_state if model.takes_actions or model.has_state else None)
+    drawn, states = [context], [context_state]
     for s in range(0, steps, chunk):
-        offset = frame0 + 1 + s
-        anchor = frames[-1].expand(-1, -1, chunk, -1, -1)
-        # Reference state: the last finished one (the context's, for models that do not denoise states).
-        ref = states[-1] if has_aux else context_state
-        aux_anchor = None if ref is None else ref.expand(-1, chunk, -1, -1)
-        step_actions = None if actions is None else actions[:, s : s + chunk]
-        txt = text_fn(s, chunk) if text_fn else (text, text_mask)
-        noise = torch.randn((b, context.shape[1], chunk, *context.shape[3:]), generator=generator)
-        x = noise.to(device)
-        # States start from the reference state plus unit noise (the flow of the state's move).
-        aux = (aux_anchor + torch.randn((b, chunk, *context_state.shape[2:]), generator=generator).to(device)
-               if has_aux else None)
-
-        def denoise(x, sig, aux, aux_sig):
-            if use_cache:
-                return model(x, sig, anchor, *txt, frame_offset=offset, inputs=chunk_inputs(step_actions),
-                             kv_cache=cache, aux=aux, aux_anchor=aux_anchor, aux_sigma=aux_sig)
-            return _uncached(model, x, sig, anchor, txt, offset, frames, states, frame_actions, step_actions,
-                             present, aux, aux_anchor, has_aux, context_state, window_frames, aux_sig)
-
-        if has_aux and model.state_first:
-            # The states first, the video still pure noise; then the video, drawn from the finished states.
-            for i in range(len(state_sigmas) - 1):
-                pred = denoise(x, sigma_of(1.0, chunk), aux, sigma_of(state_sigmas[i], chunk))
-                aux = euler_step(aux, pred.aux_x0, state_sigmas[i], state_sigmas[i + 1])
-            aux = model.grid.snap(aux)  # states are discrete: a whole cell and one facing
-            for i in range(sampling_steps):
-                pred = denoise(x, sigma_of(sigmas[i], chunk), aux, sigma_of(0.0, chunk))
-                x = euler_step(x, pred.x0, sigmas[i], sigmas[i + 1])
-        else:
-            for i in range(sampling_steps):
-                sig = sigma_of(sigmas[i], chunk)
-                pred = denoise(x, sig, aux, sig)
-                x = euler_step(x, pred.x0, sigmas[i], sigmas[i + 1])
-                if has_aux:
-                    aux = euler_step(aux, pred.aux_x0, sigmas[i], sigmas[i + 1])
+        x, state = sampler_.step(None if actions is None else actions[:, s : s + chunk])
         drawn.append(x)
-        if context_noise > 0:
-            noise = torch.randn(x.shape, generator=generator).to(device)
-            x = add_noise(x, noise, torch.tensor(context_noise, device=device))
-        frames.append(x)
-        states.append(aux)
-        frame_actions.append(step_actions)
-        if use_cache and s + chunk < steps:  # the last chunk is read by no later one
-            model(x, sigma_of(0.0, chunk), anchor, *txt, frame_offset=offset, inputs=chunk_inputs(step_actions),
-                  kv_cache=cache, update_cache=True, aux=aux, aux_anchor=aux_anchor)
-    return Rollout(torch.cat(drawn, dim=2), torch.cat(states, dim=1) if has_aux else None)
-
-
-def _uncached(model, x, sigma, anchor, txt, offset, frames, states, frame_actions, step_actions, present, aux,
-              aux_anchor, has_aux, context_state, window_frames, aux_sigma):
-    """One denoising pass without a cache: every clean frame so far + the noisy chunk."""
-    clean = torch.cat(frames, dim=2)
-    n_clean, n = clean.shape[2], x.shape[2]
-    seq = torch.cat([clean, x], dim=2)
-    sig = torch.cat([torch.zeros_like(sigma[:, :1]).expand(-1, n_clean), sigma], dim=1)
-    # Each clean frame's anchor is the frame before it (the context is its own anchor).
-    anchors = torch.cat([clean[:, :, :1], clean[:, :, :-1], anchor], dim=2)
-    inputs, seq_aux, seq_aux_anchor = {}, None, None
-    if step_actions is not None:
-        inputs = {"actions": torch.cat([*frame_actions, step_actions], dim=1), "present": present}
-    if context_state is not None:
-        if has_aux:
-            done = torch.cat(states, dim=1)
-            seq_aux = torch.cat([done, aux], dim=1)
-            seq_aux_anchor = torch.cat([done[:, :1], done[:, :-1], aux_anchor], dim=1)
-        else:
-            seq_aux_anchor = context_state.expand(-1, n_clean + n, -1, -1)
-    aux_sig = torch.cat([torch.zeros_like(aux_sigma[:, :1]).expand(-1, n_clean), aux_sigma], dim=1)
-    pred = model(seq, sig, anchors, *txt, frame_offset=offset - n_clean, inputs=inputs, window_frames=window_frames,
-                 aux=seq_aux, aux_anchor=seq_aux_anchor, aux_sigma=aux_sig)
-    pred.x0, pred.velocity = pred.x0[:, :, -n:], pred.velocity[:, :, -n:]
-    if pred.aux_x0 is not None:
-        pred.aux_x0, pred.aux_velocity = pred.aux_x0[:, -n:], pred.aux_velocity[:, -n:]
-    return pred
+        states.append(state)
+    return Rollout(torch.cat(drawn, dim=2), torch.cat(states, dim=1) if sampler_.has_state else None)

@@ -44,7 +44,7 @@ class TrainingEstimate:
 def build_on_meta(profile: Profile, variant: VariantConfig | None = None):
     """The profile's DiT (and action modules) on the meta device, with the codec's real shapes."""
     from actionparty.model.dit import make_dit
-    from actionparty.model.subjects import ActionWorldModel, StateGrid, legacy_conditioning
+    from actionparty.model.conditioning import StateGrid, build_conditioning
     from actionparty.model.world import WorldModel
 
     cfg = profile.model
@@ -58,8 +58,8 @@ def build_on_meta(profile: Profile, variant: VariantConfig | None = None):
             model = WorldModel(dit, cfg.prediction, cfg.residual_prior)
         else:
             grid = StateGrid(profile.canvas_cells, side // patch[1])
-            model = ActionWorldModel(dit, legacy_conditioning(variant), grid,
-                                     cfg.prediction, cfg.residual_prior)
+            model = WorldModel(dit, build_conditioning(variant.conditioning, dit, grid), grid,
+                               cfg.prediction, cfg.residual_prior)
     return model, side
 
 

@@ -32,14 +32,16 @@ from actionparty.games.actions import PLAYER_SLOTS
 from actionparty.model.checkpoint import (
     check_compatible,
     list_snapshots,
-    load_model_weights,
     load_checkpoint,
+    load_model_weights,
     save_checkpoint,
     snapshot_path,
 )
 from actionparty.train.distributed import DistInfo, init_distributed, rank_slice, shutdown_distributed, step_generator
 from actionparty.train.ema import EMA
+from actionparty.model.conditioning import STATE_DIM
 from actionparty.train.objective import (
+    ClipNoise,
     draw_context_noise,
     draw_noise,
     draw_own_frame,
@@ -103,7 +105,7 @@ def _own_contexts(core, first: dict, g: torch.Generator, cfg: TrainConfig, part:
     b = cfg.batch_size
     chosen = torch.rand((b,), generator=g) < cfg.self_context
     noise = torch.randn((b, shape[1], 1, *shape[3:]), generator=g)
-    aux_noise = torch.randn((b, 1, PLAYER_SLOTS, core.aux_dim), generator=g) if core.aux_dim else None
+    state_noise = torch.randn((b, 1, PLAYER_SLOTS, STATE_DIM), generator=g) if core.has_state else None
     pick = chosen[part].nonzero().flatten()
     if not len(pick):
         return None
@@ -112,11 +114,29 @@ def _own_contexts(core, first: dict, g: torch.Generator, cfg: TrainConfig, part:
         context = codec.encode(sub["frames"][:, :1].to(device))
     emb, emb_mask = text([games[int(i)] for i in sub["game"]], actions=sub["actions"], present=sub["present"],
                          device=device)
-    inputs = core.inputs_from_batch(sub, device) if hasattr(core, "inputs_from_batch") else None
-    drawn = draw_own_frame(core, context, emb, emb_mask, inputs, noise[part][pick].to(device),
-                           None if aux_noise is None else aux_noise[part][pick].to(device),
+    drawn = draw_own_frame(core, context, emb, emb_mask, core.clip_inputs(sub, device), noise[part][pick].to(device),
+                           None if state_noise is None else state_noise[part][pick].to(device),
                            cfg.self_context_steps, cfg.timestep_shift)
     return pick.to(device), drawn
+
+
+def _draw_clip_noise(core, cfg: TrainConfig, step: int, latent_shape, part: slice, device) -> tuple[ClipNoise, torch.Generator]:
+    """This rank's part of the step's :class:`ClipNoise` (drawn for the global batch from the
+    (seed, step) generator), and the generator, for the self-generated contexts that follow."""
+    g = step_generator(cfg.seed, step, stream=2)
+    chunks = cfg.clip_steps // core.chunk_frames
+    sigma, noise, state_noise = draw_noise(
+        g, cfg.batch_size, chunks, (latent_shape[1], cfg.clip_steps, *latent_shape[3:]), cfg.timestep_shift,
+        (cfg.clip_steps, PLAYER_SLOTS, STATE_DIM) if core.has_state else None)
+    state_sigma = (draw_state_sigmas(g, cfg.batch_size, chunks, cfg.state_timestep_shift, cfg.state_clean_fraction)
+                   if core.state_first else None)
+    context_sigma = context_noise = None
+    if cfg.context_noise > 0:
+        context_sigma, context_noise = draw_context_noise(g, cfg.batch_size, (latent_shape[1], 1, *latent_shape[3:]),
+                                                          cfg.context_noise)
+        context_sigma, context_noise = context_sigma[part].to(device), context_noise[part].to(device)
+    mine = lambda t: None if t is None else t[part].to(device)  # noqa: E731
+    return ClipNoise(mine(sigma), mine(noise), mine(state_noise), mine(state_sigma), context_sigma, context_noise), g
 
 
 def train(job: TrainJob) -> Path:
@@ -127,34 +147,33 @@ def train(job: TrainJob) -> Path:
         shutdown_distributed()
 
 
-def _train(job: TrainJob, info: DistInfo) -> Path:
-    cfg, profile, device = job.cfg, job.profile, info.device
-    torch.set_num_threads(profile.resources.train_threads)
-    out, work = Path(job.out), Path(job.out) / "work"
-    # Learning-curve snapshots: finetunes of the variants in finetune.curve_variants only.
-    finetune = isinstance(cfg, FinetuneConfig)
-    snapshot_every = cfg.curve_every if finetune and job.stage in cfg.curve_variants else 0
-    if info.is_main:
-        work.mkdir(parents=True, exist_ok=True)
-        if finetune:  # a finetune: its snapshots folder exists even when it keeps none
-            (out / "snapshots").mkdir(exist_ok=True)
-    # The log grows in work/ (kept across a resume) and is copied next to the final checkpoint.
-    final, last, log_path = out / "checkpoint.pt", work / "last.pt", work / "train_log.jsonl"
+@dataclass
+class _Run:
+    """The files of a run (see the module docstring) and what makes it resumable."""
 
-    # Self-generated contexts need the frame before each clip's context: clips one step longer.
-    lead = 1 if cfg.self_context > 0 else 0
-    dataset = ClipDataset(job.train_lmdb, clip_steps=cfg.clip_steps + lead, expect_canvas_px=profile.canvas_px)
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model, codec, text = job.build(profile, device)
-    games = dataset.games
-    # What makes a periodic checkpoint resumable: the same training settings, model and variant.
-    signature = {"train": cfg.model_dump(), "model": profile.model.model_dump(), "stage": job.stage,
-                 "games": games, "init_from": str(job.init_from), **job.extra_meta}
-    model_meta = {"profile": profile.model_dump(), "stage": job.stage, "games": games,
-                  "train_clip_steps": cfg.clip_steps, "run_signature": signature, **job.extra_meta}
+    out: Path
+    signature: dict = field(default_factory=dict)  # the settings a periodic checkpoint must match
+    meta: dict = field(default_factory=dict)  # written into every checkpoint
 
-    if job.init_from is None and profile.model.init_checkpoint and not last.is_file():
-        # Pretraining from the official Wan2.1 weights (new modules are reported, not silently dropped).
+    @property
+    def final(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    @property
+    def last(self) -> Path:
+        return self.out / "work" / "last.pt"
+
+    @property
+    def log(self) -> Path:
+        return self.out / "work" / "train_log.jsonl"
+
+
+def _initialise(job: TrainJob, model, run: _Run, info: DistInfo) -> None:
+    """Weights a fresh run starts from: official Wan2.1 weights (pretraining with
+    ``model.init_checkpoint``) or the (EMA) weights of ``job.init_from`` (a finetune's exp-138)."""
+    profile = job.profile
+    if job.init_from is None and profile.model.init_checkpoint and not run.last.is_file():
+        # New modules are reported, not silently dropped.
         from actionparty.model.checkpoint_io import load_wan_checkpoint
 
         report = load_wan_checkpoint(model.dit, profile.model.init_checkpoint)
@@ -169,35 +188,71 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
                   f"({', '.join(sorted({k.split('.')[0] for k in report.missing_keys}))}), "
                   f"unexpected {len(report.unexpected_keys)}")
 
+
+def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on norms, modulation tables, biases and embeddings' 1-d tensors."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in name or "modulation" in name else decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
-    ema = EMA(model, cfg.ema_decay)
-    start = 0
-    if last.is_file() and load_checkpoint(last).get("run_signature") != signature:
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.99))
+
+
+def _resume(run: _Run, model, ema: EMA, optimizer, info: DistInfo) -> int:
+    """The step to start from: that of ``work/last.pt`` when it was written with the same
+    settings (its weights, EMA and optimizer restored), else 0; log lines past it are dropped."""
+    if run.last.is_file() and load_checkpoint(run.last).get("run_signature") != run.signature:
         # A periodic checkpoint of a run with other settings cannot be resumed exactly: start over.
         if info.is_main:
-            print(f"{last}: written with other training settings; starting from step 0")
-            last.unlink()
+            print(f"{run.last}: written with other training settings; starting from step 0")
+            run.last.unlink()
         if info.world_size > 1:
             torch.distributed.barrier()
-    if last.is_file():
-        state = load_checkpoint(last)
+    start = 0
+    if run.last.is_file():
+        state = load_checkpoint(run.last)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
         if info.is_main:
-            print(f"resuming from {last} at step {start}")
+            print(f"resuming from {run.last} at step {start}")
     if info.is_main and start == 0:  # a fresh run: snapshots of an earlier run are not its curve
-        for _, stale in list_snapshots(out):
+        for _, stale in list_snapshots(run.out):
             stale.unlink()
-    if info.is_main and log_path.exists():  # drop log lines past the resumed step
-        lines = [l for l in log_path.read_text().splitlines() if l and json.loads(l)["step"] <= start]
-        write_text(log_path, "".join(l + "\n" for l in lines))
+    if info.is_main and run.log.exists():  # drop log lines past the resumed step
+        lines = [l for l in run.log.read_text().splitlines() if l and json.loads(l)["step"] <= start]
+        write_text(run.log, "".join(l + "\n" for l in lines))
+    return start
+
+
+def _train(job: TrainJob, info: DistInfo) -> Path:
+    """Build, initialise or resume, then train ``job`` to its last step (see the module docstring)."""
+    cfg, profile, device = job.cfg, job.profile, info.device
+    torch.set_num_threads(profile.resources.train_threads)
+    run = _Run(Path(job.out))
+    # Learning-curve snapshots: finetunes of the variants in finetune.curve_variants only.
+    finetune = isinstance(cfg, FinetuneConfig)
+    snapshot_every = cfg.curve_every if finetune and job.stage in cfg.curve_variants else 0
+    if info.is_main:
+        (run.out / "work").mkdir(parents=True, exist_ok=True)
+        if finetune:  # a finetune: its snapshots folder exists even when it keeps none
+            (run.out / "snapshots").mkdir(exist_ok=True)
+
+    # Self-generated contexts need the frame before each clip's context: clips one step longer.
+    lead = 1 if cfg.self_context > 0 else 0
+    dataset = ClipDataset(job.train_lmdb, clip_steps=cfg.clip_steps + lead, expect_canvas_px=profile.canvas_px)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model, codec, text = job.build(profile, device)
+    run.signature = {"train": cfg.model_dump(), "model": profile.model.model_dump(), "stage": job.stage,
+                     "games": dataset.games, "init_from": str(job.init_from), **job.extra_meta}
+    run.meta = {"profile": profile.model_dump(), "stage": job.stage, "games": dataset.games,
+                "train_clip_steps": cfg.clip_steps, "run_signature": run.signature, **job.extra_meta}
+    _initialise(job, model, run, info)
+    optimizer = _optimizer(model, cfg)
+    ema = EMA(model, cfg.ema_decay)
+    start = _resume(run, model, ema, optimizer, info)
 
     core = model
     if info.world_size > 1:
@@ -209,82 +264,84 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
                                          persistent_workers=False)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                 if profile.model.precision == "bf16" and device.type == "cuda" else nullcontext())
-    chunks = cfg.clip_steps // core.chunk_frames
+    games = dataset.games
 
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {job.stage}", unit="step",
-               disable=not (job.progress and info.is_main))
-    t_last, tokens_since = time.perf_counter(), 0
+    def loss_of(step: int, batch: dict):
+        """The loss of one step's batch (this rank's part)."""
+        if lead:
+            first, batch = split_first_step(batch)
+        with torch.no_grad():
+            latents = codec.encode(batch["frames"].to(device))
+        emb, emb_mask = text([games[int(g)] for g in batch["game"]], actions=batch["actions"],
+                             present=batch["present"], device=device)
+        noise, g = _draw_clip_noise(core, cfg, step, latents.shape, part, device)
+        if lead:
+            own = _own_contexts(core, first, g, cfg, part, latents.shape, codec, text, games, device)
+            if own is not None:
+                pick, drawn = own
+                latents[pick, :, :1] = drawn
+        clip = core.clip_inputs(batch, device)
+        with autocast:
+            return flow_matching_loss(model, latents, emb, emb_mask, cfg, noise, clip), latents
+
+    log = _Log(run.log if info.is_main else None, job.progress and info.is_main, cfg, start, job.stage)
     step = start
-    log_file = open(log_path, "a") if info.is_main else None
     try:
         for step, batch in zip(range(start, cfg.steps), loader):
             if job.stop_after is not None and step - start >= job.stop_after:
                 break
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, cfg)
-            if lead:
-                first, batch = split_first_step(batch)
-            frames = batch["frames"].to(device)
-            with torch.no_grad():
-                latents = codec.encode(frames)
-            emb, emb_mask = text([games[int(g)] for g in batch["game"]], actions=batch["actions"],
-                                 present=batch["present"], device=device)
-            g = step_generator(cfg.seed, step, stream=2)
-            sigma, noise, aux_noise = draw_noise(
-                g, cfg.batch_size, chunks, (latents.shape[1], cfg.clip_steps, *latents.shape[3:]), cfg.timestep_shift,
-                (cfg.clip_steps, PLAYER_SLOTS, core.aux_dim) if core.aux_dim else None)
-            aux_sigma = (draw_state_sigmas(g, cfg.batch_size, chunks, cfg.state_timestep_shift, cfg.state_clean_fraction)
-                         if core.state_first else None)
-            context_sigma = context_noise = None
-            if cfg.context_noise > 0:
-                context_sigma, context_noise = draw_context_noise(g, cfg.batch_size, (latents.shape[1], 1,
-                                                                                      *latents.shape[3:]),
-                                                                  cfg.context_noise)
-                context_sigma, context_noise = context_sigma[part].to(device), context_noise[part].to(device)
-            if lead:
-                own = _own_contexts(core, first, g, cfg, part, latents.shape, codec, text, games, device)
-                if own is not None:
-                    pick, drawn = own
-                    latents[pick, :, :1] = drawn
-            inputs = core.inputs_from_batch(batch, device) if hasattr(core, "inputs_from_batch") else None
-            with autocast:
-                result = flow_matching_loss(model, latents, emb, emb_mask, cfg, sigma[part].to(device),
-                                            noise[part].to(device), inputs,
-                                            None if aux_noise is None else aux_noise[part].to(device),
-                                            getattr(cfg, "state_loss_weight", 0.0),
-                                            None if aux_sigma is None else aux_sigma[part].to(device),
-                                            context_sigma, context_noise)
+            result, latents = loss_of(step, batch)
             optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.grad_clip)
             optimizer.step()
             ema.update(core)
-            tokens_since += latents.shape[0] * latents[0, 0].numel() * info.world_size
             done = step + 1
-            bar.update()
-            if info.is_main and (done % cfg.log_every == 0 or done == cfg.steps):
-                now = time.perf_counter()
-                record = {"step": done, **result.stats, "grad_norm": float(grad_norm), "lr": _lr_at(step, cfg),
-                          "tokens_per_s": round(tokens_since / max(now - t_last, 1e-9), 1)}
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
-                bar.set_postfix(loss=f"{record['loss']:.4f}")
-                t_last, tokens_since = now, 0
+            log.step(done, result.stats, grad_norm, _lr_at(step, cfg),
+                     latents.shape[0] * latents[0, 0].numel() * info.world_size)
             if info.is_main and snapshot_every and done % snapshot_every == 0 and done < cfg.steps:
                 # EMA weights only: a learning-curve point (actionparty curve), not a resume state.
-                save_checkpoint(snapshot_path(out, done), model=core.state_dict(), ema=ema.state_dict(), step=done,
-                                **model_meta)
+                save_checkpoint(snapshot_path(run.out, done), model=core.state_dict(), ema=ema.state_dict(),
+                                step=done, **run.meta)
             if info.is_main and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-                save_checkpoint(last, model=core.state_dict(), ema=ema.state_dict(),
-                                optimizer=optimizer.state_dict(), step=done, **model_meta)
+                save_checkpoint(run.last, model=core.state_dict(), ema=ema.state_dict(),
+                                optimizer=optimizer.state_dict(), step=done, **run.meta)
             step = done
     finally:
-        bar.close()
-        if log_file:
-            log_file.close()
+        log.close()
     if step >= cfg.steps and info.is_main:
-        write_text(out / "train_log.jsonl", log_path.read_text())
-        save_checkpoint(final, model=core.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
-                        step=step, **model_meta)
-        last.unlink(missing_ok=True)  # finished: nothing to resume (a rerun trains afresh)
-    return final
+        write_text(run.out / "train_log.jsonl", run.log.read_text())
+        save_checkpoint(run.final, model=core.state_dict(), ema=ema.state_dict(), optimizer=optimizer.state_dict(),
+                        step=step, **run.meta)
+        run.last.unlink(missing_ok=True)  # finished: nothing to resume (a rerun trains afresh)
+    return run.final
+
+
+class _Log:
+    """The JSONL training log (main process) and the progress bar."""
+
+    def __init__(self, path: Path | None, progress: bool, cfg: TrainConfig, start: int, stage: str):
+        self.cfg = cfg
+        self.file = open(path, "a") if path is not None else None
+        self.bar = tqdm(total=cfg.steps, initial=start, desc=f"train {stage}", unit="step", disable=not progress)
+        self.t_last, self.tokens_since = time.perf_counter(), 0
+
+    def step(self, done: int, stats: dict, grad_norm, lr: float, tokens: int) -> None:
+        self.tokens_since += tokens
+        self.bar.update()
+        if self.file is None or not (done % self.cfg.log_every == 0 or done == self.cfg.steps):
+            return
+        now = time.perf_counter()
+        record = {"step": done, **stats, "grad_norm": float(grad_norm), "lr": lr,
+                  "tokens_per_s": round(self.tokens_since / max(now - self.t_last, 1e-9), 1)}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}")
+        self.t_last, self.tokens_since = now, 0
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.file:
+            self.file.close()
