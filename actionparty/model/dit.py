@@ -645,40 +645,10 @@ class WanDiT(nn.Module):
         if update_cache and kv_cache is None:
             raise ValueError("update_cache=True needs a kv_cache")
         cond = cond or DiTConditioning()
-        extra, attn_mask, video_cond, out_cond = cond.extra, cond.attn_mask, cond.video_cond, cond.out_cond
-        batch, device = x.shape[0], x.device
-        layout = self.token_layout(tuple(x.shape[2:]), extra, kv_cache, frame_offset, device)
-        num_frames, height, width = layout.grid
-        num_video = layout.num_video
-
-        # Video tokens and their per-frame adaLN input.
-        tokens = rearrange(self.patch_embedding(x.to(self.param_dtype)), "b c t h w -> b (t h w) c").float()
-        if video_cond is not None:
-            if tuple(video_cond.shape) != tuple(tokens.shape):
-                raise ValueError(f"video_cond must be {tuple(tokens.shape)}, got {tuple(video_cond.shape)}")
-            tokens = tokens + video_cond.float()
-        if t.dim() == 1:
-            t = t[:, None].expand(batch, num_frames)
-        if tuple(t.shape) != (batch, num_frames):
-            raise ValueError(f"t must be (B, T) = ({batch}, {num_frames}) or (B,), got {tuple(t.shape)}")
-        e_video = self.embed_time(t, cond.frame_cond)  # (B, T, dim): also the head's modulation input
-        e0_extra = None
-        rope_cos, rope_sin = (u[None] for u in self.rope.grid(num_frames, height, width, layout.frame_offset, device))
-
-        if extra is not None:
-            m = extra.num_tokens
-            expect = {"tokens": (batch, m, cfg.dim), "positions": (batch, m, 3), "timesteps": (batch, m)}
-            for name, shape in expect.items():
-                if tuple(getattr(extra, name).shape) != shape:
-                    raise ValueError(f"extra.{name} must be {shape}, got {tuple(getattr(extra, name).shape)}")
-            tokens = torch.cat([tokens, extra.tokens.float()], dim=1)
-            e0_extra = self.project_time(self.embed_time(extra.timesteps, extra.cond))
-            cos_x, sin_x = self.rope(extra.positions)
-            rope_cos = torch.cat([rope_cos.expand(batch, -1, -1), cos_x], dim=1)
-            rope_sin = torch.cat([rope_sin.expand(batch, -1, -1), sin_x], dim=1)
-        mod = TokenModulation(self.project_time(e_video), e0_extra, height * width)
-
+        layout = self.token_layout(tuple(x.shape[2:]), cond.extra, kv_cache, frame_offset, x.device)
+        tokens, e_video, mod, rope_cos, rope_sin = self._embed(x, t, cond, layout)
         context, context_mask = self.embed_text(text, text_mask)
+        attn_mask = cond.attn_mask
         if attn_mask is None:
             window = (kv_cache.window_frames, kv_cache.sink_frames) if kv_cache is not None else (None, 0)
             attn_mask = self.default_attn_mask(layout, *window)
@@ -696,10 +666,44 @@ class WanDiT(nn.Module):
         if update_cache:
             kv_cache.commit(layout.q_frames, layout.q_tags)
 
-        out = self.head(tokens[:, :num_video], e_video, height * width)
-        if out_cond is not None:
-            out = out + out_cond.to(out.dtype)
+        num_frames, height, width = layout.grid
+        out = self.head(tokens[:, : layout.num_video], e_video, height * width)
+        if cond.out_cond is not None:
+            out = out + cond.out_cond.to(out.dtype)
         pt, ph, pw = cfg.patch_size
         video = rearrange(out, "b (t h w) (pt ph pw c) -> b c (t pt) (h ph) (w pw)",
                           t=num_frames, h=height, w=width, pt=pt, ph=ph, pw=pw)
-        return DiTOutput(video.float(), tokens[:, num_video:] if extra is not None else None)
+        return DiTOutput(video.float(), tokens[:, layout.num_video :] if cond.extra is not None else None)
+
+    def _embed(self, x: torch.Tensor, t: torch.Tensor, cond: DiTConditioning, layout: TokenLayout):
+        """The block input: tokens [video; extra] (B, N, dim) fp32, the video's per-frame time
+        embedding (B, T, dim) (the head's modulation input), every token's adaLN vectors and
+        rotary angles (B|1, N, head_dim / 2)."""
+        cfg, (batch, device) = self.config, (x.shape[0], x.device)
+        num_frames, height, width = layout.grid
+        tokens = rearrange(self.patch_embedding(x.to(self.param_dtype)), "b c t h w -> b (t h w) c").float()
+        if cond.video_cond is not None:
+            if tuple(cond.video_cond.shape) != tuple(tokens.shape):
+                raise ValueError(f"video_cond must be {tuple(tokens.shape)}, got {tuple(cond.video_cond.shape)}")
+            tokens = tokens + cond.video_cond.float()
+        if t.dim() == 1:
+            t = t[:, None].expand(batch, num_frames)
+        if tuple(t.shape) != (batch, num_frames):
+            raise ValueError(f"t must be (B, T) = ({batch}, {num_frames}) or (B,), got {tuple(t.shape)}")
+        e_video = self.embed_time(t, cond.frame_cond)
+        e0_extra = None
+        rope_cos, rope_sin = (u[None] for u in self.rope.grid(num_frames, height, width, layout.frame_offset, device))
+        extra = cond.extra
+        if extra is not None:
+            m = extra.num_tokens
+            expect = {"tokens": (batch, m, cfg.dim), "positions": (batch, m, 3), "timesteps": (batch, m)}
+            for name, shape in expect.items():
+                if tuple(getattr(extra, name).shape) != shape:
+                    raise ValueError(f"extra.{name} must be {shape}, got {tuple(getattr(extra, name).shape)}")
+            tokens = torch.cat([tokens, extra.tokens.float()], dim=1)
+            e0_extra = self.project_time(self.embed_time(extra.timesteps, extra.cond))
+            cos_x, sin_x = self.rope(extra.positions)
+            rope_cos = torch.cat([rope_cos.expand(batch, -1, -1), cos_x], dim=1)
+            rope_sin = torch.cat([rope_sin.expand(batch, -1, -1), sin_x], dim=1)
+        mod = TokenModulation(self.project_time(e_video), e0_extra, height * width)
+        return tokens, e_video, mod, rope_cos, rope_sin
