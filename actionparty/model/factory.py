@@ -1,8 +1,10 @@
-"""Build the world model, its frame codec and text conditioning from a profile (and a variant)."""
+"""Build the world model, its frame codec and text conditioning from a profile (and a variant).
+
+``profile`` is a validated :class:`actionparty.config.Profile`; it is read here, never imported
+(the parameters' module validates against the model's names, so it stands above the model)."""
 
 from __future__ import annotations
 
-from actionparty.config import Profile
 from actionparty.model.conditioning import StateGrid, TextConditioner, build_conditioning
 from actionparty.model.conditioning.text_action import PROMPT_VOCABULARY
 from actionparty.model.text import TextEmbedder, make_text_embedder
@@ -10,14 +12,14 @@ from actionparty.model.world import FrameCodec, WorldModel, build_dit, build_fra
 from actionparty.variants import VariantConfig
 
 
-def game_descriptions(profile: Profile) -> dict[str, str]:
+def game_descriptions(profile) -> dict[str, str]:
     """Every catalogue game's description (the tiny encoder's vocabulary covers all of them)."""
     from actionparty.games import game_descriptions as read_descriptions
 
     return read_descriptions(profile.catalogue)
 
 
-def build_text_embedder(profile: Profile, device="cpu") -> TextEmbedder:
+def build_text_embedder(profile, device="cpu") -> TextEmbedder:
     cfg = profile.model
     descriptions = game_descriptions(profile)
     if cfg.text_encoder == "tiny":
@@ -28,7 +30,7 @@ def build_text_embedder(profile: Profile, device="cpu") -> TextEmbedder:
     return make_text_embedder("umt5", descriptions, path=cfg.text_path, device=device, max_len=cfg.text_len)
 
 
-def check_weight_paths(profile: Profile) -> None:
+def check_weight_paths(profile) -> None:
     """Refuse, in one line naming the key, a profile whose local weight files are missing
     (nothing can be downloaded: see docs/TRAINING.md for what to put where)."""
     from pathlib import Path
@@ -50,7 +52,7 @@ def check_weight_paths(profile: Profile) -> None:
                             "(weights cannot be downloaded here; see docs/TRAINING.md)")
 
 
-def build_world_model(profile: Profile, device="cpu", variant: VariantConfig | None = None,
+def build_world_model(profile, device="cpu", variant: VariantConfig | None = None,
                       ) -> tuple[WorldModel, FrameCodec, TextConditioner]:
     """The profile's world model (weights freshly initialised): the video-only model of exp-138,
     or, with ``variant``, an action-conditioned one."""
@@ -67,7 +69,7 @@ def build_world_model(profile: Profile, device="cpu", variant: VariantConfig | N
     return model.to(device), codec, text
 
 
-def latent_side(profile: Profile, codec: FrameCodec) -> tuple[int, int]:
+def latent_side(profile, codec: FrameCodec) -> tuple[int, int]:
     """Latent (h, w) of a frame of the profile's canvas."""
     px = profile.model.resolution or profile.canvas_px
     side = px // codec.codec.spatial_factor

@@ -228,7 +228,10 @@ def _resume(run: _Run, model, ema: EMA, optimizer, info: DistInfo) -> int:
 
 
 def _train(job: TrainJob, info: DistInfo) -> Path:
-    """Build, initialise or resume, then train ``job`` to its last step (see the module docstring)."""
+    """Build, initialise or resume, then train ``job`` to its last step (see the module docstring).
+
+    One function on purpose: setup, the step loop and the final write read top to bottom as the
+    life of a run; the details of each are the helpers above (_initialise, _resume, _StepLoss, _Log)."""
     cfg, profile, device = job.cfg, job.profile, info.device
     torch.set_num_threads(profile.resources.train_threads)
     run = _Run(Path(job.out))
@@ -262,28 +265,8 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
     sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, start, cfg.steps, part)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
                                          persistent_workers=False)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                if profile.model.precision == "bf16" and device.type == "cuda" else nullcontext())
-    games = dataset.games
-
-    def loss_of(step: int, batch: dict):
-        """The loss of one step's batch (this rank's part)."""
-        if lead:
-            first, batch = split_first_step(batch)
-        with torch.no_grad():
-            latents = codec.encode(batch["frames"].to(device))
-        emb, emb_mask = text([games[int(g)] for g in batch["game"]], actions=batch["actions"],
-                             present=batch["present"], device=device)
-        noise, g = _draw_clip_noise(core, cfg, step, latents.shape, part, device)
-        if lead:
-            own = _own_contexts(core, first, g, cfg, part, latents.shape, codec, text, games, device)
-            if own is not None:
-                pick, drawn = own
-                latents[pick, :, :1] = drawn
-        clip = core.clip_inputs(batch, device)
-        with autocast:
-            return flow_matching_loss(model, latents, emb, emb_mask, cfg, noise, clip), latents
-
+    loss_of = _StepLoss(model, core, codec, text, dataset.games, cfg, part, device, lead,
+                        bf16=profile.model.precision == "bf16" and device.type == "cuda")
     log = _Log(run.log if info.is_main else None, job.progress and info.is_main, cfg, start, job.stage)
     step = start
     try:
@@ -317,6 +300,42 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
                         step=step, **run.meta)
         run.last.unlink(missing_ok=True)  # finished: nothing to resume (a rerun trains afresh)
     return run.final
+
+
+@dataclass
+class _StepLoss:
+    """``(step, batch) -> (LossOutput, latents)``: one step's loss on this rank's part of the batch
+    (latents encoded, text, the step's noise, self-generated contexts, the flow-matching loss)."""
+
+    model: torch.nn.Module  # what the loss runs through (DDP-wrapped in a split run)
+    core: torch.nn.Module  # the model itself
+    codec: object
+    text: object
+    games: list[str]
+    cfg: TrainConfig
+    part: slice
+    device: torch.device
+    lead: int  # 1: clips carry the frame before the context (self-generated contexts)
+    bf16: bool
+
+    def __call__(self, step: int, batch: dict):
+        core, cfg, device = self.core, self.cfg, self.device
+        if self.lead:
+            first, batch = split_first_step(batch)
+        with torch.no_grad():
+            latents = self.codec.encode(batch["frames"].to(device))
+        emb, emb_mask = self.text([self.games[int(g)] for g in batch["game"]], actions=batch["actions"],
+                                  present=batch["present"], device=device)
+        noise, g = _draw_clip_noise(core, cfg, step, latents.shape, self.part, device)
+        if self.lead:
+            own = _own_contexts(core, first, g, cfg, self.part, latents.shape, self.codec, self.text, self.games,
+                                device)
+            if own is not None:
+                pick, drawn = own
+                latents[pick, :, :1] = drawn
+        clip = core.clip_inputs(batch, device)
+        with torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext():
+            return flow_matching_loss(self.model, latents, emb, emb_mask, cfg, noise, clip), latents
 
 
 class _Log:
