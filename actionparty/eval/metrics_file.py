@@ -71,15 +71,18 @@ def check(data, source: str, model: str | None = None) -> dict:
     if data["schema_version"] != METRICS_SCHEMA:
         raise MetricsError(f"{source}: field 'schema_version' is {data['schema_version']!r}; "
                            f"this code reads metrics files of schema {METRICS_SCHEMA}")
-    if not isinstance(data.get("variant"), str):
-        raise MetricsError(f"{source}: field 'variant' is missing or not a string")
+    for key in ("variant", "kind", "horizons"):
+        if key not in data:
+            raise MetricsError(f"{source}: field '{key}' is missing")
+    if not isinstance(data["variant"], str):
+        raise MetricsError(f"{source}: field 'variant' is not a string")
     if model is not None and data["variant"] != model:
         raise MetricsError(f"{source}: field 'variant' is '{data['variant']}', expected '{model}'")
-    if data.get("kind") not in KINDS:
-        raise MetricsError(f"{source}: field 'kind' is {data.get('kind')!r}, not one of {', '.join(KINDS)}")
-    horizons = data.get("horizons")
+    if data["kind"] not in KINDS:
+        raise MetricsError(f"{source}: field 'kind' is {data['kind']!r}, not one of {', '.join(KINDS)}")
+    horizons = data["horizons"]
     if not isinstance(horizons, dict) or not horizons:
-        raise MetricsError(f"{source}: field 'horizons' is missing or empty")
+        raise MetricsError(f"{source}: field 'horizons' is not an object with a horizon 'h<steps>'")
     for key, entry in horizons.items():
         _check_horizon(source, key, entry)
     return data

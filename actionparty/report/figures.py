@@ -11,6 +11,9 @@ rollout           a few test windows of one model: ground truth (if the test LMD
                   framed green / red by whether the detectors saw it executed
 ================  ===================================================================================
 
+Lines: one per model of the variant registry, in its order, in the variant's ``colour``; methods
+bold, ablations dashed, the copy floor dotted, the oracle dash-dotted (:meth:`.Lineup.style`).
+
 How an action is judged (:func:`judge_actions`, the metric code of ``eval.metrics``): with ground
 truth, exactly MA's test (:func:`~actionparty.eval.metrics.motion_outcomes`: the detected change of
 (cell, facing) from generated frame t-1 to t equals the real change; players not drawn in the real
@@ -81,6 +84,12 @@ def _numbers(values) -> np.ndarray:
 
 
 def player_count_figure(metrics: MetricsSet, lineup: Lineup, stem: str | Path) -> list[Path]:
+    """:func:`player_count_plot`, saved with the legend of its first panel."""
+    fig = player_count_plot(metrics, lineup)
+    return _save_with_legend(fig, fig.axes[0], stem)
+
+
+def player_count_plot(metrics: MetricsSet, lineup: Lineup):
     """MA and SP against the number of players, one line per model; one row per horizon."""
     plt = _pyplot()
     horizons = metrics.horizons()
@@ -97,7 +106,7 @@ def player_count_figure(metrics: MetricsSet, lineup: Lineup, stem: str | Path) -
                 ax.plot(x, y, marker="o", markersize=4, label=lineup.label(model), **lineup.style(model))
             ax.set_xticks(x)
             _share_axes(ax, "players in the scene", name, f"{name} per player count, horizon {h}")
-    return _save_with_legend(fig, axes[0, 0], stem)
+    return fig
 
 
 def _share_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
@@ -117,6 +126,12 @@ def _save_with_legend(fig, legend_axes, stem: str | Path) -> list[Path]:
 
 
 def step_curves_figure(metrics: MetricsSet, lineup: Lineup, stem: str | Path, horizon: int) -> list[Path]:
+    """:func:`step_curves_plot`, saved with the legend of its first panel."""
+    fig = step_curves_plot(metrics, lineup, horizon)
+    return _save_with_legend(fig, fig.axes[0], stem)
+
+
+def step_curves_plot(metrics: MetricsSet, lineup: Lineup, horizon: int):
     """MA (``ma_curve``), SP (``sp_curve``) and, where measured, BA (``ba_curve``) per rollout step
     at ``horizon``: how following, keeping and binding players degrade as the rollout goes on."""
     plt = _pyplot()
@@ -135,7 +150,7 @@ def step_curves_figure(metrics: MetricsSet, lineup: Lineup, stem: str | Path, ho
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         _share_axes(ax, "rollout step" if curve != "sp_curve" else "generated frame", name,
                     f"{name} per step, horizon {horizon}")
-    return _save_with_legend(fig, axes[0, 0], stem)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------
