@@ -340,6 +340,39 @@ def _val_items(dataset: ClipDataset, per_game: int) -> list[int]:
     return items
 
 
+def _accuracy_samples(detectors: Detectors, batch: dict, game_map: torch.Tensor, tau: float, batch_frames: int
+                      ) -> tuple[dict, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The scored samples of a batch of 1-step clips: key -> (game of each sample, hit, counted)
+    for the keys of :func:`detector_accuracy`, and the inverse dynamics' (game, target,
+    prediction) per transition."""
+    frames = batch["frames"].flatten(0, 1)  # frames t-1 and t of every clip
+    hc = frames.shape[-2] // CELL_PX
+    visible = (batch["visible"] & batch["present"][:, None]).flatten(0, 1).numpy()
+    position, facing = batch["position"].flatten(0, 1), batch["facing"].flatten(0, 1)
+    slot_t, face_t = tile_targets(position, facing, torch.from_numpy(visible), (hc, hc))
+    slot_t, face_t = slot_t.numpy(), face_t.numpy()
+    slot_logits, facing_logits, _ = detectors.tile(frames, game_map[batch["game"]].repeat_interleave(2))
+    slot_p, face_p = slot_logits.argmax(1).numpy(), facing_logits.argmax(1).numpy()
+    det = decode_detections(slot_logits.softmax(1)[:, 1:], facing_logits, tau)
+    once = (det.count == 1) & (det.cell == position.numpy()).all(-1)
+    tr = _transitions(dict(batch, game=game_map[batch["game"]]))
+    pred = classify_transitions(detectors.idm, batch["frames"][tr["row"], 0], batch["frames"][tr["row"], 1],
+                                tr["centre"], tr["game"], tr["slot"], batch_frames)
+    target = tr["target"].numpy()
+    frame_game = batch["game"].repeat_interleave(2).numpy()
+    cell_game = np.broadcast_to(frame_game[:, None, None], slot_t.shape)
+    row_game = batch["game"][tr["row"]].numpy()
+    samples = {
+        "slot": (cell_game, slot_p == slot_t, slot_t > 0),
+        "facing": (cell_game, face_p == face_t, slot_t > 0),
+        "background": (cell_game, slot_p == 0, slot_t == 0),
+        "once": (np.broadcast_to(frame_game[:, None], visible.shape), once, visible),
+        "idm": (row_game, pred == target, np.ones_like(target, bool)),
+        "interact": (row_game, pred == INTERACT, target == INTERACT),
+    }
+    return samples, (row_game, target, pred)
+
+
 @torch.no_grad()
 def detector_accuracy(detectors: Detectors, dataset: ClipDataset, cfg: EvalConfig, progress: bool = False) -> dict:
     """Held-out accuracy per game on 1-step clips of ``dataset`` (the val split):
@@ -360,31 +393,8 @@ def detector_accuracy(detectors: Detectors, dataset: ClipDataset, cfg: EvalConfi
     per_action = {g: np.zeros((len(CANONICAL_ACTIONS), 2), np.int64) for g in dataset.games}
     game_map = torch.as_tensor(indices)
     for batch in tqdm(loader, desc="detector accuracy", unit="batch", disable=not progress):
-        frames = batch["frames"].flatten(0, 1)  # frames t-1 and t of every clip
-        hc = frames.shape[-2] // CELL_PX
-        visible = (batch["visible"] & batch["present"][:, None]).flatten(0, 1).numpy()
-        position, facing = batch["position"].flatten(0, 1), batch["facing"].flatten(0, 1)
-        slot_t, face_t = tile_targets(position, facing, torch.from_numpy(visible), (hc, hc))
-        slot_t, face_t = slot_t.numpy(), face_t.numpy()
-        slot_logits, facing_logits, _ = detectors.tile(frames, game_map[batch["game"]].repeat_interleave(2))
-        slot_p, face_p = slot_logits.argmax(1).numpy(), facing_logits.argmax(1).numpy()
-        det = decode_detections(slot_logits.softmax(1)[:, 1:], facing_logits, cfg.tau)
-        once = (det.count == 1) & (det.cell == position.numpy()).all(-1)
-        tr = _transitions(dict(batch, game=game_map[batch["game"]]))
-        pred = classify_transitions(detectors.idm, batch["frames"][tr["row"], 0], batch["frames"][tr["row"], 1],
-                                    tr["centre"], tr["game"], tr["slot"], cfg.eval_batch_frames)
-        target = tr["target"].numpy()
-        frame_game = batch["game"].repeat_interleave(2).numpy()
-        cell_game = np.broadcast_to(frame_game[:, None, None], slot_t.shape)
-        row_game = batch["game"][tr["row"]].numpy()
-        samples = {  # key -> (game of each sample, hit, counted)
-            "slot": (cell_game, slot_p == slot_t, slot_t > 0),
-            "facing": (cell_game, face_p == face_t, slot_t > 0),
-            "background": (cell_game, slot_p == 0, slot_t == 0),
-            "once": (np.broadcast_to(frame_game[:, None], visible.shape), once, visible),
-            "idm": (row_game, pred == target, np.ones_like(target, bool)),
-            "interact": (row_game, pred == INTERACT, target == INTERACT),
-        }
+        samples, (row_game, target, pred) = _accuracy_samples(detectors, batch, game_map, cfg.tau,
+                                                              cfg.eval_batch_frames)
         for g, name in enumerate(dataset.games):
             for key, (where, hit, counted) in samples.items():
                 m = counted & (where == g)

@@ -130,7 +130,24 @@ def build_report(results: str | Path = "results", out: str | Path = "reports", t
     if "full" in metrics.models:
         write_text(out / "targets.md", targets_markdown(check_targets(metrics, lineup)))
 
-    figures = out / "figures"
+    _metric_figures(metrics, lineup, results, out / "figures", summary)
+    bar.update()
+    detectors = _detector_bundle(results, summary)
+    if test_lmdb is None:
+        summary.missing.append("test LMDB (--test-lmdb): rollout figures and GIFs without ground truth")
+    for model in rollout_models:
+        bar.set_postfix_str(model)
+        _rollout_outputs(model, results, out, lineup.label(model), detectors, test_lmdb, windows, rollout_horizon,
+                         summary)
+        bar.update()
+    bar.close()
+    write_index(out, summary, results)
+    return summary
+
+
+def _metric_figures(metrics: T.MetricsSet, lineup: Lineup, results: Path, figures: Path,
+                    summary: ReportSummary) -> None:
+    """Per player count, per step, training and learning curves (those the inputs allow)."""
     summary.figures["per_player_count"] = F.player_count_figure(metrics, lineup, figures / "per_player_count")
     summary.captions["per_player_count"] = CAPTIONS["fig_per_player_count"]
     horizons = metrics.horizons()
@@ -148,26 +165,17 @@ def build_report(results: str | Path = "results", out: str | Path = "reports", t
         summary.captions["learning_curves"] = CAPTIONS["fig_learning_curves"]
     else:
         summary.missing.append(f"learning curves ({results}/finetune/<variant>/curve.json): none yet")
-    bar.update()
 
-    detectors = None
+
+def _detector_bundle(results: Path, summary: ReportSummary):
+    """The detectors of ``results`` (they judge the action icons), or None (noted as missing)."""
     bundle = results / "detectors" / "detectors.pt"
-    if bundle.is_file():
-        from actionparty.eval.detectors import load_detectors
-
-        detectors = load_detectors(bundle)
-    else:
+    if not bundle.is_file():
         summary.missing.append(f"detector bundle {bundle} (action icons not judged)")
-    if test_lmdb is None:
-        summary.missing.append("test LMDB (--test-lmdb): rollout figures and GIFs without ground truth")
-    for model in rollout_models:
-        bar.set_postfix_str(model)
-        _rollout_outputs(model, results, out, lineup.label(model), detectors, test_lmdb, windows, rollout_horizon,
-                         summary)
-        bar.update()
-    bar.close()
-    write_index(out, summary, results)
-    return summary
+        return None
+    from actionparty.eval.detectors import load_detectors
+
+    return load_detectors(bundle)
 
 
 def _rollout_outputs(model: str, results: Path, out: Path, label: str, detectors, test_lmdb, windows: int,
