@@ -12,6 +12,7 @@ import yaml
 
 from actionparty.errors import ProfileError, UserError
 from actionparty.eval import metrics as M
+from actionparty.eval import metrics_file
 from actionparty.eval.commands import add_commands
 from actionparty.eval.config import EvalConfig
 from actionparty.eval.evaluate import combine_metrics, write_table
@@ -444,6 +445,61 @@ def test_combine_metrics_writes_one_table(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(UserError, match="bad.json: not a metrics file"):
         combine_metrics([tmp_path / "bad.json"])
+
+
+def _good_metrics_file() -> dict:
+    return dict(_metrics_file("full", "model", 0.8), tau=0.5)
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"schema_version": 1, "horizons": {"h4": ', "not valid JSON"),
+    ("[1, 2]", "not a metrics file"),
+    (json.dumps({k: v for k, v in _good_metrics_file().items() if k != "schema_version"}),
+     "field 'schema_version' is missing"),
+    (json.dumps(dict(_good_metrics_file(), schema_version=2)), "field 'schema_version' is 2; this code reads "
+                                                                "metrics files of schema 1"),
+    (json.dumps({k: v for k, v in _good_metrics_file().items() if k != "horizons"}),
+     "field 'horizons' is missing"),
+    (json.dumps(dict(_good_metrics_file(), horizons={})), "field 'horizons' is not an object with a horizon"),
+    (json.dumps({k: v for k, v in _good_metrics_file().items() if k != "kind"}), "field 'kind' is missing"),
+    (json.dumps(dict(_good_metrics_file(), kind="baseline")), "field 'kind' is 'baseline', not one of model, oracle"),
+    (json.dumps(dict(_good_metrics_file(), horizons={"h4": {"per_game": {}}})), "field 'horizons.h4.overall'"),
+])
+def test_every_reader_of_a_bad_metrics_file_gives_the_same_line(tmp_path, repo, capsys, content, message):
+    """combine-metrics, report and targets read metrics files with one reader: one line naming the
+    file and the field, exit 2."""
+    from actionparty.cli import main
+
+    bad = tmp_path / "results" / "metrics" / "full.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(content)
+    variants = ["--variants", str(repo / "params" / "variants")]
+    lines = set()
+    for argv in (["combine-metrics", "--out-json", str(tmp_path / "c.json"), "--out-csv", str(tmp_path / "c.csv"),
+                  str(bad)],
+                 ["report", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "r"), "--quiet", *variants],
+                 ["targets", "--results", str(tmp_path / "results"), *variants]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {bad}: ") and message in err and err.count("\n") == 1, (argv, err)
+        lines.add(err)
+    assert len(lines) == 1
+    assert not (tmp_path / "c.csv").exists() and not (tmp_path / "r").exists()
+
+
+def test_metrics_file_is_written_atomically_and_read_back(tmp_path):
+    path = tmp_path / "metrics" / "full.json"
+    metrics_file.write(path, _good_metrics_file())
+    assert metrics_file.read(path, "full") == _good_metrics_file()
+    with pytest.raises(metrics_file.MetricsError, match="full.json: field 'variant' is 'full', expected 'static'"):
+        metrics_file.read(path, "static")
+    broken = _good_metrics_file()
+    broken["horizons"]["h4"]["overall"]["MA"] = "0.8"
+    with pytest.raises(metrics_file.MetricsError, match=r"other.json: field 'horizons\.h4\.overall\.MA' is not a number"):
+        metrics_file.write(tmp_path / "metrics" / "other.json", broken)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["full.json"]  # nothing written, no temporary left
+    with pytest.raises(metrics_file.MetricsError, match="missing.json: metrics file not found"):
+        metrics_file.read(tmp_path / "missing.json")
 
 
 def test_commands_register_and_run(tmp_path):

@@ -1,7 +1,7 @@
 """Reports rebuilt from a synthetic results/ tree: tables copy the metrics JSON exactly and mark
 the best non-oracle value, figures exist as PNG and PDF, index.md lists everything, missing
-models are reported, corrupt inputs are one-line errors, and action icons are judged with the
-metric code."""
+models are reported, corrupt inputs are one-line errors, action icons are judged with the
+metric code, and the rows and lines are the variant registry's (a new variant file is a new row)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import argparse
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from actionparty.atomic import write_json, write_text
 from actionparty.data.lmdb_dataset import ClipDataset, build_lmdb
@@ -22,12 +24,14 @@ from actionparty.eval import metrics as M
 from actionparty.eval.config import EvalConfig
 from actionparty.eval.detectors import Detectors, build_models, load_detectors, save_detectors
 from actionparty.eval.evaluate import METRIC_KEYS, ground_truth
+from actionparty.eval.metrics_file import MetricsError
 from actionparty.rollout.rollout_io import Rollout, select_windows, write_rollout
 from actionparty.games.actions import FORWARD, NOOP, TURN_RIGHT
 from actionparty.report import figures as F
 from actionparty.report import tables as T
 from actionparty.report.build import build_report
 from actionparty.report.commands import add_commands
+from actionparty.report.lineup import Lineup
 from conftest import write_synthetic_episodes
 
 GAMES = {"alpha": 2, "beta": 3}  # game -> players
@@ -312,24 +316,24 @@ def test_corrupt_metrics_file_is_a_one_line_error_naming_it(built, tmp_path):
     message = str(err.value)
     assert message.startswith(str(bad)) and "\n" not in message
     write_json(bad, dict(metrics_json("static"), horizons={"h4": {"per_game": {}}}))
-    with pytest.raises(T.MetricsError, match=r"static\.json: field 'horizons\.h4\.overall'"):
+    with pytest.raises(MetricsError, match=r"static\.json: field 'horizons\.h4\.overall'"):
         T.load_metrics(results / "metrics")
     broken = metrics_json("static")
     broken["horizons"]["h20"]["per_game"]["beta"]["MA"] = "0.5"
     write_json(bad, broken)
-    with pytest.raises(T.MetricsError, match=r"field 'horizons\.h20\.per_game\.beta\.MA' is not a number"):
+    with pytest.raises(MetricsError, match=r"field 'horizons\.h20\.per_game\.beta\.MA' is not a number"):
         T.load_metrics(results / "metrics")
     write_json(bad, metrics_json("full"))  # another model's file under this name
-    with pytest.raises(T.MetricsError, match="field 'variant' is 'full', expected 'static'"):
+    with pytest.raises(MetricsError, match="field 'variant' is 'full', expected 'static'"):
         T.load_metrics(results / "metrics")
 
 
 def test_no_metrics_at_all_and_corrupt_train_log_are_refused(tmp_path):
-    with pytest.raises(T.MetricsError, match="no metrics files"):
+    with pytest.raises(MetricsError, match="no metrics files"):
         T.load_metrics(tmp_path / "metrics")
     log = tmp_path / "train_log.jsonl"
     write_text(log, '{"step": 10, "loss": 1.0}\n{"step": 20, "lo')
-    with pytest.raises(T.MetricsError, match=r"train_log\.jsonl: line 2 is not valid JSON"):
+    with pytest.raises(MetricsError, match=r"train_log\.jsonl: line 2 is not valid JSON"):
         F.read_train_log(log)
 
 
@@ -374,3 +378,85 @@ def test_pick_windows_spreads_over_games():
 def test_latex_escapes_and_formats():
     assert T.latex_escape("no_msa 5% & #1") == r"no\_msa 5\% \& \#1"
     assert T.format_value(0.1) == "0.1" and T.format_value(None) == "" and T.format_value(12) == "12"
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows and lines from the variant registry
+# ---------------------------------------------------------------------------------------------
+
+
+def write_registry(folder: Path, repo: Path, **extra: dict) -> Path:
+    """A copy of params/variants plus one file per keyword (name -> the file's fields)."""
+    shutil.copytree(repo / "params" / "variants", folder)
+    for name, fields in extra.items():
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(fields, sort_keys=False))
+    return folder
+
+
+def variant_fields(like: str, repo: Path, **changes) -> dict:
+    """The fields of params/variants/<like>.yaml with ``changes``."""
+    return {**yaml.safe_load((repo / "params" / "variants" / f"{like}.yaml").read_text()), **changes}
+
+
+def test_the_registry_gives_the_rows_of_every_table(repo):
+    lineup = Lineup.from_registry(repo / "params" / "variants")
+    ablations = ("no_msa", "no_mca", "clipwise_mca", "no_rope_sa", "no_state", "no_state_render", "no_glimpse",
+                 "no_egocentric")
+    assert lineup.main == ("full", "text_action", "global_action", "pretrained_ar", "static", "oracle")
+    assert lineup.ablation == ("full", *ablations)
+    assert lineup.names == ("full", *ablations, "text_action", "global_action", "pretrained_ar", "static", "oracle")
+    assert lineup.trained == ("full", *ablations, "text_action", "global_action")
+    assert lineup.baselines == ("text_action", "global_action", "pretrained_ar") and lineup.floors == ("static",)
+    assert lineup.label("full") == "ActionParty (exp-139)" and lineup.label("oracle") == "Oracle (ground truth)"
+    assert lineup.label("full-s1") == "full-s1" and lineup.experiment("static") == ""
+    assert [m for m in lineup.names if lineup.bounds(m)] == ["oracle"]
+    assert lineup.style("full") == dict(color="tab:blue", linestyle="-", linewidth=2.4)
+    assert lineup.style("no_msa")["linestyle"] == "--" and lineup.style("static")["linestyle"] == ":"
+    assert lineup.style("oracle") == dict(color="black", linestyle="-.", linewidth=1.3)
+    assert lineup.style("full-s1")["color"] == "tab:gray"  # not a registry row
+
+
+def test_ablations_follow_the_row_they_descend_from(tmp_path, repo):
+    folder = write_registry(tmp_path / "variants", repo,
+                            no_msa_no_mca=variant_fields("no_msa", repo, name="w/o MSA, MCA", ablation_of="no_msa",
+                                                         experiment="exp-151"),
+                            text_no_names=variant_fields("no_msa", repo, name="Text w/o names",
+                                                         ablation_of="text_action", experiment="exp-150"))
+    lineup = Lineup.from_registry(folder)
+    assert lineup.ablation[:3] == ("full", "no_msa", "no_msa_no_mca")  # depth first under its parent
+    assert lineup.ablation[-2:] == ("text_action", "text_no_names")  # a baseline with an ablation
+    assert "text_no_names" not in lineup.main and "text_no_names" in lineup.names
+
+
+@pytest.mark.parametrize("role", ["ablation", "baseline"])
+def test_a_new_variant_file_is_a_new_row_and_line(tmp_path, repo, role):
+    """One new params/variants file, no code change: its row in the tables, its line in the figures."""
+    if role == "ablation":
+        fields = variant_fields("no_msa", repo, name="w/o binding", experiment="exp-150", colour="crimson")
+        table, after = "ablation", "no_egocentric"  # the ablations' last experiment id before exp-150
+    else:
+        fields = variant_fields("global_action", repo, name="Slot-Action", experiment="exp-150", colour="crimson")
+        table, after = "main", "global_action"  # the finetuned baselines come before the pretrained one
+    lineup = Lineup.from_registry(write_registry(tmp_path / "variants", repo, new_one=fields))
+    metrics_dir = tmp_path / "metrics"
+    for model in ("full", "no_egocentric", "global_action", "oracle", "new_one"):
+        write_json(metrics_dir / f"{model}.json", dict(metrics_json("no_msa"), variant=model))
+    metrics = T.load_metrics(metrics_dir, lineup.names)
+    tables = {t.name: t for t in T.build_tables(metrics, lineup)}
+    rows = [r.model for r in tables[table].rows]
+    assert rows[rows.index(after) + 1] == "new_one"
+    for name in (table, "per_game", "per_player_count"):
+        csv_rows = {r["model"]: r for r in read_csv(T.write_table(tables[name], tmp_path / "tables")[1])}
+        assert csv_rows["new_one"]["label"] == f"{fields['name']} (exp-150)"
+    md = T.to_markdown(tables[table])
+    assert f"| {fields['name']} (exp-150) |" in md and "new_one" not in md  # not reported missing
+    fig = F.player_count_plot(metrics, lineup)
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert lines[f"{fields['name']} (exp-150)"].get_color() == "crimson"
+    assert lines[f"{fields['name']} (exp-150)"].get_linestyle() == ("--" if role == "ablation" else "-")
+    steps = F.step_curves_plot(metrics, lineup, 4)
+    assert f"{fields['name']} (exp-150)" in [line.get_label() for line in steps.axes[0].get_lines()]
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    plt.close(steps)

@@ -39,23 +39,23 @@ def _cmd_train_detectors(args) -> None:
 
 
 def _cmd_evaluate(args) -> None:
-    from actionparty.atomic import write_json
     from actionparty.config import load_profile
+    from actionparty.eval import metrics_file
     from actionparty.eval.evaluate import evaluate_variant
 
     cfg = load_profile(args.profile).eval
     _threads(args)
     result = evaluate_variant(args.variant, args.rollouts, args.swap_rollouts or [], args.test_lmdb, args.detectors,
                               cfg, progress=not args.quiet)
-    write_json(args.out, result)
+    metrics_file.write(args.out, result)
     summary = ", ".join(f"{h}: MA {e['overall']['MA']} SP {e['overall']['SP']} BA {e['overall']['BA']}"
                         for h, e in result["horizons"].items())
     print(f"{args.out}: {summary}")
 
 
 def _cmd_evaluate_oracle(args) -> None:
-    from actionparty.atomic import write_json
     from actionparty.config import load_profile
+    from actionparty.eval import metrics_file
     from actionparty.eval.evaluate import evaluate_oracle
 
     profile = load_profile(args.profile)
@@ -63,7 +63,7 @@ def _cmd_evaluate_oracle(args) -> None:
     r = profile.rollout
     result = evaluate_oracle(args.test_lmdb, args.detectors, profile.eval, r.horizons, r.clips_per_game, r.seed,
                              progress=not args.quiet)
-    write_json(args.out, result)
+    metrics_file.write(args.out, result)
     summary = ", ".join(f"{h}: MA {e['overall']['MA']} SP {e['overall']['SP']}" for h, e in result["horizons"].items())
     print(f"{args.out}: oracle {summary}")
 

@@ -18,15 +18,14 @@ Players drawn nowhere (visible = False) are labelled as absent. Which cells a pl
 (:func:`walkable_cells`, for BA's movement rules) is learnt from the same ground truth: every cell
 some visible player occupied in the train split.
 
-Both detectors train together on the same batches of 1-step train clips; a resumable state is
-written every ``checkpoint_every`` steps and the final bundle (both models, games, walkable maps,
-config) atomically.
+Both detectors train together on the same batches of 1-step train clips, with the shared loop
+of ``actionparty.train.loop``; a resumable state is written every ``checkpoint_every`` steps and
+the final bundle (both models, games, walkable maps, config) atomically.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from actionparty.eval.config import EvalConfig
 from actionparty.eval.metrics import Detections, decode_detections
 from actionparty.games.actions import CANONICAL_ACTIONS, CELL_PX, INTERACT, NOOP, STRAFE_RIGHT
 from actionparty.games import PLAYER_SLOTS
+from actionparty.train.loop import Schedule, fit
 
 DETECTORS_SCHEMA = 1
 IGNORE = -100  # cross-entropy ignore index
@@ -274,13 +274,8 @@ def _detector_losses(tile: TileClassifier, idm: InverseDynamics, batch: dict, cf
     return loss, {"slot": slot_loss.item(), "facing": facing_loss.item(), "idm": idm_loss.item()}
 
 
-def _resume_path(out: Path) -> Path:
-    return out.with_name(out.name + ".resume")
-
-
-def _lr_factor(step: int, total: int, warmup: int = 50) -> float:
-    """Linear warm-up, then cosine decay to 0 at ``total``."""
-    return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
+# Detector training's learning rate: linear warm-up over this many steps, then cosine to 0.
+WARMUP_STEPS = 50
 
 
 def train_detectors(train_lmdb: str | Path, val_lmdb: str | Path, cfg: EvalConfig, out: str | Path,
@@ -289,8 +284,10 @@ def train_detectors(train_lmdb: str | Path, val_lmdb: str | Path, cfg: EvalConfi
     """Train both detectors on ``train_lmdb``, measure them on ``val_lmdb``, write the bundle to
     ``out`` (and the held-out accuracy JSON to ``accuracy_out``); return the accuracy dict.
 
-    A resumable state is kept beside ``out`` (``<out>.resume``) every ``checkpoint_every`` steps;
-    a rerun continues from it. ``stop_after`` ends this invocation early (for tests of resuming).
+    The loop is the shared :func:`actionparty.train.loop.fit` (AdamW, warm-up then cosine). A
+    resumable state is kept beside ``out`` (``<out>.resume``) every ``checkpoint_every`` steps;
+    a rerun continues from it. ``stop_after`` ends this invocation early (for tests of resuming)
+    and returns {}.
     """
     out = Path(out)
     torch.manual_seed(cfg.seed)
@@ -300,51 +297,26 @@ def train_detectors(train_lmdb: str | Path, val_lmdb: str | Path, cfg: EvalConfi
         raise DetectorError(f"{val_lmdb}: frames are {val.canvas_px} px, the train split's {train.canvas_px} px")
     games = list(train.games)
     tile, idm = build_models(len(games), cfg)
-    params = list(tile.parameters()) + list(idm.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg.train_steps))
-    step = 0
-    resume = _resume_path(out)
-    fingerprint = {"config": cfg.model_dump(mode="json"), "games": games, "train": str(train_lmdb)}
-    if resume.is_file():
-        state = torch.load(resume, map_location="cpu", weights_only=True)
-        if json.loads(state["fingerprint"]) == fingerprint:
-            tile.load_state_dict(state["tile"])
-            idm.load_state_dict(state["idm"])
-            opt.load_state_dict(state["opt"])
-            sched.load_state_dict(state["sched"])
-            step = int(state["step"])
     # The whole sample order is fixed up front by the seed, so a resumed run sees the same batches.
     order = torch.randint(len(train), (cfg.train_steps * cfg.batch_clips,),
                           generator=torch.Generator().manual_seed(cfg.seed))
-    loader = torch.utils.data.DataLoader(train, batch_size=cfg.batch_clips,
-                                         sampler=order[step * cfg.batch_clips :].tolist(), num_workers=cfg.num_workers)
-    bar = tqdm(total=cfg.train_steps, initial=step, desc="detectors", unit="step", disable=not progress)
-    tile.train()
-    idm.train()
-    start, logs = time.perf_counter(), {}
-    for batch in loader:
-        loss, logs = _detector_losses(tile, idm, batch, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        step += 1
-        bar.update()
-        bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
-        if step % cfg.checkpoint_every == 0 or step == cfg.train_steps:
-            with atomic_path(resume) as tmp:
-                torch.save({"fingerprint": json.dumps(fingerprint), "step": step, "tile": tile.state_dict(),
-                            "idm": idm.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}, tmp)
-        if stop_after is not None and step >= stop_after and step < cfg.train_steps:
-            bar.close()
-            return {}
-    bar.close()
+
+    def batches(start: int):
+        return torch.utils.data.DataLoader(train, batch_size=cfg.batch_clips, num_workers=cfg.num_workers,
+                                           sampler=order[start * cfg.batch_clips :].tolist())
+
+    resume = out.with_name(out.name + ".resume")
+    started = time.perf_counter()
+    result = fit({"tile": tile, "idm": idm}, lambda batch: _detector_losses(tile, idm, batch, cfg), batches,
+                 Schedule(cfg.lr, cfg.train_steps, WARMUP_STEPS), resume,
+                 {"config": cfg.model_dump(mode="json"), "games": games, "train": str(train_lmdb)},
+                 cfg.checkpoint_every, stop_after=stop_after, progress=progress, desc="detectors")
+    if not result.finished:
+        return {}
     detectors = Detectors(tile.eval(), idm.eval(), games, walkable_cells(train), train.canvas_px, cfg)
     accuracy = detector_accuracy(detectors, val, cfg, progress=progress)
-
-    accuracy["training"] = {"steps": cfg.train_steps, "seconds": round(time.perf_counter() - start, 1),
-                            "final_losses": logs, "train_lmdb": str(train_lmdb), "val_lmdb": str(val_lmdb)}
+    accuracy["training"] = {"steps": cfg.train_steps, "seconds": round(time.perf_counter() - started, 1),
+                            "final_losses": result.logs, "train_lmdb": str(train_lmdb), "val_lmdb": str(val_lmdb)}
     save_detectors(out, detectors, accuracy)
     if accuracy_out is not None:
         write_json(accuracy_out, accuracy)
@@ -368,6 +340,39 @@ def _val_items(dataset: ClipDataset, per_game: int) -> list[int]:
     return items
 
 
+def _accuracy_samples(detectors: Detectors, batch: dict, game_map: torch.Tensor, tau: float, batch_frames: int
+                      ) -> tuple[dict, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The scored samples of a batch of 1-step clips: key -> (game of each sample, hit, counted)
+    for the keys of :func:`detector_accuracy`, and the inverse dynamics' (game, target,
+    prediction) per transition."""
+    frames = batch["frames"].flatten(0, 1)  # frames t-1 and t of every clip
+    hc = frames.shape[-2] // CELL_PX
+    visible = (batch["visible"] & batch["present"][:, None]).flatten(0, 1).numpy()
+    position, facing = batch["position"].flatten(0, 1), batch["facing"].flatten(0, 1)
+    slot_t, face_t = tile_targets(position, facing, torch.from_numpy(visible), (hc, hc))
+    slot_t, face_t = slot_t.numpy(), face_t.numpy()
+    slot_logits, facing_logits, _ = detectors.tile(frames, game_map[batch["game"]].repeat_interleave(2))
+    slot_p, face_p = slot_logits.argmax(1).numpy(), facing_logits.argmax(1).numpy()
+    det = decode_detections(slot_logits.softmax(1)[:, 1:], facing_logits, tau)
+    once = (det.count == 1) & (det.cell == position.numpy()).all(-1)
+    tr = _transitions(dict(batch, game=game_map[batch["game"]]))
+    pred = classify_transitions(detectors.idm, batch["frames"][tr["row"], 0], batch["frames"][tr["row"], 1],
+                                tr["centre"], tr["game"], tr["slot"], batch_frames)
+    target = tr["target"].numpy()
+    frame_game = batch["game"].repeat_interleave(2).numpy()
+    cell_game = np.broadcast_to(frame_game[:, None, None], slot_t.shape)
+    row_game = batch["game"][tr["row"]].numpy()
+    samples = {
+        "slot": (cell_game, slot_p == slot_t, slot_t > 0),
+        "facing": (cell_game, face_p == face_t, slot_t > 0),
+        "background": (cell_game, slot_p == 0, slot_t == 0),
+        "once": (np.broadcast_to(frame_game[:, None], visible.shape), once, visible),
+        "idm": (row_game, pred == target, np.ones_like(target, bool)),
+        "interact": (row_game, pred == INTERACT, target == INTERACT),
+    }
+    return samples, (row_game, target, pred)
+
+
 @torch.no_grad()
 def detector_accuracy(detectors: Detectors, dataset: ClipDataset, cfg: EvalConfig, progress: bool = False) -> dict:
     """Held-out accuracy per game on 1-step clips of ``dataset`` (the val split):
@@ -388,31 +393,8 @@ def detector_accuracy(detectors: Detectors, dataset: ClipDataset, cfg: EvalConfi
     per_action = {g: np.zeros((len(CANONICAL_ACTIONS), 2), np.int64) for g in dataset.games}
     game_map = torch.as_tensor(indices)
     for batch in tqdm(loader, desc="detector accuracy", unit="batch", disable=not progress):
-        frames = batch["frames"].flatten(0, 1)  # frames t-1 and t of every clip
-        hc = frames.shape[-2] // CELL_PX
-        visible = (batch["visible"] & batch["present"][:, None]).flatten(0, 1).numpy()
-        position, facing = batch["position"].flatten(0, 1), batch["facing"].flatten(0, 1)
-        slot_t, face_t = tile_targets(position, facing, torch.from_numpy(visible), (hc, hc))
-        slot_t, face_t = slot_t.numpy(), face_t.numpy()
-        slot_logits, facing_logits, _ = detectors.tile(frames, game_map[batch["game"]].repeat_interleave(2))
-        slot_p, face_p = slot_logits.argmax(1).numpy(), facing_logits.argmax(1).numpy()
-        det = decode_detections(slot_logits.softmax(1)[:, 1:], facing_logits, cfg.tau)
-        once = (det.count == 1) & (det.cell == position.numpy()).all(-1)
-        tr = _transitions(dict(batch, game=game_map[batch["game"]]))
-        pred = classify_transitions(detectors.idm, batch["frames"][tr["row"], 0], batch["frames"][tr["row"], 1],
-                                    tr["centre"], tr["game"], tr["slot"], cfg.eval_batch_frames)
-        target = tr["target"].numpy()
-        frame_game = batch["game"].repeat_interleave(2).numpy()
-        cell_game = np.broadcast_to(frame_game[:, None, None], slot_t.shape)
-        row_game = batch["game"][tr["row"]].numpy()
-        samples = {  # key -> (game of each sample, hit, counted)
-            "slot": (cell_game, slot_p == slot_t, slot_t > 0),
-            "facing": (cell_game, face_p == face_t, slot_t > 0),
-            "background": (cell_game, slot_p == 0, slot_t == 0),
-            "once": (np.broadcast_to(frame_game[:, None], visible.shape), once, visible),
-            "idm": (row_game, pred == target, np.ones_like(target, bool)),
-            "interact": (row_game, pred == INTERACT, target == INTERACT),
-        }
+        samples, (row_game, target, pred) = _accuracy_samples(detectors, batch, game_map, cfg.tau,
+                                                              cfg.eval_batch_frames)
         for g, name in enumerate(dataset.games):
             for key, (where, hit, counted) in samples.items():
                 m = counted & (where == g)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from tqdm import tqdm
 from actionparty.atomic import write_json, write_text
 from actionparty.data.lmdb_dataset import ClipDataset
 from actionparty.eval import metrics as M
+from actionparty.eval import metrics_file
 from actionparty.errors import DatasetError
 from actionparty.eval.config import EvalConfig
 from actionparty.eval.detectors import (
@@ -50,7 +50,6 @@ from actionparty.rollout.rollout_io import (
 )
 from actionparty.games.actions import CANONICAL_ACTIONS, INTERACT
 
-METRICS_SCHEMA = 1
 METRIC_KEYS = ("MA", "MA_moving", "MA_static", "SP", "DR", "duplicated", "vanished", "EA", "BA", "BA_other",
                "ST_l1", "ST_exact", "ST_facing", "MA_given_ST", "PSNR", "SSIM", "FD", "FVD_I3D", "rules_agreement")
 
@@ -292,8 +291,9 @@ class EvalContext:
         return index[game], walk[game]
 
     def header(self, variant: str, kind: str) -> dict:
-        return {"schema_version": METRICS_SCHEMA, "variant": variant, "kind": kind, "tau": self.cfg.tau,
-                "detectors": self.detectors_path, "test_lmdb": str(self.test_lmdb), "horizons": {}}
+        return {"schema_version": metrics_file.METRICS_SCHEMA, "variant": variant, "kind": kind,
+                "tau": self.cfg.tau, "detectors": self.detectors_path, "test_lmdb": str(self.test_lmdb),
+                "horizons": {}}
 
 
 def _load_checked(ctx: EvalContext, path: str | Path, variant: str, swap: bool) -> tuple[Rollout, dict, ClipDataset]:
@@ -381,22 +381,16 @@ TABLE_COLUMNS = ("variant", "kind", "horizon", "game", "MA", "MA_moving", "MA_st
 
 
 def combine_metrics(paths: list[str | Path]) -> list[dict]:
-    """One row per (metrics file, horizon, game) with game = 'all' for the overall row."""
+    """One row per (metrics file, horizon, game) with game = 'all' for the overall row
+    (files read by :func:`actionparty.eval.metrics_file.read`)."""
     rows = []
     for path in paths:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise RolloutError(f"{path}: metrics file not found") from None
-        except json.JSONDecodeError as err:
-            raise RolloutError(f"{path}: not valid JSON ({err})") from None
-        if not isinstance(data, dict) or data.get("schema_version") != METRICS_SCHEMA:
-            raise RolloutError(f"{path}: not a metrics file of schema {METRICS_SCHEMA}")
-        for key, entry in sorted(data["horizons"].items(), key=lambda kv: int(kv[0][1:])):
-            groups = [("all", entry["overall"]), *sorted(entry["per_game"].items())]
+        data = metrics_file.read(path)
+        for key, entry in sorted(data["horizons"].items(), key=lambda kv: metrics_file.horizon_steps(kv[0])):
+            groups = [("all", entry["overall"]), *sorted(entry.get("per_game", {}).items())]
             for game, values in groups:
-                row = {"variant": data["variant"], "kind": data["kind"], "horizon": int(key[1:]), "game": game}
+                row = {"variant": data["variant"], "kind": data["kind"],
+                       "horizon": metrics_file.horizon_steps(key), "game": game}
                 row.update({c: values.get(c) for c in TABLE_COLUMNS[4:]})
                 rows.append(row)
     return rows

@@ -27,7 +27,9 @@ from tqdm import tqdm
 from actionparty.atomic import write_text
 from actionparty.report import figures as F
 from actionparty.report import tables as T
+from actionparty.report.lineup import Lineup
 from actionparty.report.targets import check_targets, targets_markdown
+from actionparty.variants import VARIANT_DIR
 
 # One sentence per output; the owner may reuse them for workflow/report/*.rst captions.
 CAPTIONS = {
@@ -83,21 +85,21 @@ def _rollout_files(folder: Path) -> dict[int, Path]:
     return dict(sorted(out.items()))
 
 
-def _training_inputs(results: Path, summary: ReportSummary) -> tuple[dict | None, dict, dict]:
+def _training_inputs(results: Path, lineup: Lineup, summary: ReportSummary) -> tuple[dict | None, dict, dict]:
     pretrain_log = results / "exp-138" / "train_log.jsonl"
     pretrain = F.read_train_log(pretrain_log) if pretrain_log.is_file() else None
     if pretrain is None:
         summary.missing.append(f"pretraining log {pretrain_log}")
     finetune, curves = {}, {}
     folder = results / "finetune"
-    order = {m: i for i, m in enumerate(T.MODELS)}
+    order = {m: i for i, m in enumerate(lineup.names)}
     runs = sorted((p for p in folder.glob("*") if p.is_dir()), key=lambda p: (order.get(p.name, 99), p.name))
     for run in runs:
         if (run / "train_log.jsonl").is_file():
             finetune[run.name] = F.read_train_log(run / "train_log.jsonl")
         if (run / "curve.json").is_file():
             curves[run.name] = F.read_learning_curve(run / "curve.json")
-    gone = [v for v in T.VARIANTS if v not in finetune]
+    gone = [v for v in lineup.trained if v not in finetune]
     if gone:
         summary.missing.append(f"finetuning logs {folder}/{{{','.join(gone)}}}/train_log.jsonl")
     return pretrain, finetune, curves
@@ -105,75 +107,83 @@ def _training_inputs(results: Path, summary: ReportSummary) -> tuple[dict | None
 
 def build_report(results: str | Path = "results", out: str | Path = "reports", test_lmdb: str | Path | None = None,
                  rollout_models: tuple[str, ...] = ("full", "global_action"), windows: int = 3,
-                 rollout_horizon: int = 4, progress: bool = True) -> ReportSummary:
+                 rollout_horizon: int = 4, progress: bool = True, variant_dir: str | Path = VARIANT_DIR
+                 ) -> ReportSummary:
     """Write every table, figure and GIF that ``results`` allows under ``out``, then ``index.md``.
+    Rows and lines: every model of the variant registry ``variant_dir`` (:mod:`.lineup`).
 
     rollout_horizon: the horizon of the rollout figures (columns = steps; the nearest available
     file is used if that one is missing); GIFs use each model's longest rollout.
     """
     results, out = Path(results), Path(out)
     summary = ReportSummary()
-    metrics = T.load_metrics(results / "metrics")
+    lineup = Lineup.from_registry(variant_dir)
+    metrics = T.load_metrics(results / "metrics", lineup.names)
     summary.missing += [f"metrics of {m} ({p})" for m, p in metrics.missing.items()]
-    experiments = T.experiment_ids()
-    labels = {m: T.row_label(m, experiments) for m in T.MODELS}
-    labels["exp-138"] = "pretraining (exp-138)"
 
     steps = 4 + 1 + len(rollout_models)
     bar = tqdm(total=steps, desc="report", unit="part", disable=not progress)
-    for table in T.build_tables(metrics, experiments):
+    for table in T.build_tables(metrics, lineup):
         summary.tables[table.name] = T.write_table(table, out / "tables")
         summary.captions[table.name] = CAPTIONS[table.name]
         bar.update()
     if "full" in metrics.models:
-        write_text(out / "targets.md", targets_markdown(check_targets(metrics)))
+        write_text(out / "targets.md", targets_markdown(check_targets(metrics, lineup)))
 
-    figures = out / "figures"
-    summary.figures["per_player_count"] = F.player_count_figure(metrics, labels, figures / "per_player_count")
-    summary.captions["per_player_count"] = CAPTIONS["fig_per_player_count"]
-    horizons = metrics.horizons()
-    long = 20 if 20 in horizons else horizons[-1]
-    summary.figures["ma_curve"] = F.step_curves_figure(metrics, labels, figures / "ma_curve", long)
-    summary.captions["ma_curve"] = CAPTIONS["fig_ma_curve"].format(horizon=long)
-
-    pretrain, finetune, curves = _training_inputs(results, summary)
-    if pretrain is not None or finetune:
-        summary.figures["training_curves"] = F.training_curves_figure(pretrain, finetune, labels,
-                                                                      figures / "training_curves")
-        summary.captions["training_curves"] = CAPTIONS["fig_training_curves"]
-    if curves:
-        summary.figures["learning_curves"] = F.learning_curves_figure(curves, labels, figures / "learning_curves")
-        summary.captions["learning_curves"] = CAPTIONS["fig_learning_curves"]
-    else:
-        summary.missing.append(f"learning curves ({results}/finetune/<variant>/curve.json): none yet")
+    _metric_figures(metrics, lineup, results, out / "figures", summary)
     bar.update()
-
-    detectors = None
-    bundle = results / "detectors" / "detectors.pt"
-    if bundle.is_file():
-        from actionparty.eval.detectors import load_detectors
-
-        detectors = load_detectors(bundle)
-    else:
-        summary.missing.append(f"detector bundle {bundle} (action icons not judged)")
+    detectors = _detector_bundle(results, summary)
     if test_lmdb is None:
         summary.missing.append("test LMDB (--test-lmdb): rollout figures and GIFs without ground truth")
     for model in rollout_models:
         bar.set_postfix_str(model)
-        _rollout_outputs(model, results, out, labels, detectors, test_lmdb, windows, rollout_horizon, summary)
+        _rollout_outputs(model, results, out, lineup.label(model), detectors, test_lmdb, windows, rollout_horizon,
+                         summary)
         bar.update()
     bar.close()
     write_index(out, summary, results)
     return summary
 
 
-def _rollout_outputs(model: str, results: Path, out: Path, labels: dict[str, str], detectors, test_lmdb,
-                     windows: int, horizon: int, summary: ReportSummary) -> None:
+def _metric_figures(metrics: T.MetricsSet, lineup: Lineup, results: Path, figures: Path,
+                    summary: ReportSummary) -> None:
+    """Per player count, per step, training and learning curves (those the inputs allow)."""
+    summary.figures["per_player_count"] = F.player_count_figure(metrics, lineup, figures / "per_player_count")
+    summary.captions["per_player_count"] = CAPTIONS["fig_per_player_count"]
+    horizons = metrics.horizons()
+    long = 20 if 20 in horizons else horizons[-1]
+    summary.figures["ma_curve"] = F.step_curves_figure(metrics, lineup, figures / "ma_curve", long)
+    summary.captions["ma_curve"] = CAPTIONS["fig_ma_curve"].format(horizon=long)
+
+    pretrain, finetune, curves = _training_inputs(results, lineup, summary)
+    if pretrain is not None or finetune:
+        summary.figures["training_curves"] = F.training_curves_figure(pretrain, finetune, lineup,
+                                                                      figures / "training_curves")
+        summary.captions["training_curves"] = CAPTIONS["fig_training_curves"]
+    if curves:
+        summary.figures["learning_curves"] = F.learning_curves_figure(curves, lineup, figures / "learning_curves")
+        summary.captions["learning_curves"] = CAPTIONS["fig_learning_curves"]
+    else:
+        summary.missing.append(f"learning curves ({results}/finetune/<variant>/curve.json): none yet")
+
+
+def _detector_bundle(results: Path, summary: ReportSummary):
+    """The detectors of ``results`` (they judge the action icons), or None (noted as missing)."""
+    bundle = results / "detectors" / "detectors.pt"
+    if not bundle.is_file():
+        summary.missing.append(f"detector bundle {bundle} (action icons not judged)")
+        return None
+    from actionparty.eval.detectors import load_detectors
+
+    return load_detectors(bundle)
+
+
+def _rollout_outputs(model: str, results: Path, out: Path, label: str, detectors, test_lmdb, windows: int,
+                     horizon: int, summary: ReportSummary) -> None:
     files = _rollout_files(results / "rollouts" / model)
     if not files:
         summary.missing.append(f"rollouts of {model} ({results / 'rollouts' / model}/h<H>.npz)")
         return
-    label = labels.get(model, model)
     shown = min(files, key=lambda h: (abs(h - horizon), h))
     view = F.rollout_view(files[shown], model, windows, detectors, test_lmdb)
     name = f"rollout_{model}"

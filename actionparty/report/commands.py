@@ -1,8 +1,8 @@
 """CLI command of the report stage (registered by actionparty.cli through add_commands).
 
     actionparty report --results results --out reports [--test-lmdb data/lmdb/test.lmdb] \
-        [--rollout-models full global_action] [--windows 3] [--rollout-horizon 4]
-    actionparty targets --results results [--strict]
+        [--rollout-models full global_action] [--windows 3] [--rollout-horizon 4] [--variants params/variants]
+    actionparty targets --results results [--strict] [--variants params/variants]
     actionparty sample --profile P --checkpoint C --lmdb test.lmdb [--steps 20] --out DIR
 """
 
@@ -18,7 +18,7 @@ def _cmd_report(args) -> None:
 
     torch.set_num_threads(args.threads)
     summary = build_report(args.results, args.out, args.test_lmdb, tuple(args.rollout_models), args.windows,
-                           args.rollout_horizon, progress=not args.quiet)
+                           args.rollout_horizon, progress=not args.quiet, variant_dir=args.variants)
     files = sum(len(p) for kind in (summary.tables, summary.figures, summary.gifs) for p in kind.values())
     print(f"{args.out}: {len(summary.tables)} tables, {len(summary.figures)} figures, "
           f"{sum(len(p) for p in summary.gifs.values())} GIFs ({files} files), index.md")
@@ -52,10 +52,12 @@ def _cmd_sample(args) -> None:
 
 
 def _cmd_targets(args) -> None:
+    from actionparty.report.lineup import Lineup
     from actionparty.report.tables import load_metrics
     from actionparty.report.targets import check_targets, targets_markdown
 
-    targets = check_targets(load_metrics(args.results / "metrics"))
+    lineup = Lineup.from_registry(args.variants)
+    targets = check_targets(load_metrics(args.results / "metrics", lineup.names), lineup)
     print(targets_markdown(targets), end="")
     if args.strict and not all(t.met for t in targets):
         raise SystemExit(1)
@@ -83,9 +85,18 @@ def add_commands(sub) -> None:
     p.add_argument("--rollout-horizon", type=int, default=4, help="horizon of the rollout figures (steps = columns)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (detectors on the shown windows)")
     p.add_argument("--quiet", action="store_true")
+    _variants_option(p)
 
     help = "ActionParty's numbers against its targets (MA per game, vs baselines and copy floor, SP, BA, long MA)"
     p = sub.add_parser("targets", help=help, description=help)
     p.set_defaults(func=_cmd_targets)
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder (metrics/)")
     p.add_argument("--strict", action="store_true", help="exit 1 unless every target is met")
+    _variants_option(p)
+
+
+def _variants_option(p) -> None:
+    from actionparty.variants import VARIANT_DIR
+
+    p.add_argument("--variants", type=Path, default=Path(VARIANT_DIR),
+                   help="the variant registry: one <name>.yaml per table row (name, experiment, colour)")

@@ -11,6 +11,9 @@ rollout           a few test windows of one model: ground truth (if the test LMD
                   framed green / red by whether the detectors saw it executed
 ================  ===================================================================================
 
+Lines: one per model of the variant registry, in its order, in the variant's ``colour``; methods
+bold, ablations dashed, the copy floor dotted, the oracle dash-dotted (:meth:`.Lineup.style`).
+
 How an action is judged (:func:`judge_actions`, the metric code of ``eval.metrics``): with ground
 truth, exactly MA's test (:func:`~actionparty.eval.metrics.motion_outcomes`: the detected change of
 (cell, facing) from generated frame t-1 to t equals the real change; players not drawn in the real
@@ -33,8 +36,10 @@ from actionparty.atomic import atomic_path
 from actionparty.eval import metrics as M
 from actionparty.rollout.rollout_io import Rollout, RolloutError
 from actionparty.games.actions import CANONICAL_ACTIONS, CELL_PX
+from actionparty.eval.metrics_file import MetricsError
+from actionparty.report.lineup import Lineup
 from actionparty.report.samples import side_by_side, write_gif
-from actionparty.report.tables import ABLATIONS, MODELS, MetricsError, MetricsSet
+from actionparty.report.tables import MetricsSet
 
 # Melting Pot's avatar colours of slots 0..7 (meltingpot.utils.substrates.colors.human_readable).
 SLOT_COLOURS = np.array([(45, 110, 220), (125, 50, 200), (205, 5, 165), (245, 65, 65), (245, 130, 0),
@@ -68,20 +73,6 @@ def save_figure(fig, stem: str | Path) -> list[Path]:
     return paths
 
 
-# One colour per model in every figure (matplotlib's tab10 names; grey and black are the floor and oracle).
-MODEL_COLOURS = {"full": "tab:blue", "no_msa": "tab:orange", "no_mca": "tab:green", "clipwise_mca": "tab:purple",
-                 "no_rope_sa": "tab:brown", "no_state": "tab:olive", "text_action": "tab:pink",
-                 "global_action": "tab:red", "pretrained_ar": "tab:cyan",
-                 "no_state_render": "gold", "no_glimpse": "teal", "no_egocentric": "indigo", "static": "0.55", "oracle": "black"}
-
-
-def model_style(model: str) -> dict:
-    """Line style of a model: ActionParty bold, ablations dashed, the floor dotted, the oracle dash-dotted."""
-    linestyle = {"static": ":", "oracle": "-."}.get(model, "--" if model in ABLATIONS else "-")
-    return dict(color=MODEL_COLOURS.get(model, "tab:gray"), linestyle=linestyle,
-                linewidth=2.4 if model == "full" else 1.3)
-
-
 def _numbers(values) -> np.ndarray:
     """A JSON list with nulls -> float array with NaN (matplotlib leaves gaps)."""
     return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
@@ -92,7 +83,13 @@ def _numbers(values) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def player_count_figure(metrics: MetricsSet, labels: dict[str, str], stem: str | Path) -> list[Path]:
+def player_count_figure(metrics: MetricsSet, lineup: Lineup, stem: str | Path) -> list[Path]:
+    """:func:`player_count_plot`, saved with the legend of its first panel."""
+    fig = player_count_plot(metrics, lineup)
+    return _save_with_legend(fig, fig.axes[0], stem)
+
+
+def player_count_plot(metrics: MetricsSet, lineup: Lineup):
     """MA and SP against the number of players, one line per model; one row per horizon."""
     plt = _pyplot()
     horizons = metrics.horizons()
@@ -102,14 +99,14 @@ def player_count_figure(metrics: MetricsSet, labels: dict[str, str], stem: str |
         x = np.array([int(c) for c in counts])
         for c, name in enumerate(("MA", "SP")):
             ax = axes[r, c]
-            for model in MODELS:
+            for model in lineup.names:
                 if metrics.entry(model, h) is None:
                     continue
                 y = _numbers([metrics.value(model, h, name, "per_player_count", k) for k in counts])
-                ax.plot(x, y, marker="o", markersize=4, label=labels[model], **model_style(model))
+                ax.plot(x, y, marker="o", markersize=4, label=lineup.label(model), **lineup.style(model))
             ax.set_xticks(x)
             _share_axes(ax, "players in the scene", name, f"{name} per player count, horizon {h}")
-    return _save_with_legend(fig, axes[0, 0], stem)
+    return fig
 
 
 def _share_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
@@ -128,7 +125,13 @@ def _save_with_legend(fig, legend_axes, stem: str | Path) -> list[Path]:
     return save_figure(fig, stem)
 
 
-def step_curves_figure(metrics: MetricsSet, labels: dict[str, str], stem: str | Path, horizon: int) -> list[Path]:
+def step_curves_figure(metrics: MetricsSet, lineup: Lineup, stem: str | Path, horizon: int) -> list[Path]:
+    """:func:`step_curves_plot`, saved with the legend of its first panel."""
+    fig = step_curves_plot(metrics, lineup, horizon)
+    return _save_with_legend(fig, fig.axes[0], stem)
+
+
+def step_curves_plot(metrics: MetricsSet, lineup: Lineup, horizon: int):
     """MA (``ma_curve``), SP (``sp_curve``) and, where measured, BA (``ba_curve``) per rollout step
     at ``horizon``: how following, keeping and binding players degrade as the rollout goes on."""
     plt = _pyplot()
@@ -138,16 +141,16 @@ def step_curves_figure(metrics: MetricsSet, labels: dict[str, str], stem: str | 
               if any((metrics.entry(m, horizon) or {}).get(c) for m in metrics.models)]
     fig, axes = plt.subplots(1, max(len(curves), 1), figsize=(5.2 * max(len(curves), 1), 3.6), squeeze=False)
     for ax, curve in zip(axes[0], curves):
-        for model in MODELS:
+        for model in lineup.names:
             values = (metrics.entry(model, horizon) or {}).get(curve)
             if values:
-                ax.plot(np.arange(1, len(values) + 1), _numbers(values), marker=".", label=labels[model],
-                        **model_style(model))
+                ax.plot(np.arange(1, len(values) + 1), _numbers(values), marker=".", label=lineup.label(model),
+                        **lineup.style(model))
         name = curve.split("_")[0].upper()
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         _share_axes(ax, "rollout step" if curve != "sp_curve" else "generated frame", name,
                     f"{name} per step, horizon {horizon}")
-    return _save_with_legend(fig, axes[0, 0], stem)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,12 +204,13 @@ def _log_axis(ax, values: list[np.ndarray]) -> None:
 
 
 def training_curves_figure(pretrain: dict[str, np.ndarray] | None, finetune: dict[str, dict[str, np.ndarray]],
-                           labels: dict[str, str], stem: str | Path) -> list[Path]:
-    """Panels: exp-138's loss; every finetuned variant's loss; their state loss (subject variants)."""
+                           lineup: Lineup, stem: str | Path) -> list[Path]:
+    """Panels: exp-138's loss; every finetuned run's loss; their state loss (subject variants).
+    A run the registry does not name (the pretraining) is drawn in black."""
     plt = _pyplot()
     panels = []
     if pretrain is not None:
-        panels.append(("pretraining (exp-138)", {"exp-138": pretrain}, ("loss",)))
+        panels.append(("pretraining (exp-138)", {"pretraining (exp-138)": pretrain}, ("loss",)))
     if finetune:
         panels.append(("finetuning: total loss", finetune, ("loss",)))
         if any(np.isfinite(log.get("state_loss", np.zeros(0))).any() for log in finetune.values()):
@@ -217,8 +221,8 @@ def training_curves_figure(pretrain: dict[str, np.ndarray] | None, finetune: dic
         for run, log in runs.items():
             for key in keys:
                 if key in log and np.isfinite(log[key]).any():
-                    style = model_style(run) if run in MODELS else dict(color="black", linewidth=1.3)
-                    ax.plot(log["step"], log[key], label=labels.get(run, run), **style)
+                    style = lineup.style(run) if run in lineup else dict(color="black", linewidth=1.3)
+                    ax.plot(log["step"], log[key], label=lineup.label(run), **style)
                     shown.append(log[key])
         _log_axis(ax, shown)
         ax.set_xlabel("step")
@@ -231,7 +235,7 @@ def training_curves_figure(pretrain: dict[str, np.ndarray] | None, finetune: dic
     return save_figure(fig, stem)
 
 
-def learning_curves_figure(curves: dict[str, dict[str, np.ndarray]], labels: dict[str, str],
+def learning_curves_figure(curves: dict[str, dict[str, np.ndarray]], lineup: Lineup,
                            stem: str | Path) -> list[Path]:
     """MA and BA at finetuning checkpoints, one line per variant."""
     plt = _pyplot()
@@ -240,8 +244,8 @@ def learning_curves_figure(curves: dict[str, dict[str, np.ndarray]], labels: dic
     for ax, key in zip(axes[0], keys):
         for run, curve in curves.items():
             if key in curve:
-                ax.plot(curve["steps"], curve[key], marker="o", markersize=3, label=labels.get(run, run),
-                        **model_style(run))
+                ax.plot(curve["steps"], curve[key], marker="o", markersize=3, label=lineup.label(run),
+                        **lineup.style(run))
         ax.set_xlabel("finetuning step")
         ax.set_ylabel(key)
         ax.set_ylim(-0.02, 1.02)

@@ -1,65 +1,38 @@
 """The paper's tables from ``results/metrics/{model}.json``, as Markdown, CSV and LaTeX.
 
 =================  ================================================================================
-main               ActionParty (full), the baselines and the oracle x MA SP DR EA BA PSNR SSIM FD
-                   x horizons (4, 20)
-ablation           full vs the ablations, the same metrics plus state tracking (ST)
+main               the methods (ActionParty), the baselines, the copy floor and the oracle x MA SP
+                   DR EA BA PSNR SSIM FD x horizons (4, 20)
+ablation           each method and its ablations, the same metrics plus state tracking (ST)
 per_game           MA and SP per model x game (shortest horizon, h4)
 per_player_count   MA and SP per model x number of players (h4)
+per_cause          MA per model x cause of the real step (h4)
+seeds              mean and sd over seeds of the models repeated with other seeds
 =================  ================================================================================
 
-Values are copied exactly as the metrics JSON holds them (``repr`` of the parsed number), so a
-reader can grep a table for a number of the JSON. In Markdown and LaTeX the best non-oracle value
-of each column is bold (ties: all of them); the oracle bounds every other row, it does not compete.
-Models whose metrics file is missing are listed under the table, not silently dropped.
+Rows, their order, labels and experiment ids come from the variant registry (:mod:`.lineup`):
+a new ``params/variants/<name>.yaml`` is a new row. Values are copied exactly as the metrics JSON
+holds them (``repr`` of the parsed number), so a reader can grep a table for a number of the JSON.
+In Markdown and LaTeX the best non-oracle value of each column is bold (ties: all of them); the
+oracle bounds every other row, it does not compete. Models whose metrics file is missing are
+listed under the table, not silently dropped.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from actionparty.atomic import write_text
-from actionparty.config import UNTRAINED_MODELS, VARIANT_DIR, load_variant, split_run
-from actionparty.errors import UserError
+from actionparty.eval import metrics_file
 from actionparty.eval.metrics import CAUSES
-
-METRICS_SCHEMA = 1  # the schema evaluate.py writes (docs/EVALUATION.md)
-
-# Order of rows everywhere: ActionParty, its ablations, the baselines, the copy floor, the oracle.
-ABLATIONS = ("no_msa", "no_mca", "clipwise_mca", "no_rope_sa", "no_state", "no_state_render", "no_glimpse", "no_egocentric")
-BASELINES = ("text_action", "global_action", "pretrained_ar")
-MODELS = ("full", *ABLATIONS, *BASELINES, "static", "oracle")
-VARIANTS = tuple(m for m in MODELS if m not in (*UNTRAINED_MODELS, "oracle"))  # finetuned from exp-138
-
-DISPLAY_NAMES = {
-    "full": "ActionParty",
-    "no_msa": "w/o MSA",
-    "no_mca": "w/o MCA",
-    "clipwise_mca": "Clip-wise MCA",
-    "no_rope_sa": "No RoPE in SA",
-    "no_state": "w/o state",
-    "no_state_render": "w/o state render",
-    "no_glimpse": "w/o glimpse",
-    "no_egocentric": "w/o own frame",
-    "text_action": "Text-Action",
-    "global_action": "Global-Action",
-    "pretrained_ar": "Pretrained AR",
-    "static": "Static (copy context)",
-    "oracle": "Oracle (ground truth)",
-}
-# Used when params/variants/ cannot be read (a reviewer with results/ only): docs/ABLATIONS.md.
-BUILTIN_EXPERIMENTS = {
-    "full": "exp-139", "no_msa": "exp-140", "no_mca": "exp-141", "clipwise_mca": "exp-142",
-    "no_rope_sa": "exp-143", "no_state": "exp-144", "text_action": "exp-145", "global_action": "exp-146",
-    "no_state_render": "exp-147", "no_glimpse": "exp-148", "no_egocentric": "exp-149",
-    "pretrained_ar": "exp-138",
-}
+from actionparty.eval.metrics_file import MetricsError
+from actionparty.report.lineup import Lineup
+from actionparty.variants import split_run
 
 # Metrics where lower is better; every other shown metric is better higher.
 LOWER_IS_BETTER = frozenset({"FD", "FVD_I3D", "ST_l1", "duplicated", "vanished", "BA_other"})
@@ -69,58 +42,9 @@ BREAKDOWN_METRICS = ("MA", "SP")
 SEED_METRICS = ("MA", "SP", "BA")
 
 
-class MetricsError(UserError):
-    """A metrics file (or another report input) that is unreadable or not in the documented layout."""
-
-
 # ---------------------------------------------------------------------------------------------
 # Reading results/metrics
 # ---------------------------------------------------------------------------------------------
-
-
-def _horizon_number(key: str) -> int | None:
-    m = re.fullmatch(r"h(\d+)", key)
-    return int(m.group(1)) if m else None
-
-
-def read_metrics_file(path: str | Path, model: str | None = None) -> dict:
-    """Parse and check one metrics file: schema, ``horizons`` = {"h<H>": {"overall": {...}, ...}}.
-    MetricsError (one line naming the file and the field) on anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise MetricsError(f"{path}: metrics file not found")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise MetricsError(f"{path}: not valid JSON ({str(err).splitlines()[0]})") from None
-    if not isinstance(data, dict) or data.get("schema_version") != METRICS_SCHEMA:
-        raise MetricsError(f"{path}: not a metrics file of schema {METRICS_SCHEMA} (field 'schema_version')")
-    if model is not None and data.get("variant") != model:
-        raise MetricsError(f"{path}: field 'variant' is '{data.get('variant')}', expected '{model}'")
-    horizons = data.get("horizons")
-    if not isinstance(horizons, dict) or not horizons:
-        raise MetricsError(f"{path}: field 'horizons' is missing or empty")
-    for key, entry in horizons.items():
-        if _horizon_number(key) is None:
-            raise MetricsError(f"{path}: horizon key '{key}' is not of the form h<steps>")
-        if not isinstance(entry, dict) or not isinstance(entry.get("overall"), dict):
-            raise MetricsError(f"{path}: field 'horizons.{key}.overall' is missing")
-        groups = {f"horizons.{key}.overall": entry["overall"]}
-        for part in ("per_game", "per_player_count"):
-            if not isinstance(entry.get(part, {}), dict):
-                raise MetricsError(f"{path}: field 'horizons.{key}.{part}' is not an object")
-            groups.update({f"horizons.{key}.{part}.{g}": v for g, v in entry.get(part, {}).items()})
-        for where, values in groups.items():
-            if not isinstance(values, dict):
-                raise MetricsError(f"{path}: field '{where}' is not an object")
-            bad = [k for k, v in values.items() if v is not None and (isinstance(v, bool) or
-                                                                       not isinstance(v, (int, float)))]
-            if bad:
-                raise MetricsError(f"{path}: field '{where}.{bad[0]}' is not a number or null")
-        for curve in ("ma_curve", "sp_curve", "ba_curve"):
-            if entry.get(curve) is not None and not isinstance(entry[curve], list):
-                raise MetricsError(f"{path}: field 'horizons.{key}.{curve}' is not a list")
-    return data
 
 
 @dataclass
@@ -135,7 +59,7 @@ class MetricsSet:
 
     def horizons(self) -> list[int]:
         """Every horizon any model reports, ascending."""
-        return sorted({_horizon_number(k) for d in self.models.values() for k in d["horizons"]})
+        return sorted({metrics_file.horizon_steps(k) for d in self.models.values() for k in d["horizons"]})
 
     def entry(self, model: str, horizon: int) -> dict | None:
         data = self.models.get(model)
@@ -156,48 +80,29 @@ class MetricsSet:
         return sorted(keys, key=lambda k: (int(k), k) if k.isdigit() else (0, k))
 
 
-def load_metrics(metrics_dir: str | Path, models: tuple[str, ...] = MODELS) -> MetricsSet:
-    """Read ``{metrics_dir}/{model}.json`` of every model that has one; missing ones are recorded.
-    MetricsError if the folder holds none of them, or if a present file is corrupt."""
+def load_metrics(metrics_dir: str | Path, models: tuple[str, ...] | None = None) -> MetricsSet:
+    """Read ``{metrics_dir}/{model}.json`` of every model (default: every row of the variant
+    registry) that has one, and its seed runs ``{model}-s<k>.json``; missing ones are recorded.
+    MetricsError if the folder holds none of them, or if a present file is corrupt
+    (:func:`actionparty.eval.metrics_file.read`)."""
+    models = Lineup.from_registry().names if models is None else models
     root = Path(metrics_dir)
     found, missing = {}, {}
     seeds: dict[str, list[dict]] = {}
     for model in models:
         path = root / f"{model}.json"
         if path.exists():
-            found[model] = read_metrics_file(path, model)
+            found[model] = metrics_file.read(path, model)
             runs = sorted((split_run(p.stem)[1], p) for p in root.glob(f"{model}-s*.json")
                           if split_run(p.stem)[0] == model)
             if runs:
-                seeds[model] = [read_metrics_file(p, p.stem) for _, p in runs]
+                seeds[model] = [metrics_file.read(p, p.stem) for _, p in runs]
         else:
             missing[model] = path
     if not found:
         raise MetricsError(f"{root}: no metrics files ({', '.join(f'{m}.json' for m in models[:3])}, ...); "
                            "run the evaluate stage first")
     return MetricsSet(root, found, missing, seeds)
-
-
-def experiment_ids(models: tuple[str, ...] = MODELS, variant_dir: str | Path = VARIANT_DIR) -> dict[str, str]:
-    """Experiment id of each model: the ``experiment`` field of params/variants/<model>.yaml when
-    readable, else the built-in map of docs/ABLATIONS.md ('' for static and the oracle)."""
-    out = {}
-    for model in models:
-        exp = BUILTIN_EXPERIMENTS.get(model, "")
-        path = Path(variant_dir) / f"{model}.yaml"
-        if path.is_file():
-            try:
-                exp = load_variant(model, variant_dir).experiment
-            except UserError:
-                pass  # an unreadable variant file does not stop the report; the built-in id stands
-        out[model] = exp
-    return out
-
-
-def row_label(model: str, experiments: dict[str, str]) -> str:
-    name = DISPLAY_NAMES.get(model, model)
-    exp = experiments.get(model, "")
-    return f"{name} ({exp})" if exp else name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,6 +131,7 @@ class Row:
     label: str
     experiment: str
     values: list  # one per column: float, int or None (exactly as in the JSON)
+    bounds: bool = False  # the oracle's row: it bounds the others and does not compete
 
 
 @dataclass
@@ -237,14 +143,14 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
     def best(self) -> list[set[int]]:
-        """Per column, the indices of the rows holding the best non-oracle value."""
+        """Per column, the indices of the rows holding the best value of the competing rows."""
         out = []
         for c, col in enumerate(self.columns):
             if col.metric.endswith(" sd"):  # a spread has no better direction
                 out.append(set())
                 continue
             vals = [(i, r.values[c]) for i, r in enumerate(self.rows)
-                    if r.model != "oracle" and isinstance(r.values[c], (int, float))]
+                    if not r.bounds and isinstance(r.values[c], (int, float))]
             if not vals:
                 out.append(set())
                 continue
@@ -269,9 +175,8 @@ def _missing_note(metrics: MetricsSet, models: tuple[str, ...]) -> list[str]:
     return ["Not available (no metrics file): " + ", ".join(f"{m} ({metrics.missing[m]})" for m in gone)]
 
 
-def _rows(metrics: MetricsSet, models: tuple[str, ...], columns: list[Column], experiments: dict[str, str],
-          lookup) -> list[Row]:
-    return [Row(m, row_label(m, experiments), experiments.get(m, ""), [lookup(m, c) for c in columns])
+def _rows(metrics: MetricsSet, models: tuple[str, ...], columns: list[Column], lineup: Lineup, lookup) -> list[Row]:
+    return [Row(m, lineup.label(m), lineup.experiment(m), [lookup(m, c) for c in columns], lineup.bounds(m))
             for m in models if m in metrics.models]
 
 
@@ -283,23 +188,22 @@ def _overall(metrics: MetricsSet):
     return lambda model, col: metrics.value(model, int(col.source), col.metric)
 
 
-def main_table(metrics: MetricsSet, experiments: dict[str, str]) -> Table:
-    models = ("full", *BASELINES, "static", "oracle")
+def main_table(metrics: MetricsSet, lineup: Lineup) -> Table:
     columns = _horizon_columns(metrics, MAIN_METRICS)
     return Table("main", "Main results: ActionParty against the baselines, the copy floor and the oracle",
-                 columns, _rows(metrics, models, columns, experiments, _overall(metrics)),
-                 _missing_note(metrics, models))
+                 columns, _rows(metrics, lineup.main, columns, lineup, _overall(metrics)),
+                 _missing_note(metrics, lineup.main))
 
 
-def ablation_table(metrics: MetricsSet, experiments: dict[str, str]) -> Table:
-    models = ("full", *ABLATIONS)
+def ablation_table(metrics: MetricsSet, lineup: Lineup) -> Table:
     columns = _horizon_columns(metrics, ABLATION_METRICS)
     return Table("ablation", "Ablations of ActionParty's mechanisms (ST: state tracking of the predicted "
                  "coordinates, l1 in cells and share exact)", columns,
-                 _rows(metrics, models, columns, experiments, _overall(metrics)), _missing_note(metrics, models))
+                 _rows(metrics, lineup.ablation, columns, lineup, _overall(metrics)),
+                 _missing_note(metrics, lineup.ablation))
 
 
-def breakdown_table(metrics: MetricsSet, experiments: dict[str, str], part: str) -> Table:
+def breakdown_table(metrics: MetricsSet, lineup: Lineup, part: str) -> Table:
     """per_game or per_player_count: MA and SP per model x group at the shortest horizon;
     per_cause: MA per cause of the real step (moved, turned, blocked by a wall or a player, still)."""
     horizon = metrics.horizons()[0]
@@ -317,14 +221,14 @@ def breakdown_table(metrics: MetricsSet, experiments: dict[str, str], part: str)
              "per_player_count": f"MA and SP per number of players, horizon {horizon}",
              "per_cause": f"MA per cause of the real step, horizon {horizon} (blocked: a move action that "
                           "left the player in place, against a wall or another player)"}[part]
-    return Table(part, title, columns, _rows(metrics, MODELS, columns, experiments, value),
-                 _missing_note(metrics, MODELS))
+    return Table(part, title, columns, _rows(metrics, lineup.names, columns, lineup, value),
+                 _missing_note(metrics, lineup.names))
 
 
-def seeds_table(metrics: MetricsSet, experiments: dict[str, str]) -> Table:
+def seeds_table(metrics: MetricsSet, lineup: Lineup) -> Table:
     """Mean and sample standard deviation over seeds of the headline metrics, for the models
     that were repeated with other seeds (profile ``seed_runs``)."""
-    models = tuple(m for m in MODELS if m in metrics.seeds)
+    models = tuple(m for m in lineup.names if m in metrics.seeds)
     columns = [Column(f"h{h}", f"{name} {stat}", str(h)) for h in metrics.horizons() for name in SEED_METRICS
                for stat in ("mean", "sd")]
 
@@ -337,19 +241,18 @@ def seeds_table(metrics: MetricsSet, experiments: dict[str, str]) -> Table:
             return None
         return round(statistics.mean(values) if stat == "mean" else statistics.stdev(values), 5)
 
-    rows = [Row(m, f"{row_label(m, experiments)}, {1 + len(metrics.seeds[m])} seeds", experiments.get(m, ""),
-                [value(m, c) for c in columns]) for m in models]
+    rows = [Row(m, f"{lineup.label(m)}, {1 + len(metrics.seeds[m])} seeds", lineup.experiment(m),
+                [value(m, c) for c in columns], lineup.bounds(m)) for m in models]
     return Table("seeds", "Headline models over seeds: mean and sample standard deviation", columns, rows)
 
 
-def build_tables(metrics: MetricsSet, experiments: dict[str, str]) -> list[Table]:
-    tables = [main_table(metrics, experiments), ablation_table(metrics, experiments),
-              breakdown_table(metrics, experiments, "per_game"),
-              breakdown_table(metrics, experiments, "per_player_count")]
+def build_tables(metrics: MetricsSet, lineup: Lineup) -> list[Table]:
+    tables = [main_table(metrics, lineup), ablation_table(metrics, lineup),
+              breakdown_table(metrics, lineup, "per_game"), breakdown_table(metrics, lineup, "per_player_count")]
     if metrics.groups("per_cause", metrics.horizons()[0]):
-        tables.append(breakdown_table(metrics, experiments, "per_cause"))
+        tables.append(breakdown_table(metrics, lineup, "per_cause"))
     if metrics.seeds:
-        tables.append(seeds_table(metrics, experiments))
+        tables.append(seeds_table(metrics, lineup))
     return tables
 
 
@@ -421,7 +324,7 @@ def to_latex(table: Table) -> str:
     lines.append("Method & " + " & ".join(latex_escape(c.metric) for c in table.columns) + r" \\")
     lines.append(r"\midrule")
     for i, row in enumerate(table.rows):
-        if row.model == "oracle":
+        if row.bounds:
             lines.append(r"\midrule")
         cells = []
         for c, value in enumerate(row.values):

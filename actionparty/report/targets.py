@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from actionparty.report.tables import BASELINES, MetricsSet
+from actionparty.report.lineup import Lineup
+from actionparty.report.tables import MetricsSet
 
 # (what, threshold) of the targets; MA_GAME applies to every game.
 MA_GAME = 0.8
@@ -32,7 +33,10 @@ def _fmt(value) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def check_targets(metrics: MetricsSet) -> list[Target]:
+def check_targets(metrics: MetricsSet, lineup: Lineup | None = None) -> list[Target]:
+    """ActionParty (``full``) against the targets; the baselines (role baseline) and the copy
+    floor (source copy) are the rows of the variant registry (default: params/variants)."""
+    lineup = Lineup.from_registry() if lineup is None else lineup
     horizons = metrics.horizons()
     short, long = horizons[0], horizons[-1]
     out: list[Target] = []
@@ -45,7 +49,7 @@ def check_targets(metrics: MetricsSet) -> list[Target]:
         ma = value("full", short, "MA", "per_game", game)
         out.append(Target(f"MA h{short}, {game}", f">= {MA_GAME}", _fmt(ma), None if ma is None else ma >= MA_GAME))
     ma = value("full", short, "MA")
-    baselines = {m: value(m, short, "MA") for m in BASELINES}
+    baselines = {m: value(m, short, "MA") for m in lineup.baselines}
     known = {m: v for m, v in baselines.items() if v is not None}
     if known and ma is not None:
         best = max(known, key=known.get)
@@ -54,7 +58,8 @@ def check_targets(metrics: MetricsSet) -> list[Target]:
                           ma >= MA_VS_BASELINE * known[best]))
     else:
         out.append(Target(f"MA h{short} vs best baseline", f">= {MA_VS_BASELINE}x", "–", None))
-    floor = value("static", short, "MA")
+    floors = [v for v in (value(m, short, "MA") for m in lineup.floors) if v is not None]
+    floor = max(floors) if floors else None
     out.append(Target(f"MA h{short} vs copy floor ({_fmt(floor)})", "above", _fmt(ma),
                       None if ma is None or floor is None else ma > floor))
     sp, ba = value("full", short, "SP"), value("full", short, "BA")
