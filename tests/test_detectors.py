@@ -23,7 +23,7 @@ from actionparty.data.npz import save_npz
 from actionparty.atomic import write_json
 from actionparty.errors import UserError
 from actionparty.eval import metrics as M
-from actionparty.eval.config import EvalConfig
+from actionparty.config import EvalConfig
 from actionparty.eval.detectors import (
     DetectorError,
     crop_cells,

@@ -14,7 +14,7 @@ from actionparty.errors import ProfileError, UserError
 from actionparty.eval import metrics as M
 from actionparty.eval import metrics_file
 from actionparty.eval.commands import add_commands
-from actionparty.eval.config import EvalConfig
+from actionparty.config import EvalConfig
 from actionparty.eval.evaluate import combine_metrics, write_table
 from actionparty.rollout.rollout_io import (
     Rollout,

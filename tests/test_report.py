@@ -21,7 +21,7 @@ from actionparty.atomic import write_json, write_text
 from actionparty.data.lmdb_dataset import ClipDataset, build_lmdb
 from actionparty.errors import UserError
 from actionparty.eval import metrics as M
-from actionparty.eval.config import EvalConfig
+from actionparty.config import EvalConfig
 from actionparty.eval.detectors import Detectors, build_models, load_detectors, save_detectors
 from actionparty.eval.evaluate import METRIC_KEYS, ground_truth
 from actionparty.eval.metrics_file import MetricsError

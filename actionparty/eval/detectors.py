@@ -39,7 +39,7 @@ from tqdm import tqdm
 from actionparty.atomic import atomic_path, write_json
 from actionparty.data.lmdb_dataset import ClipDataset
 from actionparty.errors import UserError
-from actionparty.eval.config import EvalConfig
+from actionparty.config import EvalConfig
 from actionparty.eval.metrics import Detections, decode_detections
 from actionparty.games.actions import CANONICAL_ACTIONS, CELL_PX, INTERACT, NOOP, STRAFE_RIGHT
 from actionparty.games import PLAYER_SLOTS

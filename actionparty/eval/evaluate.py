@@ -32,7 +32,7 @@ from actionparty.data.lmdb_dataset import ClipDataset
 from actionparty.eval import metrics as M
 from actionparty.eval import metrics_file
 from actionparty.errors import DatasetError
-from actionparty.eval.config import EvalConfig
+from actionparty.config import EvalConfig
 from actionparty.eval.detectors import (
     DetectorError,
     Detectors,

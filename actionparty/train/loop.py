@@ -2,7 +2,10 @@
 cosine (or constant) learning rate, optional gradient clipping, a periodic atomic resume state
 and an exact resume, a tqdm bar.
 
-The evaluation detectors train with it (``eval.detectors.train_detectors``). Exactness: the
+The evaluation detectors train with it (``eval.detectors.train_detectors``). The world model's
+trainer (``train.trainer``) shares its :class:`Schedule` but keeps its own step loop, for what
+this one has no place for: DDP over torchrun, the EMA, per-step noise generators that make a
+split run equal a single process, learning-curve snapshots and the JSONL log. Exactness: the
 learning rate is a function of the step alone, the resume state holds the modules' weights, the
 optimizer and the step, and the caller's ``batches(start)`` yields the batches of steps
 ``start, start + 1, ...`` fixed up front; so a run stopped and rerun ends with the weights of an
@@ -39,7 +42,11 @@ class Schedule:
         return warm * 0.5 * (1 + math.cos(math.pi * step / self.steps))
 
     def at(self, step: int) -> float:
-        """The learning rate of update ``step`` (0-based)."""
+        """The learning rate of update ``step`` (0-based). A constant schedule computes its
+        warm-up as ``lr * (step + 1) / warmup_steps`` (the world model's training has always
+        done so; another order of the same operations can differ in the last bit)."""
+        if self.decay == "constant":
+            return self.lr * (step + 1) / self.warmup_steps if self.warmup_steps and step < self.warmup_steps else self.lr
         return self.lr * self.factor(step)
 
 

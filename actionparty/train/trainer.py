@@ -39,6 +39,7 @@ from actionparty.model.checkpoint import (
 )
 from actionparty.train.distributed import DistInfo, init_distributed, rank_slice, shutdown_distributed, step_generator
 from actionparty.train.ema import EMA
+from actionparty.train.loop import Schedule
 from actionparty.model.conditioning import STATE_DIM
 from actionparty.train.objective import (
     ClipNoise,
@@ -88,12 +89,6 @@ class TrainJob:
     stop_after: int | None = None  # stop after this many steps of this invocation (tests: a "kill")
     progress: bool = True
     extra_meta: dict = field(default_factory=dict)
-
-
-def _lr_at(step: int, cfg: TrainConfig) -> float:
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    return cfg.lr
 
 
 def _own_contexts(core, first: dict, g: torch.Generator, cfg: TrainConfig, part: slice, shape, codec, text,
@@ -267,6 +262,7 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
                                          persistent_workers=False)
     loss_of = _StepLoss(model, core, codec, text, dataset.games, cfg, part, device, lead,
                         bf16=profile.model.precision == "bf16" and device.type == "cuda")
+    schedule = Schedule(cfg.lr, cfg.steps, cfg.warmup_steps, decay="constant")
     log = _Log(run.log if info.is_main else None, job.progress and info.is_main, cfg, start, job.stage)
     step = start
     try:
@@ -274,7 +270,7 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
             if job.stop_after is not None and step - start >= job.stop_after:
                 break
             for group in optimizer.param_groups:
-                group["lr"] = _lr_at(step, cfg)
+                group["lr"] = schedule.at(step)
             result, latents = loss_of(step, batch)
             optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
@@ -282,7 +278,7 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
             optimizer.step()
             ema.update(core)
             done = step + 1
-            log.step(done, result.stats, grad_norm, _lr_at(step, cfg),
+            log.step(done, result.stats, grad_norm, schedule.at(step),
                      latents.shape[0] * latents[0, 0].numel() * info.world_size)
             if info.is_main and snapshot_every and done % snapshot_every == 0 and done < cfg.steps:
                 # EMA weights only: a learning-curve point (actionparty curve), not a resume state.
