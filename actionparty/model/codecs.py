@@ -249,10 +249,10 @@ class WanVaeCodec:
         path = Path(path)
         if not path.exists():
             raise UserError(f"wan-vae: {path} not found")
-        if path.is_dir() and not (path / "config.json").exists() and not (path / "vae" / "config.json").exists():
-            if not (path / WAN_VAE_FILE).is_file():
-                raise UserError(f"wan-vae: {path} has no config.json (nor vae/config.json, nor {WAN_VAE_FILE})")
-            path = path / WAN_VAE_FILE
+        if path.is_dir() and (path / WAN_VAE_FILE).is_file():
+            path = path / WAN_VAE_FILE  # the release folder (its config.json is the DiT's)
+        elif path.is_dir() and not (path / "config.json").exists() and not (path / "vae" / "config.json").exists():
+            raise UserError(f"wan-vae: {path} has no config.json (nor vae/config.json, nor {WAN_VAE_FILE})")
         if path.is_dir():
             subfolder = "vae" if (path / "vae" / "config.json").exists() else None
             vae = AutoencoderKLWan.from_pretrained(str(path), subfolder=subfolder, torch_dtype=dtype)

@@ -230,14 +230,14 @@ def find_umt5(path: str | os.PathLike) -> tuple[str, Path, Path]:
         if not tokenizer.is_dir():
             raise UserError(f"umt5: {path}: no tokenizer folder {tokenizer}")
         return "release", path, tokenizer
+    if (path / WAN_T5_FILE).is_file():  # the release folder (its config.json is the DiT's)
+        if not (path / WAN_TOKENIZER_DIR).is_dir():
+            raise UserError(f"umt5: {path}: no tokenizer folder {path / WAN_TOKENIZER_DIR}")
+        return "release", path / WAN_T5_FILE, path / WAN_TOKENIZER_DIR
     if (path / "text_encoder" / "config.json").exists():
         return "diffusers", path / "text_encoder", path / "tokenizer" if (path / "tokenizer").is_dir() else path
     if (path / "config.json").exists():
         return "transformers", path, path
-    if (path / WAN_T5_FILE).is_file():
-        if not (path / WAN_TOKENIZER_DIR).is_dir():
-            raise UserError(f"umt5: {path}: no tokenizer folder {path / WAN_TOKENIZER_DIR}")
-        return "release", path / WAN_T5_FILE, path / WAN_TOKENIZER_DIR
     release = path.parent.parent / WAN_T5_FILE
     if release.is_file():
         return "release", release, path
