@@ -7,10 +7,11 @@ is decided in one place, :func:`select_backend`:
   installed; flash-attn takes no arbitrary masks). The text cross-attention of the pretrained-Wan
   profiles is such a call (Wan attends to every text position, see
   :mod:`~actionparty.model.text`), and so is bidirectional self-attention.
-* ``flex``: PyTorch's FlexAttention with a block mask, for a call **with a mask on a GPU**
-  (block-causal chunks, sliding windows, subject isolation): blocks of 128 x 128 query/key
+* ``flex``: PyTorch's FlexAttention with a block mask, for a call **with a query x key mask on a
+  GPU** (block-causal chunks, sliding windows, subject isolation): blocks of 128 x 128 query/key
   positions that the mask rules out entirely are skipped, instead of SDPA's dense masked kernel.
   The block mask is built once per mask tensor and reused by every layer of a forward pass.
+  FlexAttention has no backward on CPU (torch 2.13): on CPU it is for inference and tests only.
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with a boolean mask, everywhere
   else (CPU, fp32, no flash-attn).
 
@@ -86,7 +87,9 @@ def select_backend(q: torch.Tensor, mask: torch.Tensor | None) -> str:
     if q.is_cuda:
         if mask is None and _flash_attn_func is not None and q.dtype in (torch.float16, torch.bfloat16):
             return "flash"
-        if mask is not None and _flex_attention is not None:
+        # A key-padding mask (B, 1, Nk) (text cross-attention of the small profiles) skips no
+        # query block, and its per-layer view would rebuild the block mask in every layer: SDPA.
+        if mask is not None and _flex_attention is not None and mask.shape[-2] > 1:
             return "flex"
     return "sdpa"
 
