@@ -129,12 +129,16 @@ def umt5_xxl_key_shapes() -> dict[str, tuple[int, ...]]:
 # --------------------------------------------------------------------------------------------- VAE
 
 
-def tiny_diffusers_vae(seed: int = 0):
+def tiny_diffusers_vae(seed: int = 0, z_dim: int = 4):
     from diffusers import AutoencoderKLWan
 
+    from actionparty.model.codecs import WAN_LATENTS_MEAN, WAN_LATENTS_STD
+
     torch.manual_seed(seed)
-    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
-                           temperal_downsample=[False, True, True])
+    stats = dict(latents_mean=WAN_LATENTS_MEAN, latents_std=WAN_LATENTS_STD) if z_dim == 16 else \
+        dict(latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=z_dim, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                           temperal_downsample=[False, True, True], **stats)
     with torch.no_grad():  # non-trivial norms and output layers (some are zero-initialised)
         for p in vae.parameters():
             p.add_(torch.randn_like(p) * 0.1)
