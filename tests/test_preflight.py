@@ -4,37 +4,25 @@ profile (the paper's codec, text encoder and resources; a tiny DiT), and the pro
 from __future__ import annotations
 
 import pytest
-import yaml
-from wan_standins import tiny_dit, tiny_diffusers_vae, wan_t5_state, write_diffusers_pipeline, write_wan_release
+from wan_standins import (
+    PAPER_SHAPED,
+    paper_profile,
+    paper_shaped_standins,
+    tiny_dit,
+    write_diffusers_pipeline,
+    write_wan_release,
+)
 
 from actionparty.cli import main
 from actionparty.config import load_profile
 from actionparty.preflight import _estimates, check_gpus, check_weight_paths, format_table, preflight
 
-# The paper profile's DiT inputs (16 VAE channels, 4096-wide umT5 text of 512 tokens) on the tiny DiT.
-PAPER_SHAPED = dict(dim=64, ffn_dim=128, num_heads=2, num_layers=2, freq_dim=32, in_dim=16, out_dim=16,
-                    text_dim=4096, text_len=512)
 H100S = [("NVIDIA H100 80GB HBM3", 80 * 10**9)] * 8
 
 
 @pytest.fixture(scope="module")
 def standins():
-    return dict(dit=tiny_dit(**PAPER_SHAPED), vae=tiny_diffusers_vae(z_dim=16),
-                t5_state=wan_t5_state(dim=4096, heads=2, head_dim=4, ffn=8, layers=1))
-
-
-def paper_profile(repo, tmp_path, weights, release=True, **model):
-    """params/paper.yaml with 2 games, the tiny DiT, and weight paths under ``weights``."""
-    data = yaml.safe_load((repo / "params/paper.yaml").read_text())
-    data["catalogue"] = str(repo / "params/games.yaml")
-    data["games"] = ["coins", "clean_up"]
-    paths = dict(init_checkpoint=str(weights), vae_path=str(weights / "Wan2.1_VAE.pth"),
-                 text_path=str(weights / "google/umt5-xxl")) if release else \
-        dict(init_checkpoint=str(weights), vae_path=str(weights), text_path=str(weights))
-    data["model"].update(size="tiny", **paths, **model)
-    path = tmp_path / "paper_standin.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return paper_shaped_standins()
 
 
 def by_item(checks):

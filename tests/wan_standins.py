@@ -277,3 +277,31 @@ def _official_to_diffusers_dit(state: dict[str, torch.Tensor]) -> dict[str, torc
             key = re.sub(pattern, repl, key)
         out[key] = value.detach().contiguous()
     return out
+
+
+# The paper profile's DiT inputs (16 VAE channels, 4096-wide umT5 text of 512 tokens) on the tiny DiT.
+PAPER_SHAPED = dict(dim=64, ffn_dim=128, num_heads=2, num_layers=2, freq_dim=32, in_dim=16, out_dim=16,
+                    text_dim=4096, text_len=512)
+
+
+def paper_shaped_standins() -> dict:
+    """DiT, VAE and T5 stand-ins that fit a paper profile whose model.size is ``tiny``."""
+    return dict(dit=tiny_dit(**PAPER_SHAPED), vae=tiny_diffusers_vae(z_dim=16),
+                t5_state=wan_t5_state(dim=4096, heads=2, head_dim=4, ffn=8, layers=1))
+
+
+def paper_profile(repo: Path, tmp_path: Path, weights: Path, release: bool = True, **model) -> Path:
+    """params/paper.yaml with 2 games, the tiny DiT and weight paths under ``weights`` (the
+    release's paths, as params/paper.yaml names them, or one diffusers pipeline folder)."""
+    import yaml
+
+    data = yaml.safe_load((repo / "params/paper.yaml").read_text())
+    data["catalogue"] = str(repo / "params/games.yaml")
+    data["games"] = ["coins", "clean_up"]
+    paths = dict(init_checkpoint=str(weights), vae_path=str(weights / "Wan2.1_VAE.pth"),
+                 text_path=str(weights / "google/umt5-xxl")) if release else \
+        dict(init_checkpoint=str(weights), vae_path=str(weights), text_path=str(weights))
+    data["model"].update(size="tiny", **paths, **model)
+    path = tmp_path / "paper_standin.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
