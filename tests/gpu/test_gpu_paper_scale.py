@@ -1,12 +1,17 @@
 """On a GPU: the paper's 1.3B-shaped DiT forward/backward in bf16 on random weights (peak memory
 against the estimate, step time), and every attention backend against SDPA (outputs and gradients).
 
-Skipped without CUDA (tests/gpu/conftest.py). Sizes: one or two paper clips (5 latent frames of
+Marked ``gpu`` and skipped without CUDA. Sizes: one or two paper clips (5 latent frames of
 32 x 32 tokens = 5,120 video tokens, 512 text tokens); a few seconds each on an H100-class GPU.
+Run on a GPU node: ``pytest -m gpu tests/gpu -s``; with ``ACTIONPARTY_GPU_REPORT=path.json`` the
+measured figures (peak memory, step time, backend differences) are also written there. (No
+conftest.py here: the tests import the top-level one as ``conftest``.)
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 
 import pytest
@@ -24,6 +29,21 @@ from actionparty.model.dit import make_dit
 from actionparty.train.estimate import estimate
 
 GB = 1e9
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.fixture(scope="module")
+def gpu_report():
+    """A dict the tests fill with what they measured; written to $ACTIONPARTY_GPU_REPORT at the end."""
+    report: dict = {}
+    yield report
+    path = os.environ.get("ACTIONPARTY_GPU_REPORT")
+    if path and report:
+        from actionparty.atomic import write_text
+
+        report["device"] = torch.cuda.get_device_name(0)
+        report["torch"] = torch.__version__
+        write_text(path, json.dumps(report, indent=2, sort_keys=True) + "\n")
 
 
 @pytest.fixture(scope="module")
