@@ -67,7 +67,7 @@ def check_weight_paths(profile: Profile) -> None:
 
 
 def _gb(nbytes: float) -> str:
-    return f"{nbytes / GB:.2f} GB"
+    return f"{nbytes / GB:.2f} GB" if nbytes >= 0.1 * GB else f"{nbytes / 1e6:.2f} MB"
 
 
 def _dtypes(shapes: dict) -> str:
