@@ -14,6 +14,7 @@ from wan_standins import (
     diffusers_vae_to_wan,
     tiny_dit,
     tiny_diffusers_vae,
+    umt5_to_wan_t5,
     umt5_xxl_key_shapes,
     wan_t5_reference,
     wan_t5_state,
@@ -143,6 +144,24 @@ def test_wan_t5_file_converts_key_by_key_and_computes_as_wan(release):
     reference = wan_t5_reference(state, ids, mask)
     real = mask.bool()
     assert torch.allclose(ours[real], reference[real], atol=1e-5, rtol=1e-5)
+
+
+def test_transformers_umt5_round_trips_through_the_wan_format(tmp_path):
+    """A transformers UMT5 encoder, written in Wan's T5 format and loaded back: identical outputs."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(0)
+    source = UMT5EncoderModel(UMT5Config(vocab_size=len(WORDS), d_model=16, d_kv=4, d_ff=24, num_layers=2,
+                                         num_heads=4, relative_attention_num_buckets=8)).eval()
+    torch.save(umt5_to_wan_t5(source.state_dict()), tmp_path / "models_t5_umt5-xxl-enc-bf16.pth")
+    loaded = load_wan_t5(tmp_path / "models_t5_umt5-xxl-enc-bf16.pth")
+    ids = torch.randint(3, len(WORDS), (2, 40), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(2, 40, dtype=torch.long)
+    mask[0, 25:] = 0
+    with torch.no_grad():
+        a = source(input_ids=ids, attention_mask=mask).last_hidden_state
+        b = loaded(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.equal(a, b)
 
 
 def test_wan_t5_file_errors_name_the_key(tmp_path):

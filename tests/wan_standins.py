@@ -111,6 +111,26 @@ def wan_t5_reference(state: dict[str, torch.Tensor], ids: torch.Tensor, mask: to
     return rms(x, sd["norm.weight"])
 
 
+def umt5_to_wan_t5(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers UMT5EncoderModel keys -> Wan's T5 keys (as models_t5_umt5-xxl-enc-bf16.pth)."""
+    parts = {"layer.0.layer_norm.weight": "norm1.weight", "layer.1.layer_norm.weight": "norm2.weight",
+             "layer.0.SelfAttention.relative_attention_bias.weight": "pos_embedding.embedding.weight",
+             "layer.1.DenseReluDense.wi_0.weight": "ffn.gate.0.weight",
+             "layer.1.DenseReluDense.wi_1.weight": "ffn.fc1.weight", "layer.1.DenseReluDense.wo.weight": "ffn.fc2.weight"}
+    parts.update({f"layer.0.SelfAttention.{c}.weight": f"attn.{c}.weight" for c in "qkvo"})
+    out = {}
+    for key, value in state.items():
+        if key == "shared.weight":
+            out["token_embedding.weight"] = value
+        elif key == "encoder.final_layer_norm.weight":
+            out["norm.weight"] = value
+        elif m := re.match(r"^encoder\.block\.(\d+)\.(.+)$", key):
+            out[f"blocks.{m[1]}.{parts[m[2]]}"] = value
+        elif key != "encoder.embed_tokens.weight":  # tied to shared
+            raise KeyError(key)
+    return {k: v.detach().clone() for k, v in out.items()}
+
+
 def umt5_xxl_key_shapes() -> dict[str, tuple[int, ...]]:
     """Names and shapes of the real models_t5_umt5-xxl-enc-bf16.pth (umt5_xxl(encoder_only=True):
     vocab 256,384, dim 4096, 64 heads, ffn 10,240, 24 blocks, 32 buckets)."""
