@@ -6,6 +6,7 @@
     actionparty contact-sheet --catalogue params/games.yaml --out reports/figures/games.png
     actionparty bench-episodes --profile params/tiny.yaml
     actionparty validate --profile params/tiny.yaml
+    actionparty preflight --profile params/paper.yaml
     actionparty schema --out workflow/schemas/config.schema.json
 
 A user error (bad profile, unknown game, corrupt data) prints one line and exits 2.
@@ -70,10 +71,19 @@ def _cmd_bench_episodes(args) -> None:
 def _cmd_validate(args) -> None:
     from actionparty.config import load_profile
     from actionparty.games import resolve_games
+    from actionparty.preflight import check_weight_paths
 
     profile = load_profile(args.profile)
     specs = resolve_games(profile)
+    check_weight_paths(profile)
     print(f"{args.profile}: ok ({len(specs)} games: {', '.join(s.name for s in specs)})")
+
+
+def _cmd_preflight(args) -> None:
+    from actionparty.preflight import run
+
+    if run(args.profile, args.data, args.require_gpus):
+        raise SystemExit(1)
 
 
 def _cmd_mask_figure(args) -> None:
@@ -134,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("validate", _cmd_validate, "validate a profile and its games")
     p.add_argument("--profile", required=True)
+
+    p = add("preflight", _cmd_preflight, "what a run of the profile needs (weights, GPUs, disk, SLURM) and "
+            "whether it is here; exit 1 with one line per problem")
+    p.add_argument("--profile", required=True)
+    p.add_argument("--data", default="data", help="where the dataset will be written (disk check)")
+    p.add_argument("--require-gpus", action="store_true", help="no visible GPU is a problem (run inside a GPU job)")
 
     p = add("mask-figure", _cmd_mask_figure, "draw who attends to whom (MSA, no MSA, frame-wise MCA)")
     p.add_argument("--out", required=True, type=Path)

@@ -59,8 +59,8 @@ def test_wan_vae_loads_from_pipeline_folder_and_single_file(tmp_path):
     vae.save_pretrained(tmp_path / "pipe" / "vae")  # diffusers pipeline layout
     frames = torch.rand(1, 3, 2, 16, 16) * 2 - 1
     reference = make_codec("wan-vae", tmp_path / "pipe").encode(frames)
-    # A single weight file with a config json (diffusers key names; official names go through
-    # diffusers' converter, which needs a real Wan2.1_VAE.pth to test).
+    # A single weight file with a config json (diffusers key names; Wan's own key names, as in
+    # the release's Wan2.1_VAE.pth, are tested in test_wan_weights.py).
     torch.save(vae.state_dict(), tmp_path / "vae.pth")
     single = WanVaeCodec.from_path(tmp_path / "vae.pth", config=tmp_path / "pipe" / "vae" / "config.json")
     assert torch.equal(single.encode(frames), reference)

@@ -60,3 +60,29 @@ def test_missing_weights_are_named(paper):
                                                                               "vae_path": None})})
     with pytest.raises(UserError, match=r"model.vae_path must be set"):
         build_world_model(no_vae)
+
+
+def test_paper_model_builds_from_the_official_release_layout(repo, tmp_path):
+    """The paper profile's weight paths (weights/Wan2.1-T2V-1.3B, its Wan2.1_VAE.pth, its
+    google/umt5-xxl) as stand-ins in the release layout: the world model, codec and umT5 text build
+    through the factory, the DiT takes every tensor of diffusion_pytorch_model.safetensors, and one
+    clip goes frames -> latents -> DiT with the official text treatment."""
+    import torch
+    from wan_standins import paper_profile, paper_shaped_standins, write_wan_release
+
+    from actionparty.model.checkpoint_io import load_wan_checkpoint
+
+    standins = paper_shaped_standins()
+    weights = write_wan_release(tmp_path / "weights" / "Wan2.1-T2V-1.3B", **standins)
+    profile = load_profile(paper_profile(repo, tmp_path, weights, resolution=32))  # not 512 px: CPU
+    model, codec, text = build_world_model(profile)
+    report = load_wan_checkpoint(model.dit, profile.model.init_checkpoint, strict=True)
+    assert report.ok and not report.new and len(report.loaded) == len(standins["dit"].state_dict())
+    emb, mask = text(["coins", "clean_up"])
+    assert emb.shape == (2, 512, 4096) and bool(mask.all())  # zero padding, every position attended
+    frames = torch.randint(0, 256, (2, 2, 3, 96, 96), dtype=torch.uint8)  # (B, S, 3, H, W) game frames
+    latents = codec.encode(frames)
+    assert latents.shape == (2, 16, 2, 4, 4)  # one latent frame per step
+    with torch.no_grad():
+        out = model.dit(latents, torch.tensor([0.0, 500.0]), emb, mask).video
+    assert out.shape == (2, 16, 2, 4, 4) and torch.isfinite(out).all()

@@ -100,11 +100,45 @@ def test_umt5_loads_from_local_folder(tmp_path):
     embedder = make_text_embedder("umt5", DESCRIPTIONS, path=tmp_path, max_len=24)
     emb, mask = embedder(["clean_up", "territory__rooms"])
     assert emb.shape == (2, 24, 16) and embedder.dim == 16
-    n_words = len(split_words(DESCRIPTIONS["territory__rooms"]))
-    assert mask[1].sum() == n_words + 1  # words + </s>
-    assert emb[1, ~mask[1]].abs().max() == 0 and emb[1, mask[1]].abs().max() > 0  # Wan zeroes padding
+    n_tokens = len(split_words(DESCRIPTIONS["territory__rooms"])) + 1  # words + </s>
+    # Official Wan2.1: real tokens, then zeros up to text_len, every position attended.
+    assert emb[1, n_tokens:].abs().max() == 0 and emb[1, :n_tokens].abs().min() > 0
+    assert bool(mask.all())
     assert embedder.cached_games() == ["clean_up", "territory__rooms"]
+    masked = make_text_embedder("umt5", DESCRIPTIONS, path=tmp_path, max_len=24, mask_padding=True)
+    emb_masked, real = masked(["clean_up", "territory__rooms"])
+    assert torch.equal(emb_masked, emb) and int(real[1].sum()) == n_tokens
     with pytest.raises(UserError, match="needs a local path"):
         make_text_embedder("umt5", DESCRIPTIONS)
     with pytest.raises(UserError, match="unknown text encoder 'bert'"):
         make_text_embedder("bert", DESCRIPTIONS)
+
+
+def test_umt5_text_reaches_the_dit_as_in_official_wan(tmp_path):
+    """Wan2.1 (WanModel.forward): each prompt's real-token embeddings, zero-padded to text_len,
+    through text_embedding, attended to at all text_len positions (context_lens=None)."""
+    from actionparty.model.dit import make_dit
+
+    save_tiny_umt5(tmp_path)
+    embedder = make_text_embedder("umt5", DESCRIPTIONS, path=tmp_path, max_len=24)
+    emb, mask = embedder(["clean_up", "territory__rooms"])
+    torch.manual_seed(0)
+    dit = make_dit("tiny", text_dim=16, text_len=24, zero_init=False).eval()
+    torch.nn.init.normal_(dit.head.head.weight, std=0.1)
+    x, t = torch.randn(2, 4, 2, 4, 4), torch.tensor([300.0, 700.0])
+    with torch.no_grad():
+        ours = dit(x, t, emb, mask).video
+        # Wan's own way: cut each prompt to its real tokens, pad with zeros, no mask at all.
+        lengths = [len(split_words(DESCRIPTIONS[g])) + 1 for g in ("clean_up", "territory__rooms")]
+        wan_context = torch.stack([torch.cat([e[:n], e.new_zeros(24 - n, 16)]) for e, n in zip(emb, lengths)])
+        wan = dit(x, t, wan_context, None).video
+        masked = dit(x, t, emb, torch.arange(24)[None] < torch.tensor(lengths)[:, None]).video
+    assert torch.allclose(ours, wan, atol=1e-6)
+    assert (ours - masked).abs().max() > 1e-3  # the padding positions are attended, not masked
+
+
+def test_tiny_encoder_keeps_masking_padding():
+    """The small profiles' tiny encoder returns its real words as the mask: outputs unchanged."""
+    embedder = make_text_embedder("tiny", DESCRIPTIONS, dim=32, max_len=16)
+    emb, mask = embedder(["territory__rooms"])
+    assert int(mask.sum()) == len(split_words(DESCRIPTIONS["territory__rooms"])) and not bool(mask.all())

@@ -1,9 +1,22 @@
 """Attention and attention masks.
 
-One function, :func:`attention`, is used by every attention layer of the model. It runs
-``torch.nn.functional.scaled_dot_product_attention`` with an explicit boolean mask; the
-flash-attn kernel is used only when it is installed, the tensors are fp16/bf16 on a GPU,
-and there is no mask (flash-attn takes no arbitrary masks).
+One function, :func:`attention`, is used by every attention layer of the model. Which kernel runs
+is decided in one place, :func:`select_backend`:
+
+* ``flash``: the flash-attn package, for a call **without a mask** on a GPU in fp16/bf16 (when
+  installed; flash-attn takes no arbitrary masks). The text cross-attention of the pretrained-Wan
+  profiles is such a call (Wan attends to every text position, see
+  :mod:`~actionparty.model.text`), and so is bidirectional self-attention.
+* ``flex``: PyTorch's FlexAttention with a block mask, for a call **with a query x key mask on a
+  GPU** (block-causal chunks, sliding windows, subject isolation): blocks of 128 x 128 query/key
+  positions that the mask rules out entirely are skipped, instead of SDPA's dense masked kernel.
+  The block mask is built once per mask tensor and reused by every layer of a forward pass.
+  FlexAttention has no backward on CPU (torch 2.13): on CPU it is for inference and tests only.
+* ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with a boolean mask, everywhere
+  else (CPU, fp32, no flash-attn).
+
+:func:`attention_backend` forces one for a block of code (tests compare the backends; FlexAttention
+also runs on CPU, unfused). All backends give a zero output for a query whose mask row is all False.
 
 Masks are plain boolean tensors, ``True`` = "query may attend to key", built from per-token
 metadata (the latent frame each token belongs to) so that they compose with ``&``:
@@ -12,6 +25,9 @@ metadata (the latent frame each token belongs to) so that they compose with ``&`
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -19,6 +35,63 @@ try:  # optional GPU kernel
     from flash_attn import flash_attn_func as _flash_attn_func
 except ImportError:  # pragma: no cover - depends on the machine
     _flash_attn_func = None
+
+try:  # torch >= 2.5
+    from torch.nn.attention.flex_attention import create_block_mask as _create_block_mask
+    from torch.nn.attention.flex_attention import flex_attention as _flex_attention
+except ImportError:  # pragma: no cover - depends on the torch version
+    _create_block_mask = _flex_attention = None
+
+BACKENDS = ("sdpa", "flex", "flash")
+FLEX_BLOCK = 128  # FlexAttention's block size (its default): the unit of skipped work
+_forced: str | None = None
+_compiled_flex = None
+_block_mask_cache: tuple | None = None  # (mask tensor, Nq, Nk, BlockMask) of the last masked call
+
+
+def available_backends(device: str | torch.device = "cpu") -> list[str]:
+    """The backends that can run on ``device`` here."""
+    cuda = torch.device(device).type == "cuda"
+    out = ["sdpa"]
+    if _flex_attention is not None:
+        out.append("flex")
+    if _flash_attn_func is not None and cuda:
+        out.append("flash")
+    return out
+
+
+@contextlib.contextmanager
+def attention_backend(name: str | None):
+    """Force ``name`` (one of :data:`BACKENDS`) for every :func:`attention` call inside the block
+    (``None``: automatic). A backend that cannot run a call raises ``RuntimeError``."""
+    global _forced
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; known: {', '.join(BACKENDS)}")
+    previous, _forced = _forced, name
+    try:
+        yield
+    finally:
+        _forced = previous
+
+
+def select_backend(q: torch.Tensor, mask: torch.Tensor | None) -> str:
+    """The kernel for one call: forced, else flash (no mask, GPU, half precision, installed),
+    flex (a mask, GPU), sdpa."""
+    if _forced is not None:
+        if _forced == "flash" and (mask is not None or _flash_attn_func is None or not q.is_cuda
+                                   or q.dtype not in (torch.float16, torch.bfloat16)):
+            raise RuntimeError("flash-attn backend: needs flash-attn installed, CUDA fp16/bf16 tensors and no mask")
+        if _forced == "flex" and _flex_attention is None:
+            raise RuntimeError(f"flex backend: FlexAttention is not in torch {torch.__version__}")
+        return _forced
+    if q.is_cuda:
+        if mask is None and _flash_attn_func is not None and q.dtype in (torch.float16, torch.bfloat16):
+            return "flash"
+        # A key-padding mask (B, 1, Nk) (text cross-attention of the small profiles) skips no
+        # query block, and its per-layer view would rebuild the block mask in every layer: SDPA.
+        if mask is not None and _flex_attention is not None and mask.shape[-2] > 1:
+            return "flex"
+    return "sdpa"
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -32,13 +105,20 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     Returns:
         (B, Nq, H, D) in the dtype of ``v``.
     """
-    if mask is None and _flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+    if mask is not None and mask.dtype != torch.bool:
+        raise TypeError(f"attention mask must be boolean, got {mask.dtype}")
+    backend = select_backend(q, mask)
+    if backend == "flash":
         return _flash_attn_func(q, k, v)
     q, k, v = (u.transpose(1, 2) for u in (q, k, v))  # (B, H, N, D)
+    if backend == "flex":
+        if mask is None:
+            out = _flex(q, k, v, None)
+        else:
+            out = _flex(q, k, v, _block_mask(mask, q.shape[0], q.shape[2], k.shape[2], q.device))
+        return out.transpose(1, 2)
     empty_rows = None
     if mask is not None:
-        if mask.dtype != torch.bool:
-            raise TypeError(f"attention mask must be boolean, got {mask.dtype}")
         if mask.dim() == 2:
             mask = mask[None]
         mask = mask[:, None]  # (B|1, 1, Nq, Nk): same mask for every head
@@ -50,6 +130,49 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     if empty_rows is not None:
         out = out.masked_fill(empty_rows, 0.0)
     return out.transpose(1, 2)
+
+
+def _flex(q, k, v, block_mask):
+    """FlexAttention: compiled (fused kernel) on GPU; eager on CPU, where it materialises the
+    scores like a plain implementation (fine for tests, and the only way without a compiler)."""
+    global _compiled_flex
+    if q.is_cuda:
+        if _compiled_flex is None:
+            # dynamic=False as Self-Forcing: one kernel per sequence length, and a rollout's
+            # lengths repeat (fixed chunks, a sliding window).
+            _compiled_flex = torch.compile(_flex_attention, dynamic=False)
+        return _compiled_flex(q, k, v, block_mask=block_mask)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+        return _flex_attention(q, k, v, block_mask=block_mask)
+
+
+def _block_mask(mask: torch.Tensor, batch: int, nq: int, nk: int, device):
+    """A FlexAttention BlockMask reading the dense boolean mask (broadcast to (B|1, Nq, Nk)).
+
+    The masks of this model come as composed dense tensors (block-causal & windows & subject
+    isolation), so the mask_mod looks the dense entry up; it is evaluated once per mask tensor
+    (every layer of a forward pass gets the same tensor object) and cached.
+    """
+    global _block_mask_cache
+    cached = _block_mask_cache
+    if cached is not None and cached[0] is mask and cached[1:3] == (nq, nk) and cached[3] == batch:
+        return cached[4]
+    dense = mask if mask.dim() == 3 else mask[None]
+    dense = dense.expand(dense.shape[0], nq, nk)
+    if dense.shape[0] == 1:
+        table = dense[0]
+        mask_mod = lambda b, h, q_idx, kv_idx: table[q_idx, kv_idx]  # noqa: E731
+        b = None
+    else:
+        if dense.shape[0] != batch:
+            raise ValueError(f"attention mask batch {dense.shape[0]} != query batch {batch}")
+        table = dense
+        mask_mod = lambda b, h, q_idx, kv_idx: table[b, q_idx, kv_idx]  # noqa: E731
+        b = batch
+    block_mask = _create_block_mask(mask_mod, b, None, nq, nk, device=device)
+    _block_mask_cache = (mask, nq, nk, batch, block_mask)
+    return block_mask
 
 
 # ---------------------------------------------------------------------------------------------

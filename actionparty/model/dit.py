@@ -551,8 +551,10 @@ class WanDiT(nn.Module):
     def embed_text(self, text: torch.Tensor, text_mask: torch.Tensor | None = None):
         """Text (B, L, text_dim) -> context (B, max(L, text_len), dim) and mask (B, ·) or None.
 
-        Like Wan, shorter text is zero-padded to ``text_len`` and the padding is attended to
-        unless a mask is given (Wan never masks it; the pretrained weights expect that).
+        Like Wan (``WanModel.forward``: ``u.new_zeros(text_len - len(u))``, ``context_lens =
+        None``), shorter text is zero-padded to ``text_len`` and the padding is attended to unless
+        a mask is given. The umT5 encoder gives an all-True mask (the official treatment, see
+        :mod:`~actionparty.model.text`), the ``tiny`` encoder its real words.
         """
         cfg = self.config
         if text.dim() != 3 or text.shape[-1] != cfg.text_dim:
@@ -562,6 +564,11 @@ class WanDiT(nn.Module):
             text = F.pad(text, (0, 0, 0, pad))
             if text_mask is not None:
                 text_mask = F.pad(text_mask.bool(), (0, pad), value=False)
+        if text_mask is not None and text.is_cuda and bool(text_mask.all()):
+            # An all-True mask is no mask: on a GPU the unmasked kernel (flash-attn) can then run
+            # (one host sync per forward, not per layer). On CPU the mask stays, so CPU results
+            # are bit-identical to before.
+            text_mask = None
         return self.text_embedding(text.to(self.param_dtype)), None if text_mask is None else text_mask.bool()
 
     # ----------------------------------------------------------------- layout and masks

@@ -5,16 +5,28 @@
   features are fixed, distinct per game; the DiT's ``text_embedding`` MLP learns to read them),
   or trained with the DiT (then nothing is cached).
 * ``umt5``: :class:`UMT5TextEncoder`, transformers ``UMT5EncoderModel`` + tokenizer from a local
-  path (Wan uses umt5-xxl: 4096 channels, 512 tokens). As in Wan, the embeddings of padding
-  positions are zero.
+  path (Wan uses umt5-xxl: 4096 channels, 512 tokens): a diffusers pipeline (``text_encoder/`` +
+  ``tokenizer/``), a transformers model folder, or the official Wan2.1 release
+  (``models_t5_umt5-xxl-enc-bf16.pth`` in Wan's own T5 key format, converted key by key by
+  :func:`wan_t5_to_umt5`, and the tokenizer folder ``google/umt5-xxl/``).
 
 Every encoder maps a list of texts to ``(emb (B, L, D), mask (B, L) bool)`` with fixed L = its
-``max_len``. :class:`TextEmbedder` maps *game names* to those, computing each game once.
+``max_len``; ``mask`` is what the DiT's text cross-attention may attend to.
+:class:`TextEmbedder` maps *game names* to those, computing each game once.
+
+**umT5 as official Wan2.1** (``wan/modules/t5.py`` ``T5EncoderModel.__call__``, ``WanModel.forward``
+in ``wan/modules/model.py``): the prompt is whitespace-cleaned, tokenized to ``text_len`` = 512
+tokens with padding, encoded with the padding mask, cut to its real tokens (``u[:v]``), padded back
+with zeros to ``text_len``, and the DiT attends to all 512 positions (``context_lens = None``): the
+zero rows pass ``text_embedding`` and are keys like any other. So ``UMT5TextEncoder`` returns
+embeddings that are zero at padding and an all-True mask (``mask_padding=False``, the default).
+The ``tiny`` encoder of the small profiles returns the real-word mask, and its padding is masked.
 """
 
 from __future__ import annotations
 
 import hashlib
+import html
 import os
 import re
 from pathlib import Path
@@ -114,42 +126,177 @@ class TinyTextEncoder(nn.Module):
 # =============================================================================================
 
 
-class UMT5TextEncoder(nn.Module):
-    """``UMT5EncoderModel`` + tokenizer; padded to ``max_len`` tokens, padding embeddings zeroed."""
+WAN_T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"  # names in the official Wan2.1 release folder
+WAN_TOKENIZER_DIR = "google/umt5-xxl"
 
-    def __init__(self, model, tokenizer, max_len: int = 512):
+# Wan's T5 encoder (wan/modules/t5.py T5Encoder with shared_pos=False, as umt5_xxl builds it) ->
+# transformers UMT5EncoderModel. Per block: T5SelfAttention(norm1, attn.{q,k,v,o}, norm2,
+# ffn.{gate.0, fc1, fc2}, pos_embedding.embedding); Wan's gated FFN is fc2(fc1(x) * gelu(gate(x))),
+# transformers' is wo(wi_1(x) * gelu(wi_0(x))).
+_WAN_T5_BLOCK = {
+    "norm1.weight": "layer.0.layer_norm.weight",
+    "attn.q.weight": "layer.0.SelfAttention.q.weight",
+    "attn.k.weight": "layer.0.SelfAttention.k.weight",
+    "attn.v.weight": "layer.0.SelfAttention.v.weight",
+    "attn.o.weight": "layer.0.SelfAttention.o.weight",
+    "pos_embedding.embedding.weight": "layer.0.SelfAttention.relative_attention_bias.weight",
+    "norm2.weight": "layer.1.layer_norm.weight",
+    "ffn.gate.0.weight": "layer.1.DenseReluDense.wi_0.weight",
+    "ffn.fc1.weight": "layer.1.DenseReluDense.wi_1.weight",
+    "ffn.fc2.weight": "layer.1.DenseReluDense.wo.weight",
+}
+
+
+def wan_t5_config(state: Mapping[str, torch.Tensor]) -> dict:
+    """``UMT5Config`` arguments of a Wan-format T5 encoder state dict, read from the tensors' shapes
+    (umt5-xxl: vocab 256,384, d_model 4096, 64 heads of 64, d_ff 10,240, 24 layers, 32 buckets).
+    Fixed by Wan's code: bidirectional buckets up to distance 128, tanh-GELU gated FFN, eps 1e-6."""
+    if "token_embedding.weight" not in state or "norm.weight" not in state:
+        raise UserError("umt5: not a Wan T5 encoder state dict (no token_embedding.weight / norm.weight)")
+    if "pos_embedding.embedding.weight" in state:
+        raise UserError("umt5: a T5 encoder with one shared position embedding (shared_pos=True) is not umT5")
+    layers = {int(m.group(1)) for k in state if (m := re.match(r"^blocks\.(\d+)\.", k))}
+    if not layers or layers != set(range(len(layers))):
+        raise UserError("umt5: Wan T5 state dict without blocks 0..N-1")
+    vocab, d_model = state["token_embedding.weight"].shape
+    buckets, heads = state["blocks.0.pos_embedding.embedding.weight"].shape
+    return dict(vocab_size=vocab, d_model=d_model, d_kv=state["blocks.0.attn.q.weight"].shape[0] // heads,
+                d_ff=state["blocks.0.ffn.fc1.weight"].shape[0], num_layers=len(layers), num_heads=heads,
+                relative_attention_num_buckets=buckets, relative_attention_max_distance=128,
+                feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6, dropout_rate=0.0,
+                pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+
+
+def wan_t5_to_umt5(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename every key of a Wan-format T5 encoder state dict to ``UMT5EncoderModel``'s.
+
+    ``token_embedding`` fills both ``shared`` and ``encoder.embed_tokens`` (tied in transformers).
+    A key matching no rule is an error (nothing is dropped silently).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key == "token_embedding.weight":
+            out["shared.weight"] = out["encoder.embed_tokens.weight"] = value
+        elif key == "norm.weight":
+            out["encoder.final_layer_norm.weight"] = value
+        elif (m := re.match(r"^blocks\.(\d+)\.(.+)$", key)) and m.group(2) in _WAN_T5_BLOCK:
+            out[f"encoder.block.{m.group(1)}.{_WAN_T5_BLOCK[m.group(2)]}"] = value
+        else:
+            raise UserError(f"umt5: unknown key {key!r} in a Wan T5 encoder state dict")
+    return out
+
+
+def load_wan_t5(path: str | os.PathLike, dtype=torch.float32):
+    """A ``UMT5EncoderModel`` from Wan's T5 encoder file (``models_t5_umt5-xxl-enc-bf16.pth``).
+
+    Built on the meta device and filled by assignment, so the 5.7 B-parameter encoder is held once
+    (the file is memory-mapped; bf16 tensors are copied only if ``dtype`` differs).
+    """
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from .checkpoint_io import read_torch_file
+
+    path = Path(path)
+    state = read_torch_file(path)
+    config = UMT5Config(**wan_t5_config(state))
+    converted = {k: v.to(dtype) for k, v in wan_t5_to_umt5(state).items()}
+    with torch.device("meta"):
+        model = UMT5EncoderModel(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(converted))
+    if missing:
+        raise UserError(f"umt5: {path}: {len(missing)} encoder weights missing, first {missing[0]!r}")
+    for key, value in converted.items():
+        if key not in expected:
+            raise UserError(f"umt5: {path}: {key} has no place in UMT5EncoderModel")
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise UserError(f"umt5: {path}: {key} has shape {tuple(value.shape)}, the model "
+                            f"{tuple(expected[key].shape)}")
+    model.load_state_dict(converted, strict=True, assign=True)
+    model.tie_weights()  # shared and embed_tokens: one tensor
+    return model
+
+
+def find_umt5(path: str | os.PathLike) -> tuple[str, Path, Path]:
+    """(layout, encoder location, tokenizer folder) of a local umT5: ``"diffusers"`` (a pipeline with
+    ``text_encoder/`` + ``tokenizer/``), ``"transformers"`` (one folder with config.json and
+    tokenizer), or ``"release"`` (Wan's T5 .pth; ``path`` may be the release folder, the .pth, or
+    its ``google/umt5-xxl`` tokenizer folder, two levels below the .pth)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"umt5: {path} not found")
+    if path.is_file():
+        tokenizer = path.parent / WAN_TOKENIZER_DIR
+        if not tokenizer.is_dir():
+            raise UserError(f"umt5: {path}: no tokenizer folder {tokenizer}")
+        return "release", path, tokenizer
+    if (path / WAN_T5_FILE).is_file():  # the release folder (its config.json is the DiT's)
+        if not (path / WAN_TOKENIZER_DIR).is_dir():
+            raise UserError(f"umt5: {path}: no tokenizer folder {path / WAN_TOKENIZER_DIR}")
+        return "release", path / WAN_T5_FILE, path / WAN_TOKENIZER_DIR
+    if (path / "text_encoder" / "config.json").exists():
+        return "diffusers", path / "text_encoder", path / "tokenizer" if (path / "tokenizer").is_dir() else path
+    if (path / "config.json").exists():
+        return "transformers", path, path
+    release = path.parent.parent / WAN_T5_FILE
+    if release.is_file():
+        return "release", release, path
+    raise UserError(f"umt5: {path} has no config.json, no text_encoder/ and no {WAN_T5_FILE} "
+                    f"(here or at {release})")
+
+
+def clean_prompt(text: str) -> str:
+    """Wan's ``clean='whitespace'``: fix text (ftfy, when installed), unescape HTML twice, collapse
+    whitespace, strip."""
+    try:
+        import ftfy
+
+        text = ftfy.fix_text(text)
+    except ImportError:  # only mojibake repair is lost; plain text is unchanged by fix_text
+        pass
+    return re.sub(r"\s+", " ", html.unescape(html.unescape(text)).strip()).strip()
+
+
+class UMT5TextEncoder(nn.Module):
+    """``UMT5EncoderModel`` + tokenizer; ``max_len`` tokens, embeddings of padding zeroed.
+
+    ``mask_padding=False`` (default, official Wan2.1): the returned mask is all True, so the DiT
+    attends to the zero padding rows as Wan does; ``True``: the mask is the real tokens'.
+    """
+
+    def __init__(self, model, tokenizer, max_len: int = 512, mask_padding: bool = False):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.max_len = max_len
+        self.mask_padding = mask_padding
         self.dim = model.config.d_model
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device="cpu", dtype=torch.float32,
-                        max_len: int = 512) -> "UMT5TextEncoder":
-        """``path``: a folder with the model (config.json + weights) and its tokenizer, or a diffusers
-        pipeline folder with ``text_encoder/`` and ``tokenizer/``."""
+                        max_len: int = 512, mask_padding: bool = False) -> "UMT5TextEncoder":
+        """``path``: see :func:`find_umt5` (diffusers pipeline, transformers folder, Wan release)."""
         from transformers import AutoTokenizer, UMT5EncoderModel
 
-        path = Path(path)
-        if not path.is_dir():
-            raise UserError(f"umt5: {path} is not a folder with a local UMT5 model")
-        model_dir = path / "text_encoder" if (path / "text_encoder" / "config.json").exists() else path
-        tokenizer_dir = path / "tokenizer" if (path / "tokenizer").is_dir() else path
-        if not (model_dir / "config.json").exists():
-            raise UserError(f"umt5: {model_dir} has no config.json")
+        layout, model_path, tokenizer_dir = find_umt5(path)
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-        model = UMT5EncoderModel.from_pretrained(str(model_dir), dtype=dtype).to(device)
-        return cls(model, tokenizer, max_len)
+        if layout == "release":
+            model = load_wan_t5(model_path, dtype=dtype)
+        else:
+            model = UMT5EncoderModel.from_pretrained(str(model_path), dtype=dtype)
+        return cls(model.to(device), tokenizer, max_len, mask_padding)
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.tokenizer(list(texts), padding="max_length", max_length=self.max_len, truncation=True,
-                               add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        """texts -> emb (B, max_len, d_model), zero beyond each text's tokens; mask (B, max_len) bool."""
+        batch = self.tokenizer([clean_prompt(t) for t in texts], padding="max_length", max_length=self.max_len,
+                               truncation=True, add_special_tokens=True, return_attention_mask=True,
+                               return_tensors="pt")
         device = next(self.model.parameters()).device
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device).bool()
         emb = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
-        return emb * mask[..., None].to(emb.dtype), mask
+        emb = emb * mask[..., None].to(emb.dtype)  # Wan: u[:v], then zeros up to text_len
+        return emb, mask if self.mask_padding else torch.ones_like(mask)
 
 
 # =============================================================================================
