@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from actionparty.errors import UserError
+from actionparty.errors import UserError, positive_int
 
 
 def _cmd_episodes(args) -> None:
@@ -103,8 +103,15 @@ def _cmd_schema(args) -> None:
         sys.stdout.write(dump_json_schema())
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (``--help`` still shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="actionparty", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="actionparty", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name, func, help):
@@ -117,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--game", required=True)
     p.add_argument("--split", required=True, choices=["train", "val", "test"])
     p.add_argument("--out", required=True, type=Path, help="episode folder to create")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=positive_int, default=1)
     p.add_argument("--quiet", action="store_true")
 
     p = add("lmdb", _cmd_lmdb, "pack one split's episode folders into an LMDB")
@@ -134,13 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("contact-sheet", _cmd_contact_sheet, "draw every catalogue game's first frame in one figure")
     p.add_argument("--catalogue", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=positive_int, default=1)
 
     p = add("bench-episodes", _cmd_bench_episodes, "episode generation frames/s next to the raw env.step rate")
     p.add_argument("--profile", required=True)
     p.add_argument("--games", nargs="*", help="default: the profile's games")
-    p.add_argument("--episodes", type=int, default=8, help="episodes per game for the generation timing")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--episodes", type=positive_int, default=8, help="episodes per game for the generation timing")
+    p.add_argument("--workers", type=positive_int, default=2)
 
     p = add("validate", _cmd_validate, "validate a profile and its games")
     p.add_argument("--profile", required=True)

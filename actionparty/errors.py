@@ -15,3 +15,17 @@ class ProfileError(UserError):
 
 class DatasetError(UserError):
     """Episodes or LMDB files that are missing, mismatched or corrupt."""
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for counts (steps, threads, workers, windows): an integer >= 1, else
+    argparse's one-line usage error and exit 2."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from actionparty.errors import positive_int
+
 
 def _threads(args) -> None:
     import torch
@@ -43,10 +45,11 @@ def _cmd_evaluate(args) -> None:
     from actionparty.eval import metrics_file
     from actionparty.eval.evaluate import evaluate_variant
 
-    cfg = load_profile(args.profile).eval
+    profile = load_profile(args.profile)
     _threads(args)
     result = evaluate_variant(args.variant, args.rollouts, args.swap_rollouts or [], args.test_lmdb, args.detectors,
-                              cfg, progress=not args.quiet)
+                              profile.eval, progress=not args.quiet,
+                              windows=(profile.rollout.clips_per_game, profile.rollout.seed))
     metrics_file.write(args.out, result)
     summary = ", ".join(f"{h}: MA {e['overall']['MA']} SP {e['overall']['SP']} BA {e['overall']['BA']}"
                         for h, e in result["horizons"].items())
@@ -100,7 +103,7 @@ def add_commands(sub) -> None:
     def common(p, threads=True):
         p.add_argument("--profile", required=True, help="params/<profile>.yaml (its eval: section)")
         if threads:
-            p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+            p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
         p.add_argument("--quiet", action="store_true")
 
     p = add("train-detectors", _cmd_train_detectors,
@@ -110,7 +113,7 @@ def add_commands(sub) -> None:
     p.add_argument("--val-lmdb", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="detector bundle (.pt)")
     p.add_argument("--accuracy", required=True, type=Path, help="held-out accuracy per game (.json)")
-    p.add_argument("--stop-after", type=int, help="stop after this many steps (resume by rerunning)")
+    p.add_argument("--stop-after", type=positive_int, help="stop after this many steps (resume by rerunning)")
 
     p = add("evaluate", _cmd_evaluate, "metrics of one model variant from its rollout files")
     common(p)

@@ -34,7 +34,7 @@ def learning_curve(profile: Profile, variant: str, checkpoint: str | Path, test_
     from actionparty.model.checkpoint import list_snapshots, load_checkpoint
 
     checkpoint = Path(checkpoint)
-    final_step = int(load_checkpoint(checkpoint)["step"])
+    final_step = int(load_checkpoint(checkpoint, stage=variant)["step"])
     points = [(s, p) for s, p in list_snapshots(checkpoint.parent) if s < final_step] + [(final_step, checkpoint)]
     ctx = EvalContext(test_lmdb, detectors, profile.eval)
     horizon = min(profile.rollout.horizons)  # the binding test's horizon (workflow: SWAP_HORIZON)
@@ -47,7 +47,7 @@ def learning_curve(profile: Profile, variant: str, checkpoint: str | Path, test_
     curve: dict = {"variant": variant, "horizon": horizon, "windows": int(every.sum()),
                    "steps": [], "MA": [], "BA": [], "SP": []}
     for step, path in tqdm(points, desc=f"curve {variant}", unit="checkpoint", disable=not progress):
-        loaded = load_for_rollout(profile, path)
+        loaded = load_for_rollout(profile, path, stage=variant, games=ds.games)
         if loaded.state.get("variant") != variant:
             raise UserError(f"{path}: snapshot of '{loaded.state.get('variant')}', not of '{variant}'")
         plain = rollout_windows(loaded, ds, windows, profile, seed=profile.rollout.seed, progress=False)

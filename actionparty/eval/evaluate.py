@@ -268,8 +268,10 @@ def horizon_report(main: Outcomes | None, binding: Outcomes | None, games: list[
 class EvalContext:
     """The test LMDB (a ClipDataset per horizon), the detectors and their game mapping."""
 
-    def __init__(self, test_lmdb: str | Path, detectors_path: str | Path, cfg: EvalConfig):
+    def __init__(self, test_lmdb: str | Path, detectors_path: str | Path, cfg: EvalConfig,
+                 windows: tuple[int, int] | None = None):
         self.test_lmdb, self.cfg = Path(test_lmdb), cfg
+        self.windows = windows  # (windows per game, seed): rollouts must cover exactly those
         self.detectors_path = str(detectors_path)
         self.detectors = load_detectors(detectors_path)
         self.i3d = M.I3DFeatures(cfg.i3d_checkpoint) if cfg.i3d_checkpoint else None
@@ -278,6 +280,9 @@ class EvalContext:
     def dataset(self, horizon: int) -> ClipDataset:
         if horizon not in self._datasets:
             ds = ClipDataset(self.test_lmdb, clip_steps=horizon)
+            if ds.meta.get("split") != "test":
+                raise DetectorError(f"{self.test_lmdb}: an LMDB of split '{ds.meta.get('split')}'; metrics read "
+                                    "the test split only")
             if ds.canvas_px != self.detectors.canvas_px:
                 raise DetectorError(f"{self.test_lmdb}: frames are {ds.canvas_px} px, the detectors were trained "
                                     f"on {self.detectors.canvas_px} px")
@@ -305,16 +310,22 @@ def _load_checked(ctx: EvalContext, path: str | Path, variant: str, swap: bool) 
     ds = ctx.dataset(rollout.horizon)
     if rollout.frames.shape[2] != ds.canvas_px:
         raise RolloutError(f"{path}: frames are {rollout.frames.shape[2]} px, the test LMDB's {ds.canvas_px} px")
+    if ctx.windows is not None:
+        expected = select_windows(ds, *ctx.windows)
+        if not (np.array_equal(rollout.episode, expected["episode"]) and np.array_equal(rollout.start, expected["start"])):
+            raise RolloutError(f"{path}: fields 'episode'/'start' are not the profile's {ctx.windows[0]} test windows "
+                               "per game (a subset, duplicates or other windows)")
     gt = ground_truth(ds, rollout.episode, rollout.start, str(path))
     _check_against_truth(rollout, gt, str(path))
     return rollout, gt, ds
 
 
 def evaluate_variant(variant: str, rollouts: list[str | Path], swap_rollouts: list[str | Path],
-                     test_lmdb: str | Path, detectors_path: str | Path, cfg: EvalConfig, progress: bool = True) -> dict:
+                     test_lmdb: str | Path, detectors_path: str | Path, cfg: EvalConfig, progress: bool = True,
+                     windows: tuple[int, int] | None = None) -> dict:
     """Metrics of a model variant from its rollout files (one per horizon) and optional swapped
     (BA) rollout files; returns the JSON dict (see the module docstring)."""
-    ctx = EvalContext(test_lmdb, detectors_path, cfg)
+    ctx = EvalContext(test_lmdb, detectors_path, cfg, windows)
     files = [(read_rollout_meta(p)["horizon"], is_swap, p)
              for is_swap, paths in ((False, rollouts), (True, swap_rollouts)) for p in paths]
     result = ctx.header(variant, "model")

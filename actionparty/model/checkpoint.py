@@ -1,11 +1,15 @@
 """Training checkpoints: weights, EMA, optimizer, step and config in one file, written atomically.
 
 A checkpoint is enough to resume exactly (batches and noise are functions of (seed, step), see
-train.distributed) and to rebuild the model for rollout.
+train.distributed) and to rebuild the model for rollout. It says what it is (``stage``: exp-138
+or the variant it finetunes, ``games``, the profile it was trained with) and carries a sha256
+``digest`` of everything in it; :func:`load_checkpoint` reads it weights-only (no pickled code
+runs), checks the digest and, where the caller says what it expects, the stage and the games.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -13,13 +17,40 @@ import torch
 from actionparty.atomic import atomic_path
 from actionparty.errors import UserError
 
-# 2: the conditioning modules' parameters are under ``conditioning.`` (model.conditioning).
+# 2: the conditioning modules' parameters are under ``conditioning.`` (model.conditioning); a digest.
 FORMAT = "actionparty-checkpoint-2"
+PRETRAIN_STAGE = "exp-138"  # the stage of a video-only pretraining checkpoint
+
+
+def _digest(value, h=None) -> str:
+    """sha256 of a checkpoint's content: every tensor's dtype, shape and bytes and every other
+    value, with dict keys in sorted order."""
+    h = h or hashlib.sha256()
+    if torch.is_tensor(value):
+        t = value.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        h.update(b"{")
+        for key in sorted(value, key=str):
+            h.update(repr(key).encode())
+            _digest(value[key], h)
+        h.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        h.update(b"[")
+        for item in value:
+            _digest(item, h)
+        h.update(b"]")
+    else:
+        h.update(repr(value).encode())
+    return h.hexdigest()
 
 
 def save_checkpoint(path: str | Path, **state) -> None:
+    state = {"format": FORMAT, **state}
+    state["digest"] = _digest(state)
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **state}, tmp)
+        torch.save(state, tmp)
 
 
 def snapshot_path(run: str | Path, step: int) -> Path:
@@ -36,18 +67,30 @@ def list_snapshots(run: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+def load_checkpoint(path: str | Path, map_location="cpu", *, stage: str | None = None,
+                    games: list[str] | None = None) -> dict:
+    """A checkpoint, read weights-only and checked whole (format, digest); with ``stage`` (e.g.
+    :data:`PRETRAIN_STAGE`, or a variant name) and ``games``, refused unless it is of that
+    stage and was trained on those games. One-line UserError naming the file otherwise."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad (or unsafe) file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {first[:200]})") from None
     if not isinstance(state, dict) or not str(state.get("format", "")).startswith("actionparty-checkpoint-"):
         raise UserError(f"{path}: not an ActionParty checkpoint (expected format {FORMAT})")
     if state["format"] != FORMAT:
         raise UserError(f"{path}: checkpoint format {state['format']}, this version reads {FORMAT} (retrain it)")
+    digest = state.pop("digest", None)
+    if digest != _digest(state):
+        raise UserError(f"{path}: checksum mismatch (the file is damaged or was edited)")
+    if stage is not None and state.get("stage") != stage:
+        raise UserError(f"{path}: a checkpoint of stage '{state.get('stage')}', expected '{stage}'")
+    if games is not None and list(state.get("games", [])) != list(games):
+        raise UserError(f"{path}: trained on games {state.get('games')}, expected {list(games)}")
     return state
 
 

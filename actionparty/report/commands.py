@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from actionparty.errors import positive_int
+
 
 def _cmd_report(args) -> None:
     import torch
@@ -70,7 +72,7 @@ def add_commands(sub) -> None:
     p.add_argument("--profile", required=True)
     p.add_argument("--checkpoint", required=True, type=Path)
     p.add_argument("--lmdb", required=True, type=Path)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=positive_int, default=20)
     p.add_argument("--out", required=True, type=Path)
 
     help = "tables (md/csv/tex), figures (png/pdf), GIFs and index.md rebuilt from results/ alone"
@@ -81,9 +83,9 @@ def add_commands(sub) -> None:
     p.add_argument("--test-lmdb", type=Path, help="test LMDB: adds the ground-truth rows to rollout figures/GIFs")
     p.add_argument("--rollout-models", nargs="+", default=["full", "global_action"],
                    help="models drawn in rollout figures and GIFs")
-    p.add_argument("--windows", type=int, default=3, help="test windows per rollout figure")
-    p.add_argument("--rollout-horizon", type=int, default=4, help="horizon of the rollout figures (steps = columns)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (detectors on the shown windows)")
+    p.add_argument("--windows", type=positive_int, default=3, help="test windows per rollout figure")
+    p.add_argument("--rollout-horizon", type=positive_int, default=4, help="horizon of the rollout figures (steps = columns)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (detectors on the shown windows)")
     p.add_argument("--quiet", action="store_true")
     _variants_option(p)
 

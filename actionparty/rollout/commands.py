@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from actionparty.errors import positive_int
+
 
 def device() -> str:
     """Where rollouts run: the GPU when there is one."""
@@ -20,23 +22,29 @@ def _cmd_rollout(args) -> None:
     import numpy as np
 
     from actionparty.config import load_profile
-    from actionparty.variants import models_from, split_run, untrained_models
+    from actionparty.variants import models_from, split_run
     from actionparty.data.lmdb_dataset import ClipDataset
     from actionparty.errors import UserError
+    from actionparty.model.checkpoint import PRETRAIN_STAGE
     from actionparty.rollout.rollout_io import Rollout, binding_swaps, select_windows, write_rollout
     from actionparty.rollout.generate import load_for_rollout, rollout_windows
 
     profile = load_profile(args.profile)
+    if args.horizon < 1:
+        raise UserError(f"--horizon {args.horizon}: a rollout is at least 1 step")
+    if args.out.is_dir():
+        raise UserError(f"{args.out}: is a folder; --out names the rollout file (results/rollouts/<model>/h<H>.npz)")
+    dataset = ClipDataset(args.lmdb, clip_steps=args.horizon, expect_canvas_px=profile.canvas_px)
+    if dataset.meta.get("split") != "test":
+        raise UserError(f"{args.lmdb}: an LMDB of split '{dataset.meta.get('split')}'; rollouts start from test windows")
     if args.model in models_from("copy"):
         loaded = None
     elif args.checkpoint is None:
         raise UserError(f"model '{args.model}' needs --checkpoint")
     else:
-        loaded = load_for_rollout(profile, args.checkpoint, device=device())
-        if args.model not in untrained_models() and loaded.state.get("variant") != args.model:
-            raise UserError(f"{args.checkpoint}: checkpoint of '{loaded.state.get('variant') or loaded.state['stage']}', "
-                            f"not of model '{args.model}'")
-    dataset = ClipDataset(args.lmdb, clip_steps=args.horizon, expect_canvas_px=profile.canvas_px)
+        # A pretrain-source model is the exp-138 checkpoint itself; a finetuned one its own run's.
+        stage = PRETRAIN_STAGE if args.model in models_from("pretrain") else args.model
+        loaded = load_for_rollout(profile, args.checkpoint, device=device(), stage=stage, games=dataset.games)
     windows = select_windows(dataset, profile.rollout.clips_per_game, profile.rollout.seed)
     actions = swap = None
     if args.swap:
@@ -64,7 +72,7 @@ def add_commands(sub) -> None:
     p.add_argument("--model", required=True, help="a variant (or seed run <variant>-s<k>), pretrained_ar or static")
     p.add_argument("--checkpoint", type=Path, help="the model's checkpoint (none for static)")
     p.add_argument("--lmdb", required=True, type=Path, help="test-split LMDB")
-    p.add_argument("--horizon", required=True, type=int)
+    p.add_argument("--horizon", required=True, type=positive_int)
     p.add_argument("--swap", action="store_true", help="exchange two players' action sequences (binding test)")
     p.add_argument("--out", required=True, type=Path, help="results/rollouts/<model>/h<H>.npz")
     p.add_argument("--quiet", action="store_true")

@@ -33,9 +33,11 @@ class LoadedModel:
         return int(self.state["train_clip_steps"])
 
 
-def load_for_rollout(profile: Profile, checkpoint: str | Path, device="cpu") -> LoadedModel:
-    """Build the model a checkpoint was trained as (video-only or its variant) with its EMA weights."""
-    state = load_checkpoint(checkpoint)
+def load_for_rollout(profile: Profile, checkpoint: str | Path, device="cpu", *, stage: str | None = None,
+                     games: list[str] | None = None) -> LoadedModel:
+    """Build the model a checkpoint was trained as (video-only or its variant) with its EMA weights;
+    ``stage`` and ``games``: refuse a checkpoint of another stage or other games."""
+    state = load_checkpoint(checkpoint, stage=stage, games=games)
     check_compatible(checkpoint, state, profile.model.model_dump())
     variant = VariantConfig.model_validate(state["variant_config"]) if state.get("variant_config") else None
     model, codec, text = build_world_model(profile, device, variant)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from actionparty.errors import positive_int
+
 
 def _cmd_pretrain(args) -> None:
     from actionparty.config import load_profile
+    from actionparty.model.checkpoint import PRETRAIN_STAGE
     from actionparty.model.factory import build_world_model
     from actionparty.train.trainer import TrainJob, train
 
     profile = load_profile(args.profile)
-    job = TrainJob(profile, profile.pretrain, args.train_lmdb, args.out, "exp-138", build_world_model,
+    job = TrainJob(profile, profile.pretrain, args.train_lmdb, args.out, PRETRAIN_STAGE, build_world_model,
                    stop_after=args.stop_after, progress=not args.quiet)
     final = train(job)
     if final.is_file():
@@ -66,7 +69,7 @@ def add_commands(sub) -> None:
     p.add_argument("--profile", required=True)
     p.add_argument("--train-lmdb", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="run folder (checkpoint.pt, train_log.jsonl, work/)")
-    p.add_argument("--stop-after", type=int, help="stop after this many steps of this invocation (resume later)")
+    p.add_argument("--stop-after", type=positive_int, help="stop after this many steps of this invocation (resume later)")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("finetune", help="action finetuning of one variant from the exp-138 checkpoint")
@@ -77,14 +80,14 @@ def add_commands(sub) -> None:
     p.add_argument("--init", required=True, type=Path, help="exp-138 checkpoint")
     p.add_argument("--train-lmdb", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--stop-after", type=int)
+    p.add_argument("--stop-after", type=positive_int)
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("bench-model", help="training tokens/s and FLOP/s vs matmul; rollout with/without KV cache")
     p.set_defaults(func=_cmd_bench_model)
     p.add_argument("--profile", required=True)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--threads", type=int)
+    p.add_argument("--steps", type=positive_int, default=5)
+    p.add_argument("--threads", type=positive_int)
     p.add_argument("--json", type=Path, help="also write the figures as JSON")
 
     p = sub.add_parser("estimate", help="GPU memory and time estimates of the training stages (meta device)")

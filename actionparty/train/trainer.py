@@ -31,6 +31,7 @@ from actionparty.data.lmdb_dataset import ClipDataset, split_first_step
 from actionparty.games.actions import PLAYER_SLOTS
 from actionparty.model.checkpoint import (
     check_compatible,
+    PRETRAIN_STAGE,
     list_snapshots,
     load_checkpoint,
     load_model_weights,
@@ -175,7 +176,8 @@ def _initialise(job: TrainJob, model, run: _Run, info: DistInfo) -> None:
         if info.is_main:
             print(report.summary())
     if job.init_from is not None:
-        init_state = load_checkpoint(job.init_from)
+        # A finetune starts from exp-138 of the same games, never from another finetune.
+        init_state = load_checkpoint(job.init_from, stage=PRETRAIN_STAGE, games=run.meta["games"])
         check_compatible(job.init_from, init_state, profile.model.model_dump())
         report = load_model_weights(model, init_state, strict=False)
         if info.is_main and (report.missing_keys or report.unexpected_keys):
