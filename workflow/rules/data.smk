@@ -18,8 +18,8 @@ rule episodes:
     benchmark:
         "benchmarks/runs/episodes/{split}/{game}.tsv"
     shell:
-        "actionparty episodes --profile {params.profile} --game {wildcards.game} --split {wildcards.split}"
-        " --out {output} --workers {threads} > {log} 2>&1"
+        "actionparty episodes --profile {params.profile:q} --game {wildcards.game:q} --split {wildcards.split:q}"
+        " --out {output:q} --workers {threads} > {log:q} 2>&1"
 
 
 rule lmdb:
@@ -38,7 +38,7 @@ rule lmdb:
     benchmark:
         "benchmarks/runs/lmdb/{split}.tsv"
     shell:
-        "actionparty lmdb --profile {params.profile} --split {wildcards.split} --out {output} {input} > {log} 2>&1"
+        "actionparty lmdb --profile {params.profile:q} --split {wildcards.split:q} --out {output:q} {input:q} > {log:q} 2>&1"
 
 
 rule games_contact_sheet:
@@ -55,7 +55,7 @@ rule games_contact_sheet:
     benchmark:
         "benchmarks/runs/games_contact_sheet.tsv"
     shell:
-        "actionparty contact-sheet --catalogue {input} --out {output} --workers {threads} > {log} 2>&1"
+        "actionparty contact-sheet --catalogue {input:q} --out {output:q} --workers {threads} > {log:q} 2>&1"
 
 
 rule data:

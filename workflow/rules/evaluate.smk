@@ -23,8 +23,8 @@ rule detectors:
     benchmark:
         "benchmarks/runs/detectors.tsv"
     shell:
-        "actionparty train-detectors --profile {params.profile} --train-lmdb {input.train} --val-lmdb {input.val}"
-        " --out {output.bundle} --accuracy {output.accuracy} --threads {threads} > {log} 2>&1"
+        "actionparty train-detectors --profile {params.profile:q} --train-lmdb {input.train:q} --val-lmdb {input.val:q}"
+        " --out {output.bundle:q} --accuracy {output.accuracy:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule metrics:
@@ -47,9 +47,9 @@ rule metrics:
     benchmark:
         "benchmarks/runs/metrics/{model}.tsv"
     shell:
-        "actionparty evaluate --profile {params.profile} --variant {wildcards.model} --test-lmdb {input.test}"
-        " --detectors {input.detectors} --rollouts {input.rollouts} --swap-rollouts {input.swaps}"
-        " --out {output} --threads {threads} > {log} 2>&1"
+        "actionparty evaluate --profile {params.profile:q} --variant {wildcards.model:q} --test-lmdb {input.test:q}"
+        " --detectors {input.detectors:q} --rollouts {input.rollouts:q} --swap-rollouts {input.swaps:q}"
+        " --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule oracle_metrics:
@@ -70,8 +70,8 @@ rule oracle_metrics:
     benchmark:
         "benchmarks/runs/metrics/oracle.tsv"
     shell:
-        "actionparty evaluate-oracle --profile {params.profile} --test-lmdb {input.test}"
-        " --detectors {input.detectors} --out {output} --threads {threads} > {log} 2>&1"
+        "actionparty evaluate-oracle --profile {params.profile:q} --test-lmdb {input.test:q}"
+        " --detectors {input.detectors:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule curve:
@@ -96,8 +96,8 @@ rule curve:
     benchmark:
         "benchmarks/runs/curve/{variant}.tsv"
     shell:
-        "actionparty curve --profile {params.profile} --variant {wildcards.variant} --checkpoint {input.checkpoint}"
-        " --test-lmdb {input.test} --detectors {input.detectors} --out {output} --threads {threads} > {log} 2>&1"
+        "actionparty curve --profile {params.profile:q} --variant {wildcards.variant:q} --checkpoint {input.checkpoint:q}"
+        " --test-lmdb {input.test:q} --detectors {input.detectors:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 # Learning curves of finetune.curve_variants (none when the profile keeps no snapshots).
@@ -117,7 +117,7 @@ rule combined_metrics:
     benchmark:
         "benchmarks/runs/metrics/combined.tsv"
     shell:
-        "actionparty combine-metrics --out-json {output.json} --out-csv {output.csv} {input} > {log} 2>&1"
+        "actionparty combine-metrics --out-json {output.json:q} --out-csv {output.csv:q} {input:q} > {log:q} 2>&1"
 
 
 rule evaluate:

@@ -1,6 +1,8 @@
 # Action finetuning from exp-138 (exp-139 = `full`, its ablations and baselines: one wildcard
 # value each) and the rollouts of every model from test-split context frames.
 
+import shlex
+
 VARIANTS = list(config["variants"])
 SEED_RUNS = list(config["seed_runs"])  # <variant>-s<k>: the same variant with seed + k
 RUNS = VARIANTS + SEED_RUNS
@@ -45,8 +47,8 @@ rule finetune_variant:
     benchmark:
         "benchmarks/runs/finetune/{variant}.tsv"
     shell:
-        "{params.launcher} finetune --profile {params.profile} --variant {wildcards.variant} --init {input.init}"
-        " --train-lmdb {input.train} --out {params.out} > {log} 2>&1"
+        "{params.launcher} finetune --profile {params.profile:q} --variant {wildcards.variant:q} --init {input.init:q}"
+        " --train-lmdb {input.train:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 def model_checkpoint(wildcards):
@@ -69,7 +71,7 @@ rule rollout:
     params:
         profile=PROFILE_FILE,
         rollout=config["rollout"],
-        checkpoint=lambda wc, input: f"--checkpoint {input.checkpoint}" if input.checkpoint else "",
+        checkpoint=lambda wc, input: f"--checkpoint {shlex.quote(str(input.checkpoint[0]))}" if input.checkpoint else "",
         swap=lambda wc: "--swap" if wc.swap else "",
     threads: config["resources"]["train_threads"]
     resources:
@@ -81,8 +83,8 @@ rule rollout:
     benchmark:
         "benchmarks/runs/rollout/{model}/h{horizon}{swap}.tsv"
     shell:
-        "actionparty rollout --profile {params.profile} --model {wildcards.model} {params.checkpoint}"
-        " --lmdb {input.test} --horizon {wildcards.horizon} {params.swap} --out {output.rollout} > {log} 2>&1"
+        "actionparty rollout --profile {params.profile:q} --model {wildcards.model:q} {params.checkpoint}"
+        " --lmdb {input.test:q} --horizon {wildcards.horizon:q} {params.swap} --out {output.rollout:q} > {log:q} 2>&1"
 
 
 rule finetune:

@@ -49,8 +49,8 @@ rule report_build:
     benchmark:
         "benchmarks/runs/report.tsv"
     shell:
-        "actionparty report --results {params.results} --out {params.out} --test-lmdb {input.test}"
-        " --rollout-models {params.rollout_models} --threads {threads} > {log} 2>&1"
+        "actionparty report --results {params.results:q} --out {params.out:q} --test-lmdb {input.test:q}"
+        " --rollout-models {params.rollout_models:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule report:

@@ -31,8 +31,8 @@ rule exp138_train:
     benchmark:
         "benchmarks/runs/pretrain.tsv"
     shell:
-        "{params.launcher} pretrain --profile {params.profile} --train-lmdb {input.train} --out {params.out}"
-        " > {log} 2>&1"
+        "{params.launcher} pretrain --profile {params.profile:q} --train-lmdb {input.train:q} --out {params.out:q}"
+        " > {log:q} 2>&1"
 
 
 rule exp138_samples:
@@ -60,8 +60,8 @@ rule exp138_samples:
     benchmark:
         "benchmarks/runs/pretrain_samples.tsv"
     shell:
-        "actionparty sample --profile {params.profile} --checkpoint {input.checkpoint} --lmdb {input.test}"
-        " --steps {params.steps} --out {output} > {log} 2>&1"
+        "actionparty sample --profile {params.profile:q} --checkpoint {input.checkpoint:q} --lmdb {input.test:q}"
+        " --steps {params.steps} --out {output:q} > {log:q} 2>&1"
 
 
 rule pretrain:
