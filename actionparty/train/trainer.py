@@ -28,6 +28,7 @@ from tqdm import tqdm
 from actionparty.atomic import write_text
 from actionparty.config import FinetuneConfig, Profile, TrainConfig
 from actionparty.data.lmdb_dataset import ClipDataset, split_first_step
+from actionparty.errors import UserError
 from actionparty.games.actions import PLAYER_SLOTS
 from actionparty.model.checkpoint import (
     check_compatible,
@@ -38,10 +39,10 @@ from actionparty.model.checkpoint import (
     save_checkpoint,
     snapshot_path,
 )
+from actionparty.model.conditioning import STATE_DIM
 from actionparty.train.distributed import DistInfo, init_distributed, rank_slice, shutdown_distributed, step_generator
 from actionparty.train.ema import EMA
 from actionparty.train.loop import Schedule
-from actionparty.model.conditioning import STATE_DIM
 from actionparty.train.objective import (
     ClipNoise,
     draw_context_noise,
@@ -199,16 +200,23 @@ def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
 def _resume(run: _Run, model, ema: EMA, optimizer, info: DistInfo) -> int:
     """The step to start from: that of ``work/last.pt`` when it was written with the same
     settings (its weights, EMA and optimizer restored), else 0; log lines past it are dropped."""
-    if run.last.is_file() and load_checkpoint(run.last).get("run_signature") != run.signature:
-        # A periodic checkpoint of a run with other settings cannot be resumed exactly: start over.
-        if info.is_main:
-            print(f"{run.last}: written with other training settings; starting from step 0")
-            run.last.unlink()
+    state = None
+    if run.last.is_file():
+        try:
+            state = load_checkpoint(run.last)
+            why = None if state.get("run_signature") == run.signature else "written with other training settings"
+        except UserError as err:  # e.g. cut short by a full disk: nothing to resume from
+            why = str(err).split(": ", 1)[-1]
+        if why is not None:
+            # A periodic checkpoint that cannot be resumed exactly: start over.
+            state = None
+            if info.is_main:
+                print(f"{run.last}: {why}; starting from step 0")
+                run.last.unlink()
         if info.world_size > 1:
             torch.distributed.barrier()
     start = 0
-    if run.last.is_file():
-        state = load_checkpoint(run.last)
+    if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -218,10 +226,18 @@ def _resume(run: _Run, model, ema: EMA, optimizer, info: DistInfo) -> int:
     if info.is_main and start == 0:  # a fresh run: snapshots of an earlier run are not its curve
         for _, stale in list_snapshots(run.out):
             stale.unlink()
-    if info.is_main and run.log.exists():  # drop log lines past the resumed step
-        lines = [l for l in run.log.read_text().splitlines() if l and json.loads(l)["step"] <= start]
-        write_text(run.log, "".join(l + "\n" for l in lines))
+    if info.is_main and run.log.exists():  # drop log lines past the resumed step (and a line cut short)
+        lines = [line for line in run.log.read_text().splitlines() if _logged_step(line) <= start]
+        write_text(run.log, "".join(line + "\n" for line in lines))
     return start
+
+
+def _logged_step(line: str) -> float:
+    """The step of a log line; a line a kill cut short (not JSON) counts as past every step."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
 
 
 def _train(job: TrainJob, info: DistInfo) -> Path:
