@@ -305,8 +305,11 @@ def test_i3d_fvd_from_a_local_torchscript_checkpoint(tmp_path):
     assert feats.shape == (5, 4)
     assert M.frechet_distance(feats, feats) == pytest.approx(0.0, abs=1e-8)
     (tmp_path / "plain.pt").write_bytes(b"no")
-    with pytest.raises(UserError, match="plain.pt: not a TorchScript I3D module"):
+    with pytest.raises(UserError, match="plain.pt: not a TorchScript archive"):
         M.I3DFeatures(str(tmp_path / "plain.pt"))
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "pickle.pt")  # a zip, but a pickle, not TorchScript
+    with pytest.raises(UserError, match="pickle.pt: not a TorchScript archive"):
+        M.I3DFeatures(str(tmp_path / "pickle.pt"))
     with pytest.raises(UserError, match="I3D checkpoint not found"):
         M.I3DFeatures(str(tmp_path / "none.pt"))
 

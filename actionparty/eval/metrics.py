@@ -364,6 +364,13 @@ class I3DFeatures:
 
         if not Path(path).is_file():
             raise UserError(f"{path}: I3D checkpoint not found (eval.i3d_checkpoint)")
+        # Only a TorchScript archive (code + constants, read by TorchScript's own loader, which
+        # builds no Python objects): never a plain pickle, whose loading could run any code.
+        import zipfile
+
+        names = zipfile.ZipFile(path).namelist() if zipfile.is_zipfile(path) else []
+        if not any(n.endswith("/constants.pkl") for n in names) or not any("/code/" in n for n in names):
+            raise UserError(f"{path}: not a TorchScript archive (eval.i3d_checkpoint); plain pickles are refused")
         try:
             self.module = torch.jit.load(path, map_location="cpu").eval()
         except Exception as err:  # torch raises assorted errors for non-TorchScript files
