@@ -184,6 +184,7 @@ def test_bad_input_gets_a_message_and_the_session_goes_on(world):
         ({"type": "start", "game": "coins", "model": "/etc/passwd"}, "unknown model"),
         ({"type": "start", "game": "coins", "model": "full", "seed": -1}, "seed must be"),
         ({"type": "start", "game": "coins", "model": "full", "episode": 0, "step": 10**6}, "step must be"),
+        ({"type": "start", "game": "coins", "model": "full", "episode": 2}, "test episode must be"),  # smoke: 2
         ({"type": "dance"}, "unknown message type"),
     ]
     for message, expected in bad:

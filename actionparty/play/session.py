@@ -154,7 +154,7 @@ class PlaySession:
         spec = self._spec(game)
         self.bank.get(model)
         if episode is not None:
-            episode = self._int(episode, "episode", 0, 10**6)
+            episode = self._int(episode, "test episode", 0, self.profile.episodes.per_split.test - 1)
             step = self._int(step, "step", 0, self.profile.episodes.steps - 1)
             start = Start(spec.name, episode_seed(self.profile.episodes.seed, "test", episode), step, "window", episode)
         else:
