@@ -142,3 +142,37 @@ def test_malformed_message_shows_an_error_and_the_server_stays_up(server, browse
         assert health["ok"] is True
     finally:
         page.close()
+
+
+def test_tick_mode_pause_model_switch_and_record(server, browser):
+    page = open_page(browser, server.url, seed=3)
+    try:
+        page.fill("#rate", "10")
+        page.dispatch_event("#rate", "change")
+        page.select_option("#mode", "tick")
+        page.wait_for_function("Number(document.getElementById('real').dataset.step) >= 3")  # ticks, no key needed
+        page.keyboard.press("p")  # pause: the steps stop
+        page.wait_for_function("window.play.paused && window.play.inFlight === null")  # the last tick is back
+        paused_at = step_count(page)
+        page.wait_for_timeout(600)
+        assert step_count(page) == paused_at
+        press(page, "n")  # one step while paused
+        page.select_option("#mode", "step")
+        page.keyboard.press("p")  # resume (paused, step mode ignores the movement keys too)
+
+        page.select_option("#model", "global_action")  # the same start, the other model
+        page.wait_for_function("document.getElementById('model-name').textContent === 'global_action'")
+        assert step_count(page) == 0
+        assert "predicts no state" in page.inner_text("#state-match")
+
+        page.click("#record")
+        page.wait_for_function("window.play.recording === true")
+        for key in ("e", "e"):
+            press(page, key)
+        with page.expect_download(timeout=TIMEOUT_MS) as download:
+            page.click("#record")
+        assert download.value.suggested_filename == "actionparty-coins-global_action.gif"
+        with open(download.value.path(), "rb") as f:
+            assert f.read(6) == b"GIF89a"
+    finally:
+        page.close()

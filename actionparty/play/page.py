@@ -138,9 +138,9 @@ function startMessage() {
 
 function onFrame(msg) {
   clearError();
-  const first = !play.frame || msg.step === 0;
+  const newGame = !play.frame || play.frame.game !== msg.game;
   play.frame = msg;
-  if (first) { play.keymapPlayer = [0, Math.min(1, msg.players - 1)]; }
+  if (newGame) { play.keymapPlayer = [0, Math.min(1, msg.players - 1)]; }
   $("model-name").textContent = msg.model;
   $("step").textContent = msg.step;
   drawImage("real", msg.real, msg, false);
@@ -296,7 +296,7 @@ $("model").onchange = (ev) => { ev.target.blur(); if (play.frame) send({type: "m
 $("record").onclick = (ev) => { ev.target.blur(); send({type: "record", on: !play.recording}); };
 $("markers").onchange = (ev) => { ev.target.blur(); if (play.frame) onFrame(play.frame); };
 $("mode").onchange = (ev) => ev.target.blur();
-$("rate").onchange = retime;
+$("rate").onchange = (ev) => { ev.target.blur(); retime(); };
 retime();
 connect();
 </script>
