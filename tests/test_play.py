@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from actionparty.data.lmdb_dataset import ClipDataset, build_lmdb
 from actionparty.games import resolve_games
 from actionparty.games.actions import CANONICAL_ACTIONS, NOOP, TURN_LEFT, TURN_RIGHT
 from actionparty.play.model import ModelBank, ModelPane, PlayError, parse_model_args
-from actionparty.play.server import BackgroundServer, PlayConfig, create_app, handle, parse
+from actionparty.play.server import BackgroundServer, PlayConfig, bind, create_app, handle, parse
 from actionparty.play.session import PlaySession
 from actionparty.rollout.generate import rollout_windows
 from conftest import REPO, subprocess_env
@@ -218,6 +219,16 @@ def test_model_list_is_checked(world, tmp_path):
     run = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=REPO, timeout=120)
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing.pt'}: checkpoint not found"]
+    taken = bind("127.0.0.1", 0)  # a port in use: refused in one line before any model loads
+    try:
+        port = taken.getsockname()[1]
+        run = subprocess.run(cmd[:-2] + ["--model", f"full={world['checkpoints']['full']}", "--port", str(port)],
+                             capture_output=True, text=True, env=subprocess_env(), cwd=REPO, timeout=120)
+    finally:
+        taken.close()
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [f"error: --host 127.0.0.1 --port {port}: cannot listen there "
+                                               "(Address already in use)"]
 
 
 # ------------------------------------------------------------------------ server
@@ -250,6 +261,16 @@ def test_server_caps_sessions_frees_idle_ones_and_survives_bad_messages(world):
         await asyncio.sleep(0.2)
         async with connect(url) as third:  # the idle session was freed: room again
             assert json.loads(await third.recv())["type"] == "hello"
+            await third.send(json.dumps({"type": "start", "game": "coins", "model": "full"}))
+            await third.send(json.dumps({"type": "step", "actions": {"0": 1}}))  # dropped before the reply
+        for _ in range(200):  # the server finishes the dropped tab's work, then frees its session
+            if json.loads(urllib.request.urlopen(server.url + "health", timeout=5).read())["sessions"] == 0:
+                break
+            await asyncio.sleep(0.05)
+        async with connect(url) as fourth:  # the dropped tab's session was freed; the server is up
+            assert json.loads(await fourth.recv())["type"] == "hello"
+            await fourth.send(json.dumps({"type": "start", "game": "coins", "model": "global_action"}))
+            assert json.loads(await fourth.recv())["model"] == "global_action"
 
     try:
         asyncio.run(asyncio.wait_for(scenario(), 60))

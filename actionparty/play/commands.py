@@ -32,19 +32,22 @@ def load_play(args):
 
 def _cmd_play(args) -> None:
     from actionparty.errors import UserError
-    from actionparty.play.server import PlayConfig, create_app, serve
+    from actionparty.play.server import LOOPBACK, PlayConfig, bind, create_app, serve
 
     for name in ("max_sessions", "workers"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if args.idle_timeout <= 0:
         raise UserError("--idle-timeout must be positive (seconds)")
+    sock = bind(args.host, args.port)  # a taken port is refused before the models load
     profile, specs, bank, detectors = load_play(args)
     app = create_app(bank, profile, specs, detectors,
                      PlayConfig(max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout, workers=args.workers))
     print(f"play: {profile.profile} profile, games {', '.join(specs)}; models {', '.join(bank.names())}"
           f"{'; detectors ' + str(args.detectors) if detectors else '; no detectors (MA_changing/SP unavailable)'}")
-    serve(app, args.host, args.port)
+    if args.host not in LOOPBACK:
+        print(f"play: warning: listening on {args.host}, not only this machine: anyone who reaches it can play")
+    serve(app, sock)
 
 
 def _cmd_bench_play(args) -> None:

@@ -36,6 +36,7 @@ from actionparty.play.session import PlaySession
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_CHARS = 4096
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 @dataclass
@@ -173,6 +174,8 @@ def create_app(bank: ModelBank, profile, specs, detectors=None, cfg: PlayConfig 
                 await ws.send_json(reply)
         except WebSocketDisconnect:
             return
+        except Exception as err:  # noqa: BLE001 - e.g. a reply to a socket the tab just dropped
+            log.debug("play socket closed: %s", err)
         finally:
             manager.close(session)
 
@@ -219,11 +222,11 @@ class BackgroundServer:
         self.sock.close()
 
 
-def serve(app, host: str, port: int) -> None:
-    """Serve until interrupted (the play command)."""
+def serve(app, sock: socket.socket) -> None:
+    """Serve on a socket from :func:`bind` until interrupted (the play command)."""
     import uvicorn
 
-    sock = bind(host, port)
+    host, port = sock.getsockname()[:2]
     url_host = f"[{host}]" if ":" in host else host
-    print(f"play: open http://{url_host}:{sock.getsockname()[1]}/  (Ctrl-C stops)", flush=True)
+    print(f"play: open http://{url_host}:{port}/  (Ctrl-C stops)", flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning", ws="websockets-sansio", lifespan="off")).run(sockets=[sock])

@@ -39,7 +39,7 @@ from actionparty.play.model import ModelBank, ModelPane, PlayError
 
 START_TRIES = 8
 MAX_SEED = 2**31 - 1
-RECORD_LIMIT = 1500  # frames kept by one recording (about 2.5 min at 10 steps/s)
+RECORD_LIMIT = 600  # steps kept by one recording (a minute at 10 steps/s; ~55 KB each)
 GIF_SCALE = 3
 GIF_GAP_PX = 4
 
