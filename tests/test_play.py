@@ -14,26 +14,59 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
+from actionparty.config import validate_profile
 from actionparty.data.episodes import episode_seed, generate_episodes
 from actionparty.data.lmdb_dataset import ClipDataset, build_lmdb
 from actionparty.games import resolve_games
 from actionparty.games.actions import CANONICAL_ACTIONS, NOOP, TURN_LEFT, TURN_RIGHT
+from actionparty.model.checkpoint import save_checkpoint
+from actionparty.model.factory import build_world_model
 from actionparty.play.model import ModelBank, ModelPane, PlayError, parse_model_args
 from actionparty.play.server import BackgroundServer, PlayConfig, bind, create_app, handle, parse
 from actionparty.play.session import PlaySession
 from actionparty.rollout.generate import rollout_windows
+from actionparty.variants import load_variant
 from conftest import REPO, subprocess_env
-from play_support import play_profile, random_checkpoint
 
 MODELS = ("full", "global_action", "text_action")
+
+
+# ------------------------------------------------------------------------ fixtures (also the browser test's)
+
+
+def play_profile(tmp_path, games=("coins",)):
+    """The smoke profile on ``games``, as a file and validated."""
+    data = yaml.safe_load((REPO / "params/smoke.yaml").read_text())
+    data["catalogue"] = str(REPO / "params/games.yaml")
+    data["games"] = list(games)
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return validate_profile(data, str(path)), path
+
+
+def random_checkpoint(profile, variant_name: str, path, seed: int = 0, scale: float = 0.05):
+    """A finetune checkpoint of ``variant_name`` whose weights are the fresh ones plus seeded noise
+    (fresh output layers are zero: such a model only copies its context, and nothing would move)."""
+    variant = load_variant(variant_name, REPO / "params/variants")
+    torch.manual_seed(seed)
+    model, _, _ = build_world_model(profile, variant=variant)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    weights = model.state_dict()
+    save_checkpoint(path, model=weights, ema={"shadow": weights}, step=0, profile=profile.model_dump(),
+                    stage="finetune", train_clip_steps=1, variant=variant_name, variant_config=variant.model_dump())
+    return path
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Smoke profile on coins, three random-weight models, and a real test split of coins."""
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the play server runs a model step
     root = tmp_path_factory.mktemp("play")
     profile, path = play_profile(root)
     checkpoints = {name: random_checkpoint(profile, name, root / f"{name}.pt", seed=i) for i, name in enumerate(MODELS)}
@@ -41,8 +74,9 @@ def world(tmp_path_factory):
     bank = ModelBank(profile, checkpoints)
     generate_episodes(specs["coins"], "test", profile, root / "episodes/coins", progress=False)
     build_lmdb([root / "episodes/coins"], root / "test.lmdb", "test", map_size_mb=64, progress=False)
-    return dict(profile=profile, profile_path=path, specs=specs, bank=bank, checkpoints=checkpoints,
-                lmdb=root / "test.lmdb", root=root)
+    yield dict(profile=profile, profile_path=path, specs=specs, bank=bank, checkpoints=checkpoints,
+               lmdb=root / "test.lmdb", root=root)
+    torch.set_num_threads(threads)
 
 
 def session(world, detectors=None) -> PlaySession:

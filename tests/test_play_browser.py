@@ -20,7 +20,7 @@ from actionparty.games import resolve_games
 from actionparty.games.actions import FACING_STEP
 from actionparty.play.model import ModelBank
 from actionparty.play.server import BackgroundServer, PlayConfig, create_app
-from play_support import play_profile, random_checkpoint
+from test_play import play_profile, random_checkpoint
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright's Python package is not installed")
@@ -32,7 +32,8 @@ TIMEOUT_MS = 20_000
 def server(tmp_path_factory):
     import torch
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the play server runs a model step
     root = tmp_path_factory.mktemp("play_browser")
     profile, _ = play_profile(root)
     checkpoints = {name: random_checkpoint(profile, name, root / f"{name}.pt", seed=i)
@@ -42,6 +43,7 @@ def server(tmp_path_factory):
     srv = BackgroundServer(app)
     yield srv
     srv.stop()
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +161,10 @@ def test_tick_mode_pause_model_switch_and_record(server, browser):
         press(page, "n")  # one step while paused
         page.select_option("#mode", "step")
         page.keyboard.press("p")  # resume (paused, step mode ignores the movement keys too)
+        page.keyboard.press("m")  # player 1 to the episode policy, and back
+        page.wait_for_function("document.querySelector(\"#players tr[data-player='0']\").textContent.includes('episode policy')")
+        page.keyboard.press("m")
+        page.wait_for_function("document.querySelector(\"#players tr[data-player='0']\").textContent.includes('person')")
 
         page.select_option("#model", "global_action")  # the same start, the other model
         page.wait_for_function("document.getElementById('model-name').textContent === 'global_action'")

@@ -120,6 +120,7 @@ function connect() {
 
 function onHello(msg) {
   play.hello = msg;
+  $("episode").max = msg.test_episodes - 1; $("wstep").max = msg.episode_steps - 1;
   $("game").innerHTML = msg.games.map((g) => `<option value="${g.name}">${g.name} (${g.players} players)</option>`).join("");
   $("model").innerHTML = msg.models.map((m) => `<option value="${m.name}">${m.name} (${m.conditioning})</option>`).join("");
   $("score-note").textContent = msg.detectors ? "MA_changing/SP: evaluation detectors on the model's frames vs the engine's states."
