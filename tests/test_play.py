@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -29,7 +27,7 @@ from actionparty.play.server import BackgroundServer, PlayConfig, bind, create_a
 from actionparty.play.session import PlaySession
 from actionparty.rollout.generate import rollout_windows
 from actionparty.variants import load_variant
-from conftest import REPO, subprocess_env
+from conftest import REPO
 
 MODELS = ("full", "global_action", "text_action")
 
@@ -241,28 +239,26 @@ def test_bad_input_gets_a_message_and_the_session_goes_on(world):
     s.close()
 
 
-def test_model_list_is_checked(world, tmp_path):
+def test_model_list_is_checked(world, tmp_path, capsys):
     for values, expected in [(["full"], "expected NAME=CHECKPOINT"), (["Full=x.pt"], "variant name"),
                              (["full=a.pt", "full=b.pt"], "given twice"), ([], "at least one")]:
         with pytest.raises(PlayError, match=expected):
             parse_model_args(values)
     with pytest.raises(PlayError, match="checkpoint of 'full', not of model 'global_action'"):
         ModelBank(world["profile"], {"global_action": world["checkpoints"]["full"]})
-    cmd = [sys.executable, "-m", "actionparty", "play", "--profile", str(world["profile_path"]),
-           "--model", f"full={tmp_path / 'missing.pt'}"]
-    run = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=REPO, timeout=120)
-    assert run.returncode == 2
-    assert run.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing.pt'}: checkpoint not found"]
+    from actionparty.cli import main
+
+    args = ["play", "--profile", str(world["profile_path"]), "--model", f"full={tmp_path / 'missing.pt'}"]
+    assert main(args + ["--port", "0"]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: {tmp_path / 'missing.pt'}: checkpoint not found"]
     taken = bind("127.0.0.1", 0)  # a port in use: refused in one line before any model loads
     try:
         port = taken.getsockname()[1]
-        run = subprocess.run(cmd[:-2] + ["--model", f"full={world['checkpoints']['full']}", "--port", str(port)],
-                             capture_output=True, text=True, env=subprocess_env(), cwd=REPO, timeout=120)
+        assert main(args[:-1] + [f"full={world['checkpoints']['full']}", "--port", str(port)]) == 2
     finally:
         taken.close()
-    assert run.returncode == 2
-    assert run.stderr.strip().splitlines() == [f"error: --host 127.0.0.1 --port {port}: cannot listen there "
-                                               "(Address already in use)"]
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: --host 127.0.0.1 --port {port}: cannot listen there (Address already in use)"]
 
 
 # ------------------------------------------------------------------------ server

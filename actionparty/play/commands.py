@@ -40,7 +40,11 @@ def _cmd_play(args) -> None:
     if args.idle_timeout <= 0:
         raise UserError("--idle-timeout must be positive (seconds)")
     sock = bind(args.host, args.port)  # a taken port is refused before the models load
-    profile, specs, bank, detectors = load_play(args)
+    try:
+        profile, specs, bank, detectors = load_play(args)
+    except BaseException:
+        sock.close()
+        raise
     app = create_app(bank, profile, specs, detectors,
                      PlayConfig(max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout, workers=args.workers))
     print(f"play: {profile.profile} profile, games {', '.join(specs)}; models {', '.join(bank.names())}"
