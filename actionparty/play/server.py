@@ -143,7 +143,6 @@ def create_app(bank: ModelBank, profile, specs, detectors=None, cfg: PlayConfig 
             await ws.close(code=1013)
             return
         loop = asyncio.get_running_loop()
-        lock = asyncio.Lock()  # one message of a session at a time
         try:
             await ws.send_json(manager.hello())
             while True:
@@ -156,14 +155,13 @@ def create_app(bank: ModelBank, profile, specs, detectors=None, cfg: PlayConfig 
                     return
                 if event["type"] == "websocket.disconnect":
                     return
-                session.last_active = time.monotonic()
                 message = None
                 try:
                     if event.get("text") is None:
                         raise PlayError("malformed message: binary data (send JSON text)")
                     message = parse(event["text"])
-                    async with lock:
-                        reply = await loop.run_in_executor(executor, handle, session, message)
+                    # Awaited before the next message is read: one message of a session at a time.
+                    reply = await loop.run_in_executor(executor, handle, session, message)
                 except UserError as err:
                     reply = {"type": "error", "message": str(err)}
                 except Exception as err:  # noqa: BLE001 - a bug in one session must not stop the server
@@ -179,7 +177,8 @@ def create_app(bank: ModelBank, profile, specs, detectors=None, cfg: PlayConfig 
         finally:
             manager.close(session)
 
-    app = Starlette(routes=[Route("/", page), Route("/health", health), Route("/favicon.ico", favicon), WebSocketRoute("/ws", socket_endpoint)])
+    app = Starlette(routes=[Route("/", page), Route("/health", health), Route("/favicon.ico", favicon),
+                            WebSocketRoute("/ws", socket_endpoint)])
     app.state.manager = manager
     return app
 

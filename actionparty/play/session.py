@@ -108,8 +108,9 @@ class _Detection:
 
 
 class PlaySession:
-    """One tab's state. Methods are called from one thread at a time (the server holds a lock
-    per session); models are shared read-only, engines and KV caches are the session's own."""
+    """One tab's state. Methods are called from one thread at a time (the server handles a tab's
+    messages one after another); models are shared read-only, engines and KV caches are the
+    session's own."""
 
     def __init__(self, bank: ModelBank, profile: Profile, specs: dict[str, GameSpec], detectors=None):
         self.bank, self.profile, self.specs, self.detectors = bank, profile, specs, detectors
@@ -119,7 +120,6 @@ class PlaySession:
         self.model_name: str | None = None
         self.human: list[bool] = []
         self.recording: list[tuple[np.ndarray, np.ndarray]] | None = None
-        self.last_active = time.monotonic()
         self._start_frame: np.ndarray | None = None
 
     # ------------------------------------------------------------------------------- inputs
