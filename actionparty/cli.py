@@ -165,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path)
 
     from actionparty.eval.commands import add_commands as add_eval_commands
+    from actionparty.play.commands import add_commands as add_play_commands
     from actionparty.report.commands import add_commands as add_report_commands
     from actionparty.rollout.commands import add_commands as add_rollout_commands
     from actionparty.train.commands import add_commands as add_train_commands
@@ -173,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_rollout_commands(sub)
     add_eval_commands(sub)
     add_report_commands(sub)
+    add_play_commands(sub)
     return parser
 
 
