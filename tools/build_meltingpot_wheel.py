@@ -12,7 +12,6 @@ Usage: python tools/build_meltingpot_wheel.py VERSION OUT_DIR
 """
 
 import glob
-import io
 import os
 import re
 import subprocess

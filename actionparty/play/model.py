@@ -21,7 +21,7 @@ import torch
 from actionparty.config import Profile
 from actionparty.errors import UserError
 from actionparty.games import PLAYER_SLOTS
-from actionparty.rollout.generate import LoadedModel, load_for_rollout, window_frames
+from actionparty.rollout.generate import LoadedModel, context_states, load_for_rollout, make_sampler, window_frames
 from actionparty.rollout.sampler import Sampler
 
 MODEL_NAME = re.compile(r"[a-z][a-z0-9_]*(-s[0-9]+)?")
@@ -121,29 +121,18 @@ class ModelPane:
     @torch.inference_mode()
     def start(self, frame: np.ndarray, position: np.ndarray, facing: np.ndarray) -> None:
         """Begin from a canvas frame uint8 (H, W, 3) and its players' (P, 2) cells and (P,) facings."""
-        model, loaded = self.play_model.model, self.play_model.loaded
+        loaded = self.play_model.loaded
         frames = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None, None].to(self.device)
         context = loaded.codec.encode(frames)
-        text = loaded.text
-        emb, mask = text([self.game], device=self.device) if not text.with_actions else (None, None)
-        text_fn = None
-        if text.with_actions:  # the prompt of the chunk being drawn (the context reads the first step's)
-            text_fn = lambda s, n: text([self.game], actions=self._actions, present=self.present,  # noqa: E731
-                                        device=self.device)
-        conditioned = model.takes_actions
-        context_state = None
-        if conditioned:
-            pos = torch.from_numpy(_pad(np.asarray(position, np.int64)))[None, None].to(self.device)
-            fac = torch.from_numpy(_pad(np.asarray(facing, np.int64)))[None, None].to(self.device)
-            context_state = model.grid.encode(pos, fac)
-        r = self.profile.rollout
-        self.sampler = Sampler(model, emb, mask, sampling_steps=r.sampling_steps,
-                               state_sampling_steps=r.state_sampling_steps, context_noise=r.context_noise,
-                               shift=r.timestep_shift, window_frames=self.play_model.window_frames,
-                               generator=torch.Generator().manual_seed(r.seed),
-                               present=self.present if conditioned else None, text_fn=text_fn)
+        pos = torch.from_numpy(_pad(np.asarray(position, np.int64)))[None, None].to(self.device)
+        fac = torch.from_numpy(_pad(np.asarray(facing, np.int64)))[None, None].to(self.device)
+        context_state = context_states(loaded, pos, fac)
+        # The prompt of the chunk being drawn is of the step's actions (the context reads the first step's).
+        self.sampler = make_sampler(loaded, self.profile, [self.game], self.present,
+                                    torch.Generator().manual_seed(self.profile.rollout.seed),
+                                    lambda s, n: self._actions)
         # Sampler.start runs no pass; it waits for the first actions (a text-action prompt needs them).
-        self._context = (context, context_state if model.takes_actions or model.has_state else None)
+        self._context = (context, context_state)
         self.steps = 0
 
     @torch.inference_mode()  # ~10% faster than no_grad on these small tensors; the same values

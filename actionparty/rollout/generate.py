@@ -18,7 +18,7 @@ from actionparty.config import Profile
 from actionparty.data.lmdb_dataset import ClipDataset
 from actionparty.model.checkpoint import check_compatible, load_checkpoint, load_model_weights
 from actionparty.model.factory import build_world_model
-from actionparty.rollout.sampler import rollout
+from actionparty.rollout.sampler import Sampler, run
 from actionparty.variants import VariantConfig
 
 @dataclass
@@ -99,28 +99,41 @@ def rollout_windows(loaded: LoadedModel | None, dataset: ClipDataset, windows: d
     return result
 
 
-def _generate(loaded: LoadedModel, dataset, batch, actions, profile, horizon, generator, use_cache):
-    model, codec, text = loaded.model, loaded.codec, loaded.text
-    device = next(model.parameters()).device
-    games = [dataset.games[int(k)] for k in batch["game"]]
-    present = batch["present"].to(device)
-    actions = actions.to(device)
-    context = codec.encode(batch["frames"][:, :1].to(device))
+def make_sampler(loaded: LoadedModel, profile: Profile, games: list[str], present: torch.Tensor,
+                 generator: torch.Generator, chunk_actions=None, use_cache: bool = True) -> Sampler:
+    """The :class:`Sampler` every rollout of ``loaded`` uses (the metrics' and play's): the
+    profile's Euler steps, state pass, shift, context noise and KV window, the games' text.
+    ``present`` (B, S); ``chunk_actions(first step, steps)`` -> (B, steps, S): the actions a
+    text-action prompt writes for the chunk being drawn."""
+    model, text = loaded.model, loaded.text
+    device = present.device
     emb, mask = text(games, device=device) if not text.with_actions else (None, None)
     text_fn = None
     if text.with_actions:
-        text_fn = lambda s, n: text(games, actions=actions[:, max(s, 0) : max(s, 0) + n], present=present,  # noqa: E731
-                                    device=device)
-    conditioned = model.takes_actions
-    context_state = None
-    if conditioned:
-        context_state = model.grid.encode(batch["position"][:, :1].to(device), batch["facing"][:, :1].to(device))
-    result = rollout(model, context, horizon, emb, mask, sampling_steps=profile.rollout.sampling_steps,
-                     state_sampling_steps=profile.rollout.state_sampling_steps,
-                     context_noise=profile.rollout.context_noise,
-                     shift=profile.rollout.timestep_shift, window_frames=window_frames(profile, loaded.train_clip_steps),
-                     generator=generator, actions=actions if conditioned else None,
-                     present=present if conditioned else None, context_state=context_state, text_fn=text_fn,
-                     use_cache=use_cache)
+        text_fn = lambda s, n: text(games, actions=chunk_actions(s, n), present=present, device=device)  # noqa: E731
+    r = profile.rollout
+    return Sampler(model, emb, mask, sampling_steps=r.sampling_steps, state_sampling_steps=r.state_sampling_steps,
+                   context_noise=r.context_noise, shift=r.timestep_shift,
+                   window_frames=window_frames(profile, loaded.train_clip_steps), generator=generator,
+                   present=present if model.takes_actions else None, text_fn=text_fn, use_cache=use_cache)
+
+
+def context_states(loaded: LoadedModel, position: torch.Tensor, facing: torch.Tensor) -> torch.Tensor | None:
+    """(B, 1, S, 6) clean states of the context frame from its cells (B, 1, S, 2) and facings
+    (B, 1, S), for models that take actions; None for the others."""
+    model = loaded.model
+    return model.grid.encode(position, facing) if model.takes_actions else None
+
+
+def _generate(loaded: LoadedModel, dataset, batch, actions, profile, horizon, generator, use_cache):
+    model, codec = loaded.model, loaded.codec
+    device = next(model.parameters()).device
+    games = [dataset.games[int(k)] for k in batch["game"]]
+    actions = actions.to(device)
+    sampler = make_sampler(loaded, profile, games, batch["present"].to(device), generator,
+                           lambda s, n: actions[:, max(s, 0) : max(s, 0) + n], use_cache)
+    context_state = context_states(loaded, batch["position"][:, :1].to(device), batch["facing"][:, :1].to(device))
+    result = run(sampler, codec.encode(batch["frames"][:, :1].to(device)), horizon,
+                 actions if model.takes_actions else None, context_state)
     frames = codec.decode(result.latents, profile.canvas_px).cpu()
     return frames, None if result.states is None else result.states.cpu()

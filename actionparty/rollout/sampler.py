@@ -223,21 +223,24 @@ class Sampler:
 
 
 @torch.no_grad()
-def rollout(model, context: torch.Tensor, steps: int, text: torch.Tensor, text_mask: torch.Tensor | None, *,
-            actions: torch.Tensor | None = None, context_state: torch.Tensor | None = None, **sampler) -> Rollout:
-    """Generate ``steps`` latent frames after ``context`` (B, C, 1, h, w).
-
-    ``actions`` (B, steps, S) long: every player slot's actions (models that take actions);
-    ``context_state`` (B, 1, S, 6): the context frame's clean states. The other keyword
-    arguments are :class:`Sampler`'s."""
-    chunk = model.chunk_frames
+def run(sampler: Sampler, context: torch.Tensor, steps: int, actions: torch.Tensor | None = None,
+        context_state: torch.Tensor | None = None) -> Rollout:
+    """Feed ``steps`` steps of ``actions`` (B, steps, S) through ``sampler`` from ``context``
+    (B, C, 1, h, w) and ``context_state`` (B, 1, S, 6) (models that take actions)."""
+    chunk = sampler.model.chunk_frames
     if steps % chunk:
         raise ValueError(f"{steps} steps is not a whole number of {chunk}-frame chunks")
-    sampler_ = Sampler(model, text, text_mask, **sampler)
-    sampler_.start(context, context_state if model.takes_actions or model.has_state else None)
+    sampler.start(context, context_state)
     drawn, states = [context], [context_state]
     for s in range(0, steps, chunk):
-        x, state = sampler_.step(None if actions is None else actions[:, s : s + chunk])
+        x, state = sampler.step(None if actions is None else actions[:, s : s + chunk])
         drawn.append(x)
         states.append(state)
-    return Rollout(torch.cat(drawn, dim=2), torch.cat(states, dim=1) if sampler_.has_state else None)
+    return Rollout(torch.cat(drawn, dim=2), torch.cat(states, dim=1) if sampler.has_state else None)
+
+
+def rollout(model, context: torch.Tensor, steps: int, text: torch.Tensor, text_mask: torch.Tensor | None, *,
+            actions: torch.Tensor | None = None, context_state: torch.Tensor | None = None, **sampler) -> Rollout:
+    """Generate ``steps`` latent frames after ``context`` with a new :class:`Sampler` (its keyword
+    arguments in ``sampler``); see :func:`run`."""
+    return run(Sampler(model, text, text_mask, **sampler), context, steps, actions, context_state)
