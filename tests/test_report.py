@@ -499,3 +499,114 @@ def test_a_new_variant_file_is_a_new_row_and_line(tmp_path, repo, role):
 
     plt.close(fig)
     plt.close(steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# The flat summary metric, the plot data, the page and its gallery
+# ---------------------------------------------------------------------------------------------
+
+
+def _combine_cli(argv: list[str]) -> None:
+    from actionparty.eval.commands import add_commands as add_eval_commands
+
+    parser = argparse.ArgumentParser()
+    add_eval_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["combine-metrics", *argv])
+    args.func(args)
+
+
+def test_summary_changes_exactly_the_model_whose_metrics_changed(tmp_path):
+    metrics = tmp_path / "metrics"
+    models = ("full", "global_action", "oracle")
+    for model in models:
+        write_json(metrics / f"{model}.json", metrics_json(model))
+    files = [str(metrics / f"{m}.json") for m in models]
+    out = tmp_path / "summary.json"
+    _combine_cli(["--out-summary", str(out), *files])
+    before = json.loads(out.read_text())
+    assert list(before) == sorted(models) and list(before["full"]) == ["h20", "h4"]
+    assert before["full"]["h4"] == {k: metrics_json("full")["horizons"]["h4"]["overall"][k]
+                                    for k in ("BA", "MA", "MA_moving", "SP")}
+    changed = metrics_json("global_action")
+    changed["horizons"]["h20"]["overall"]["MA"] = 0.5
+    write_json(metrics / "global_action.json", changed)
+    _combine_cli(["--out-summary", str(out), *files])
+    after = json.loads(out.read_text())
+
+    def flat(d, prefix=""):
+        return {k: v for key, sub in d.items()
+                for k, v in (flat(sub, f"{prefix}{key}.").items() if isinstance(sub, dict) else {f"{prefix}{key}": sub}.items())}
+
+    diff = {k for k, v in flat(after).items() if flat(before)[k] != v}
+    assert diff == {"global_action.h20.MA"} and len(flat(after)) == 3 * 2 * 4
+    with pytest.raises(UserError, match="combine-metrics: nothing to write"):
+        _combine_cli(files)
+
+
+def test_plot_data_are_records_dvc_can_draw(built):
+    plots = built["out"] / "plots"
+    assert sorted(p.name for p in (plots / "train_loss").iterdir()) == ["exp-138.json", "full.json", "global_action.json"]
+    full = json.loads((plots / "train_loss" / "full.json").read_text())
+    assert [r["step"] for r in full] == [10, 20, 30, 40, 50]
+    assert full[0] == {"step": 10, "loss": 0.03, "state_loss": 0.01, "video_loss": 0.03}  # losses only
+    assert "state_loss" not in json.loads((plots / "train_loss" / "global_action.json").read_text())[0]
+    assert json.loads((plots / "curves" / "full.json").read_text()) == [{"step": 100, "MA": 0.3},
+                                                                       {"step": 200, "MA": 0.6, "BA": 0.5}]
+
+
+def test_the_page_reads_top_to_bottom_with_the_gallery(built):
+    page = (built["out_gt"] / "index.html").read_text()
+    order = ["Main results", "The paper&#x27;s numbers beside ours", "Targets", "Ablations", "Per game",
+             "Per number of players", "Training and learning curves", "Rollouts side by side"]
+    positions = [page.index(f">{title}</h2>") for title in order]
+    assert positions == sorted(positions)
+    assert "0.779" in page and "0.158" in page and "third-party summary" in page and "95% CI: not shown" in page
+    assert "<strong>0.799 ± 0.020</strong>" in page and "http" not in page and "<script" not in page
+    gallery = built["with_truth"].gallery
+    assert gallery.horizons == [4, 20] and [c for c, _ in gallery.columns] == ["real", "full", "global_action",
+                                                                                 "text_action"]
+    assert "Not in the variant registry, so no column: paper." in page
+    row = gallery.rows[20][0]
+    assert row["game"] == "alpha" and row["cells"]["text_action"] is None  # no rollouts of text_action
+    import imageio.v2 as imageio
+
+    real, full = (imageio.mimread(row["cells"][c]) for c in ("real", "full"))
+    assert len(real) == len(full) == 21 and real[0].shape == full[0].shape  # the same window, same size
+    assert not np.array_equal(real[0], full[0])  # the rings of the predicted state on the model's frames
+    for path in gallery.paths:
+        assert f'src="{path.relative_to(built["out_gt"]).as_posix()}"' in page
+    alone = (built["out"] / "index.html").read_text()
+    assert "No test LMDB given (--test-lmdb)" in alone and ">real game<" not in alone
+
+
+def test_the_gallery_says_what_is_missing_without_rollouts(tmp_path, repo):
+    from actionparty.report.gallery import build_gallery
+    from actionparty.report.page import gallery_html
+
+    gallery = build_gallery(tmp_path / "results", tmp_path / "reports", Lineup.from_registry(repo / "params" / "variants"))
+    assert not gallery.rows and not (tmp_path / "reports").exists()
+    assert "No rollout files under" in gallery_html(gallery, str)
+
+
+def test_the_page_loads_in_a_headless_browser(built):
+    """Debian's chromium through Playwright: no console error, every image decoded."""
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.is_file():
+        pytest.skip("no /usr/bin/chromium (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="no playwright (pip install playwright)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
+        try:
+            for path in (built["out_gt"] / "index.html", built["out_gt"] / "gallery.html"):
+                page = browser.new_page()
+                problems = []
+                page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+                page.on("pageerror", lambda e: problems.append(str(e)))
+                page.on("requestfailed", lambda r: problems.append(f"failed: {r.url}"))
+                page.goto(path.resolve().as_uri(), wait_until="load")
+                images = page.evaluate("Array.from(document.images).map(i => [i.src.slice(0, 80), i.naturalWidth])")
+                assert len(images) >= 12 and problems == [], (path, problems)
+                assert [src for src, width in images if not width > 0] == [], path
+                page.close()
+        finally:
+            browser.close()
