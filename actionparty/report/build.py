@@ -32,7 +32,7 @@ from actionparty.report import figures as F
 from actionparty.report import tables as T
 from actionparty.report.gallery import GALLERY_MODELS, Gallery, build_gallery
 from actionparty.report.lineup import Lineup
-from actionparty.report.page import write_gallery_page, write_page
+from actionparty.report.page import targets_html, write_gallery_page, write_page
 from actionparty.report.plots import write_plot_data
 from actionparty.report.targets import check_targets, targets_markdown
 from actionparty.variants import VARIANT_DIR
@@ -143,6 +143,7 @@ def build_report(results: str | Path = "results", out: str | Path = "reports", t
     targets = check_targets(metrics, lineup) if "full" in metrics.models else None
     if targets is not None:
         write_text(out / "targets.md", targets_markdown(targets))
+        write_text(out / "targets.html", T.standalone_html("ActionParty against its targets", targets_html(targets)))
 
     _metric_figures(metrics, lineup, results, out / "figures", summary)
     bar.update()
