@@ -120,7 +120,7 @@ def build_gallery(results: str | Path, out: str | Path, lineup: Lineup, test_lmd
         loaded = {m: read_rollout(files[m][h]) for m in shown if h in files[m]}
         reference = next(iter(loaded.values()))
         picks = _windows(reference, max_games)
-        names, truth = _truth(test_lmdb, reference, picks, h)
+        names, truth = _truth(test_lmdb, reference, picks, h, files[next(iter(loaded))][h])
         if names is None:
             names = [game_names[g] if game_names and g < len(game_names) else f"game {g}"
                      for g in reference.game[picks].tolist()]
@@ -149,10 +149,12 @@ def build_gallery(results: str | Path, out: str | Path, lineup: Lineup, test_lmd
                 write_gif(cells[m], draw_rings(rollout.frames[j], pos, rollout.present[j], scale), fps=fps, scale=1)
             rows.append({"game": game, "window": f"episode {episode}, step {start}", "cells": cells})
         gallery.rows[h] = rows
+    for stale in set((out / "gifs" / "gallery").glob("h*/*.gif")) - set(gallery.paths):
+        stale.unlink()  # a window, model or horizon that is gone from results/
     return gallery
 
 
-def _truth(test_lmdb, reference: Rollout, picks: list[int], horizon: int):
+def _truth(test_lmdb, reference: Rollout, picks: list[int], horizon: int, source: Path):
     """(game names of the picked windows, their real frames (n, T, H, W, 3)) from the test LMDB,
     checked to be the rollout's windows; (None, None) without one."""
     if test_lmdb is None:
@@ -163,6 +165,6 @@ def _truth(test_lmdb, reference: Rollout, picks: list[int], horizon: int):
 
     dataset = ClipDataset(test_lmdb, clip_steps=horizon)
     sub = _subset(reference, picks)
-    truth = ground_truth(dataset, sub.episode, sub.start, str(test_lmdb))
-    _check_against_truth(sub, truth, f"rollout of {reference.meta.get('variant')} h{horizon}")
+    truth = ground_truth(dataset, sub.episode, sub.start, str(source))
+    _check_against_truth(sub, truth, str(source))
     return [dataset.games[g] for g in sub.game.tolist()], truth["frames"].transpose(0, 1, 3, 4, 2)

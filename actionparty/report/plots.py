@@ -57,4 +57,7 @@ def write_plot_data(pretrain: dict | None, finetune: dict[str, dict], curves: di
     for run, curve in curves.items():
         paths.append(folder / "curves" / f"{run}.json")
         write_json(paths[-1], curve_records(curve))
+    for kind in ("train_loss", "curves"):  # a run that is gone from results/ leaves no stale line
+        for stale in set((folder / kind).glob("*.json")) - set(paths):
+            stale.unlink()
     return paths
