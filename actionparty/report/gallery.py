@@ -105,14 +105,15 @@ def build_gallery(results: str | Path, out: str | Path, lineup: Lineup, test_lmd
         gallery.notes.append(f"Not in the variant registry, so no column: {', '.join(absent)}.")
     shown = [m for m in models if m in lineup]
     files = {m: _rollouts(results, m) for m in shown}
+    gallery.horizons = sorted({h for f in files.values() for h in f})
+    if not gallery.horizons:
+        gallery.notes.append(f"No rollout files under {results}/rollouts for {', '.join(shown)} "
+                             "(rollouts/<model>/h<H>.npz): no gallery.")
+        return gallery
     without = [m for m in shown if not files[m]]
     if without:
         gallery.notes.append("No rollouts (" + ", ".join(f"{results}/rollouts/{m}/h<H>.npz" for m in without)
                              + "): their cells are empty.")
-    gallery.horizons = sorted({h for f in files.values() for h in f})
-    if not gallery.horizons:
-        gallery.notes.append(f"No rollout files under {results}/rollouts for {', '.join(shown)}: no gallery.")
-        return gallery
     if test_lmdb is None:
         gallery.notes.append("No test LMDB given (--test-lmdb): the real game's column is left out.")
     gallery.columns = ([(REAL, "real game")] if test_lmdb is not None else []) + [(m, lineup.label(m)) for m in shown]

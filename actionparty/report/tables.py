@@ -513,7 +513,7 @@ img.figure { max-width: 100%; height: auto; border: 1px solid #eee; }
 table.gallery td, table.gallery th { border: 1px solid #ddd; padding: 4px; text-align: center; vertical-align: top;
                                      font-size: 12px; }
 table.gallery img { image-rendering: pixelated; width: 192px; height: auto; }
-.missing { color: #8a4b00; } .absent { color: #888; font-style: italic; }
+.missing { color: #8a4b00; overflow-wrap: anywhere; } .absent { color: #888; font-style: italic; }
 """
 
 
