@@ -162,58 +162,95 @@ def read_csv(path: Path) -> list[dict]:
     return list(csv.DictReader(io.StringIO(path.read_text())))
 
 
+def md_cells(line: str) -> list[str]:
+    """The cells of a Markdown table row."""
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
 # ---------------------------------------------------------------------------------------------
 # Tables
 # ---------------------------------------------------------------------------------------------
 
 
-def test_every_table_is_written_in_three_formats(built):
+def test_every_table_is_written_in_four_formats(built):
     for name in ("main", "ablation", "per_game", "per_player_count", "per_cause", "seeds"):
-        for ext in ("md", "csv", "tex"):
+        for ext in ("md", "csv", "tex", "html"):
             assert (built["out"] / "tables" / f"{name}.{ext}").stat().st_size > 0
 
 
-def test_main_table_rows_columns_and_values_are_copied_exactly(built):
+def _mean_sd(model: str, h: int, metric: str, runs=("", "-s1", "-s2")) -> tuple[float, float]:
+    import statistics
+
+    values = [metrics_json(model + r)["horizons"][f"h{h}"]["overall"][metric] for r in runs]
+    return statistics.fmean(values), statistics.stdev(values)
+
+
+def test_main_table_csv_has_full_precision_and_the_seed_mean(built):
     rows = read_csv(built["out"] / "tables" / "main.csv")
     assert [r["model"] for r in rows] == ["full", "text_action", "global_action", "static", "oracle"]
-    assert list(rows[0])[3:] == [f"h{h}/{m}" for h in HORIZONS for m in T.MAIN_METRICS]
+    keys = [f"h{h}/{m}" for h in HORIZONS for m in T.MAIN_METRICS]
+    assert list(rows[0])[:4] == ["model", "experiment", "label", "runs"]
+    assert list(rows[0])[4:] == keys + [f"{k} sd" for k in keys]  # full has seed runs: a spread per column
     by_model = {r["model"]: r for r in rows}
     assert by_model["full"]["experiment"] == "exp-139" and "exp-146" in by_model["global_action"]["label"]
     for model, row in by_model.items():
+        if model == "full":
+            continue
         data = metrics_json(model)["horizons"]
+        assert row["runs"] == "1" and row["h4/MA sd"] == ""
         for h in HORIZONS:
             for m in T.MAIN_METRICS:
                 expected = data[f"h{h}"]["overall"][m]
                 assert row[f"h{h}/{m}"] == ("" if expected is None else repr(expected)), (model, h, m)
-    assert by_model["full"]["h4/MA"] == "0.77912"
+    mean, sd = _mean_sd("full", 4, "MA")  # full, full-s1, full-s2: 0.77912, 0.79912, 0.81912
+    assert by_model["full"]["runs"] == "3" and "3 seeds" in by_model["full"]["label"]
+    assert float(by_model["full"]["h4/MA"]) == mean and float(by_model["full"]["h4/MA sd"]) == sd  # not rounded
+    assert by_model["full"]["h4/MA"] == repr(mean)
 
 
-def test_best_non_oracle_value_is_marked(built):
+def test_shown_tables_round_and_show_mean_and_sd(built):
     md = (built["out"] / "tables" / "main.md").read_text()
+    full = next(line for line in md.splitlines() if line.startswith("| ActionParty (exp-139), 3 seeds"))
+    assert "**0.799 ± 0.020**" in full  # mean 0.79912, sd 0.02, 3 decimals
+    static = md_cells(next(line for line in md.splitlines() if line.startswith("| Static")))
+    assert static[1] == f"{metrics_json('static')['horizons']['h4']['overall']['MA']:.3f}" == "0.376"
+    assert "0.37601" not in md and "mean ± sample standard deviation" in md
+    assert "95% CI: not shown" in md  # the synthetic metrics carry no interval
     tex = (built["out"] / "tables" / "main.tex").read_text()
-    full = next(line for line in md.splitlines() if line.startswith("| ActionParty (exp-139)"))
-    oracle = next(line for line in md.splitlines() if line.startswith("| Oracle"))
-    assert "**0.77912**" in full and "**" not in oracle  # the oracle's higher MA does not compete
-    assert r"\textbf{0.77912}" in tex and r"\textbf{0.99512}" not in tex
-    fd_full = repr(metrics_json("full")["horizons"]["h4"]["overall"]["FD"])
-    assert f"**{fd_full}**" in full  # FD: lower is better
-    text_row = next(line for line in md.splitlines() if line.startswith("| Text-Action"))
-    assert "–" in text_row  # its EA is null
+    assert r"\textbf{0.799 $\pm$ 0.020}" in tex and r"\midrule" + "\nOracle" in tex
+    html = (built["out"] / "tables" / "main.html").read_text()
+    assert "<strong>0.799 ± 0.020</strong>" in html and html.startswith("<!DOCTYPE html>")
+    assert 'class="data row4 col0 bounds"' in html  # the oracle's row (5th) is marked as bounds
+
+
+def test_best_is_not_bold_on_all_equal_columns_or_shared_zeros():
+    cols = [T.Column("h4", m, "4") for m in ("MA", "EA", "FD", "duplicated", "SP")]
+    rows = [T.Row("a", "A", "", [0.5, 0.0, 0.0, 0.0, 0.90011]),
+            T.Row("b", "B", "", [0.4, 0.0, 0.0, 0.1, 0.90049]),
+            T.Row("c", "C", "", [0.5, 0.0, 1.0, 0.2, 0.3]),
+            T.Row("o", "Oracle", "", [1.0, 1.0, 0.0, 0.0, 1.0], bounds=True)]
+    best = T.Table("t", "t", cols, rows).best()
+    # MA: a tie at 0.5 (both bold); EA: all 0.0 (none, the oracle's 1.0 does not compete);
+    # FD: 0.0 shared by a and b (none); duplicated: a's 0.0 alone is best; SP: equal when rounded.
+    assert best == [{0, 2}, set(), set(), {0}, {0, 1}]
+    md = T.to_markdown(T.Table("t", "t", cols, rows))
+    assert "**0.000**" in md and md.count("**") == 2 * 5 + 2  # the caption's bold + 5 bold cells
 
 
 def test_ablation_and_breakdown_tables(built):
     ablation = read_csv(built["out"] / "tables" / "ablation.csv")
     assert [r["model"] for r in ablation] == ["full", "no_msa"]
-    assert ablation[0]["h4/ST_l1"] == repr(metrics_json("full")["horizons"]["h4"]["overall"]["ST_l1"])
+    assert float(ablation[0]["h4/ST_l1"]) == _mean_sd("full", 4, "ST_l1")[0]
+    assert ablation[1]["h4/ST_l1"] == repr(metrics_json("no_msa")["horizons"]["h4"]["overall"]["ST_l1"])
     md = (built["out"] / "tables" / "ablation.md").read_text()
     assert "no_mca" in md and "no_state" in md  # reported as missing, not dropped silently
     per_game = read_csv(built["out"] / "tables" / "per_game.csv")
-    assert list(per_game[0])[3:] == ["alpha/MA", "alpha/SP", "beta/MA", "beta/SP"]
+    assert list(per_game[0])[4:8] == ["alpha/MA", "alpha/SP", "beta/MA", "beta/SP"]
     assert [r["model"] for r in per_game] == ["full", "no_msa", "text_action", "global_action", "static", "oracle"]
-    assert per_game[0]["beta/SP"] == repr(metrics_json("full")["horizons"]["h4"]["per_game"]["beta"]["SP"])
+    assert per_game[1]["beta/SP"] == repr(metrics_json("no_msa")["horizons"]["h4"]["per_game"]["beta"]["SP"])
     counts = read_csv(built["out"] / "tables" / "per_player_count.csv")
-    assert list(counts[0])[3:] == ["2 players/MA", "2 players/SP", "3 players/MA", "3 players/SP"]
-    assert counts[0]["3 players/MA"] == repr(metrics_json("full")["horizons"]["h4"]["per_player_count"]["3"]["MA"])
+    assert list(counts[0])[4:8] == ["2 players/MA", "2 players/SP", "3 players/MA", "3 players/SP"]
+    assert counts[1]["3 players/MA"] == repr(metrics_json("no_msa")["horizons"]["h4"]["per_player_count"]["3"]["MA"])
 
 
 
@@ -232,8 +269,8 @@ def test_targets_are_checked_from_the_metrics(built):
 
 def test_per_cause_and_seed_tables(built):
     causes = read_csv(built["out"] / "tables" / "per_cause.csv")
-    assert list(causes[0])[3:] == [f"{c}/MA" for c in M.CAUSES]
-    assert causes[0]["blocked_wall/MA"] == repr(metrics_json("full")["horizons"]["h4"]["per_cause"]["blocked_wall"]["MA"])
+    assert list(causes[0])[4:4 + len(M.CAUSES)] == [f"{c}/MA" for c in M.CAUSES]
+    assert causes[1]["blocked_wall/MA"] == repr(metrics_json("no_msa")["horizons"]["h4"]["per_cause"]["blocked_wall"]["MA"])
     seeds = read_csv(built["out"] / "tables" / "seeds.csv")
     assert [r["model"] for r in seeds] == ["full"] and "3 seeds" in seeds[0]["label"]
     ma = [metrics_json(m)["horizons"]["h4"]["overall"]["MA"] for m in ("full", "full-s1", "full-s2")]
@@ -259,7 +296,7 @@ def test_index_lists_every_output_and_what_is_missing(built):
     summary = built["alone"]
     index = (built["out"] / "index.md").read_text()
     outputs = [p for kind in (summary.tables, summary.figures, summary.gifs) for ps in kind.values() for p in ps]
-    assert len(outputs) == 6 * 3 + 6 * 2 + 2 * 2
+    assert len(outputs) == 6 * 4 + 6 * 2 + 2 * 2
     for path in outputs:
         assert path.relative_to(built["out"]).as_posix() in index
     assert "pretrained_ar" in index and "no_state" in index  # missing metrics
@@ -378,6 +415,8 @@ def test_pick_windows_spreads_over_games():
 def test_latex_escapes_and_formats():
     assert T.latex_escape("no_msa 5% & #1") == r"no\_msa 5\% \& \#1"
     assert T.format_value(0.1) == "0.1" and T.format_value(None) == "" and T.format_value(12) == "12"
+    assert T.format_number(0.12345) == "0.123" and T.format_number(None) == "–" and T.format_number(36) == "36"
+    assert T.format_cell(0.5, 0.01234, (0.4, 0.6)) == "0.500 ± 0.012 [0.400, 0.600]"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,7 +488,7 @@ def test_a_new_variant_file_is_a_new_row_and_line(tmp_path, repo, role):
         csv_rows = {r["model"]: r for r in read_csv(T.write_table(tables[name], tmp_path / "tables")[1])}
         assert csv_rows["new_one"]["label"] == f"{fields['name']} (exp-150)"
     md = T.to_markdown(tables[table])
-    assert f"| {fields['name']} (exp-150) |" in md and "new_one" not in md  # not reported missing
+    assert f"| {fields['name']} (exp-150) " in md and "new_one" not in md  # not reported missing
     fig = F.player_count_plot(metrics, lineup)
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
     assert lines[f"{fields['name']} (exp-150)"].get_color() == "crimson"
@@ -460,3 +499,114 @@ def test_a_new_variant_file_is_a_new_row_and_line(tmp_path, repo, role):
 
     plt.close(fig)
     plt.close(steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# The flat summary metric, the plot data, the page and its gallery
+# ---------------------------------------------------------------------------------------------
+
+
+def _combine_cli(argv: list[str]) -> None:
+    from actionparty.eval.commands import add_commands as add_eval_commands
+
+    parser = argparse.ArgumentParser()
+    add_eval_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["combine-metrics", *argv])
+    args.func(args)
+
+
+def test_summary_changes_exactly_the_model_whose_metrics_changed(tmp_path):
+    metrics = tmp_path / "metrics"
+    models = ("full", "global_action", "oracle")
+    for model in models:
+        write_json(metrics / f"{model}.json", metrics_json(model))
+    files = [str(metrics / f"{m}.json") for m in models]
+    out = tmp_path / "summary.json"
+    _combine_cli(["--out-summary", str(out), *files])
+    before = json.loads(out.read_text())
+    assert list(before) == sorted(models) and list(before["full"]) == ["h20", "h4"]
+    assert before["full"]["h4"] == {k: metrics_json("full")["horizons"]["h4"]["overall"][k]
+                                    for k in ("BA", "MA", "MA_moving", "SP")}
+    changed = metrics_json("global_action")
+    changed["horizons"]["h20"]["overall"]["MA"] = 0.5
+    write_json(metrics / "global_action.json", changed)
+    _combine_cli(["--out-summary", str(out), *files])
+    after = json.loads(out.read_text())
+
+    def flat(d, prefix=""):
+        return {k: v for key, sub in d.items()
+                for k, v in (flat(sub, f"{prefix}{key}.").items() if isinstance(sub, dict) else {f"{prefix}{key}": sub}.items())}
+
+    diff = {k for k, v in flat(after).items() if flat(before)[k] != v}
+    assert diff == {"global_action.h20.MA"} and len(flat(after)) == 3 * 2 * 4
+    with pytest.raises(UserError, match="combine-metrics: nothing to write"):
+        _combine_cli(files)
+
+
+def test_plot_data_are_records_dvc_can_draw(built):
+    plots = built["out"] / "plots"
+    assert sorted(p.name for p in (plots / "train_loss").iterdir()) == ["exp-138.json", "full.json", "global_action.json"]
+    full = json.loads((plots / "train_loss" / "full.json").read_text())
+    assert [r["step"] for r in full] == [10, 20, 30, 40, 50]
+    assert full[0] == {"step": 10, "loss": 0.03, "state_loss": 0.01, "video_loss": 0.03}  # losses only
+    assert "state_loss" not in json.loads((plots / "train_loss" / "global_action.json").read_text())[0]
+    assert json.loads((plots / "curves" / "full.json").read_text()) == [{"step": 100, "MA": 0.3},
+                                                                       {"step": 200, "MA": 0.6, "BA": 0.5}]
+
+
+def test_the_page_reads_top_to_bottom_with_the_gallery(built):
+    page = (built["out_gt"] / "index.html").read_text()
+    order = ["Main results", "The paper&#x27;s numbers beside ours", "Targets", "Ablations", "Per game",
+             "Per number of players", "Training and learning curves", "Rollouts side by side"]
+    positions = [page.index(f">{title}</h2>") for title in order]
+    assert positions == sorted(positions)
+    assert "0.779" in page and "0.158" in page and "third-party summary" in page and "95% CI: not shown" in page
+    assert "<strong>0.799 ± 0.020</strong>" in page and "http" not in page and "<script" not in page
+    gallery = built["with_truth"].gallery
+    assert gallery.horizons == [4, 20] and [c for c, _ in gallery.columns] == ["real", "full", "global_action",
+                                                                                 "text_action"]
+    assert "Not in the variant registry, so no column: paper." in page
+    row = gallery.rows[20][0]
+    assert row["game"] == "alpha" and row["cells"]["text_action"] is None  # no rollouts of text_action
+    import imageio.v2 as imageio
+
+    real, full = (imageio.mimread(row["cells"][c]) for c in ("real", "full"))
+    assert len(real) == len(full) == 21 and real[0].shape == full[0].shape  # the same window, same size
+    assert not np.array_equal(real[0], full[0])  # the rings of the predicted state on the model's frames
+    for path in gallery.paths:
+        assert f'src="{path.relative_to(built["out_gt"]).as_posix()}"' in page
+    alone = (built["out"] / "index.html").read_text()
+    assert "No test LMDB given (--test-lmdb)" in alone and ">real game<" not in alone
+
+
+def test_the_gallery_says_what_is_missing_without_rollouts(tmp_path, repo):
+    from actionparty.report.gallery import build_gallery
+    from actionparty.report.page import gallery_html
+
+    gallery = build_gallery(tmp_path / "results", tmp_path / "reports", Lineup.from_registry(repo / "params" / "variants"))
+    assert not gallery.rows and not (tmp_path / "reports").exists()
+    assert "No rollout files under" in gallery_html(gallery, str)
+
+
+def test_the_page_loads_in_a_headless_browser(built):
+    """Debian's chromium through Playwright: no console error, every image decoded."""
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.is_file():
+        pytest.skip("no /usr/bin/chromium (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="no playwright (pip install playwright)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
+        try:
+            for path in (built["out_gt"] / "index.html", built["out_gt"] / "gallery.html"):
+                page = browser.new_page()
+                problems = []
+                page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+                page.on("pageerror", lambda e: problems.append(str(e)))
+                page.on("requestfailed", lambda r: problems.append(f"failed: {r.url}"))
+                page.goto(path.resolve().as_uri(), wait_until="load")
+                images = page.evaluate("Array.from(document.images).map(i => [i.src.slice(0, 80), i.naturalWidth])")
+                assert len(images) >= 12 and problems == [], (path, problems)
+                assert [src for src, width in images if not width > 0] == [], path
+                page.close()
+        finally:
+            browser.close()

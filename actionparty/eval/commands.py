@@ -9,8 +9,8 @@
         --detectors results/detectors/detectors.pt --out results/metrics/oracle.json
     actionparty curve --profile P --variant full --checkpoint results/finetune/full/checkpoint.pt \
         --test-lmdb data/lmdb/test.lmdb --detectors results/detectors/detectors.pt --out results/finetune/full/curve.json
-    actionparty combine-metrics --out-json results/metrics/combined.json --out-csv results/metrics/combined.csv \
-        results/metrics/*.json
+    actionparty combine-metrics [--out-json results/metrics/combined.json --out-csv results/metrics/combined.csv] \
+        [--out-summary results/metrics/summary.json] results/metrics/*.json
 """
 
 from __future__ import annotations
@@ -85,11 +85,21 @@ def _cmd_curve(args) -> None:
 
 
 def _cmd_combine_metrics(args) -> None:
-    from actionparty.eval.evaluate import combine_metrics, write_table
+    from actionparty.errors import UserError
+    from actionparty.eval.evaluate import combine_metrics, summary_metrics, write_summary, write_table
 
-    rows = combine_metrics(args.metrics)
-    write_table(rows, args.out_json, args.out_csv)
-    print(f"{args.out_csv}: {len(rows)} rows from {len(args.metrics)} metrics files")
+    if (args.out_json is None) != (args.out_csv is None):
+        raise UserError("combine-metrics: --out-json and --out-csv go together (the combined table as JSON and CSV)")
+    if args.out_json is None and args.out_summary is None:
+        raise UserError("combine-metrics: nothing to write; give --out-json and --out-csv, or --out-summary")
+    if args.out_json is not None:
+        rows = combine_metrics(args.metrics)
+        write_table(rows, args.out_json, args.out_csv)
+        print(f"{args.out_csv}: {len(rows)} rows from {len(args.metrics)} metrics files")
+    if args.out_summary is not None:
+        summary = summary_metrics(args.metrics)
+        write_summary(summary, args.out_summary)
+        print(f"{args.out_summary}: {len(summary)} models x horizons x MA, MA_moving, SP, BA")
 
 
 def add_commands(sub) -> None:
@@ -138,8 +148,11 @@ def add_commands(sub) -> None:
     p.add_argument("--detectors", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="results/finetune/{variant}/curve.json")
 
-    p = add("combine-metrics", _cmd_combine_metrics, "one table (JSON + CSV) of every variant's metrics")
-    p.add_argument("--out-json", required=True, type=Path)
-    p.add_argument("--out-csv", required=True, type=Path)
+    p = add("combine-metrics", _cmd_combine_metrics,
+            "one table (JSON + CSV) of every variant's metrics, and/or the flat summary (the DVC metric)")
+    p.add_argument("--out-json", type=Path, help="combined table, JSON (with --out-csv)")
+    p.add_argument("--out-csv", type=Path, help="combined table, CSV (with --out-json)")
+    p.add_argument("--out-summary", type=Path,
+                   help="results/metrics/summary.json: model x horizon x MA, MA_moving, SP, BA")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("metrics", nargs="+", type=Path, help="results/metrics/*.json")

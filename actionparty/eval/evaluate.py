@@ -415,3 +415,39 @@ def write_table(rows: list[dict], json_out: str | Path, csv_out: str | Path) -> 
     for row in rows:
         writer.writerow({k: "" if row[k] is None else row[k] for k in TABLE_COLUMNS})
     write_text(csv_out, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------
+# Flat summary (the DVC metric)
+# ---------------------------------------------------------------------------------------------
+
+SUMMARY_METRICS = ("MA", "MA_moving", "SP", "BA")
+DEFAULT_PROTOCOL = "episodes"  # the test episodes' own policy; a metrics file may name another in 'protocol'
+
+
+def summary_metrics(paths: list[str | Path], metrics: tuple[str, ...] = SUMMARY_METRICS) -> dict:
+    """The headline numbers of every metrics file, flat enough for ``dvc metrics show/diff``:
+    {model: {"h<H>": {metric: number | null}}}, models in the order given, horizons ascending;
+    with a level {model: {protocol: {"h<H>": ...}}} once the files name more than one protocol
+    (field ``protocol``; absent = ``episodes``). Values are copied as the files hold them."""
+    read = [metrics_file.read(path) for path in paths]
+    protocols = {data.get("protocol", DEFAULT_PROTOCOL) for data in read}
+    out: dict = {}
+    for path, data in zip(paths, read):
+        entry = {key: {m: entry["overall"].get(m) for m in metrics}
+                 for key, entry in sorted(data["horizons"].items(), key=lambda kv: metrics_file.horizon_steps(kv[0]))}
+        model = data["variant"]
+        if len(protocols) > 1:
+            protocol = data.get("protocol", DEFAULT_PROTOCOL)
+            if protocol in out.get(model, {}):
+                raise metrics_file.MetricsError(f"{path}: a second metrics file of '{model}', protocol '{protocol}'")
+            out.setdefault(model, {})[protocol] = entry
+        else:
+            if model in out:
+                raise metrics_file.MetricsError(f"{path}: a second metrics file of '{model}' (field 'variant')")
+            out[model] = entry
+    return out
+
+
+def write_summary(summary: dict, out: str | Path) -> None:
+    write_json(out, summary)

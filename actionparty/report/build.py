@@ -1,14 +1,17 @@
-"""The whole report from ``results/`` alone: tables, figures, GIFs and ``index.md``.
+"""The whole report from ``results/`` alone: tables, figures, GIFs, plot data, ``index.md``
+and ``index.html``.
 
-    results/metrics/{model}.json                 -> tables/{main,ablation,per_game,per_player_count}.{md,csv,tex}
+    results/metrics/{model}.json                 -> tables/{main,ablation,per_game,...}.{md,csv,tex,html}
                                                     figures/{per_player_count,ma_curve}.{png,pdf}
     results/exp-138/train_log.jsonl,
-    results/finetune/{variant}/train_log.jsonl   -> figures/training_curves.{png,pdf}
-    results/finetune/{variant}/curve.json        -> figures/learning_curves.{png,pdf} (if any)
+    results/finetune/{variant}/train_log.jsonl   -> figures/training_curves.{png,pdf}, plots/train_loss/{run}.json
+    results/finetune/{variant}/curve.json        -> figures/learning_curves.{png,pdf}, plots/curves/{variant}.json
     results/rollouts/{model}/h{H}.npz
       (+ results/detectors/detectors.pt,
-       + optional test LMDB for ground truth)    -> figures/rollout_{model}.{png,pdf}, gifs/{model}_{n}.gif
-    everything above                             -> index.md (every output with its caption)
+       + optional test LMDB for ground truth)    -> figures/rollout_{model}.{png,pdf}, gifs/{model}_{n}.gif,
+                                                    gifs/gallery/h{H}/{game}_{real|model}.gif, gallery.html
+    everything above                             -> index.md (every output with its caption),
+                                                    index.html (one page, top to bottom; :mod:`.page`)
 
 Whatever is missing (a model a smaller profile does not run, no detector bundle, no test LMDB) is
 left out and named in ``index.md`` and in the returned summary; a corrupt input is a one-line
@@ -27,7 +30,10 @@ from tqdm import tqdm
 from actionparty.atomic import write_text
 from actionparty.report import figures as F
 from actionparty.report import tables as T
+from actionparty.report.gallery import GALLERY_MODELS, Gallery, build_gallery
 from actionparty.report.lineup import Lineup
+from actionparty.report.page import targets_html, write_gallery_page, write_page
+from actionparty.report.plots import write_plot_data
 from actionparty.report.targets import check_targets, targets_markdown
 from actionparty.variants import VARIANT_DIR
 
@@ -56,7 +62,8 @@ CAPTIONS = {
     "fig_training_curves": "Training loss per logged step: video-only pretraining (exp-138) and the action "
                            "finetuning of every variant (total loss, and the state-token loss of the subject "
                            "variants).",
-    "fig_learning_curves": "MA and BA measured at finetuning checkpoints, one line per variant.",
+    "fig_learning_curves": "MA, BA and SP (those measured) at finetuning checkpoints on a few test windows, one "
+                           "line per variant.",
     "fig_rollout": "{label}: {windows} test windows at horizon {horizon}; rows: {rows}; circles mark the model's "
                    "predicted coordinates of each player in its colour; under each generated step, one icon per "
                    "player for the action it was fed, {criterion}.",
@@ -73,6 +80,9 @@ class ReportSummary:
     gifs: dict[str, list[Path]] = field(default_factory=dict)
     captions: dict[str, str] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)  # plot data for dvc plots (plots/train_loss, plots/curves)
+    gallery: Gallery | None = None
+    pages: dict[str, Path] = field(default_factory=dict)  # index.md, index.html, gallery.html
 
 
 def _rollout_files(folder: Path) -> dict[int, Path]:
@@ -107,13 +117,16 @@ def _training_inputs(results: Path, lineup: Lineup, summary: ReportSummary) -> t
 
 def build_report(results: str | Path = "results", out: str | Path = "reports", test_lmdb: str | Path | None = None,
                  rollout_models: tuple[str, ...] = ("full", "global_action"), windows: int = 3,
-                 rollout_horizon: int = 4, progress: bool = True, variant_dir: str | Path = VARIANT_DIR
-                 ) -> ReportSummary:
-    """Write every table, figure and GIF that ``results`` allows under ``out``, then ``index.md``.
-    Rows and lines: every model of the variant registry ``variant_dir`` (:mod:`.lineup`).
+                 rollout_horizon: int = 4, progress: bool = True, variant_dir: str | Path = VARIANT_DIR,
+                 gallery_models: tuple[str, ...] = GALLERY_MODELS, gallery_games: int = 8) -> ReportSummary:
+    """Write every table, figure and GIF that ``results`` allows under ``out``, then ``index.md``
+    and ``index.html``. Rows and lines: every model of the variant registry ``variant_dir``
+    (:mod:`.lineup`).
 
     rollout_horizon: the horizon of the rollout figures (columns = steps; the nearest available
-    file is used if that one is missing); GIFs use each model's longest rollout.
+    file is used if that one is missing); GIFs use each model's longest rollout. The gallery
+    (:mod:`.gallery`): ``gallery_models`` side by side on one window of each of up to
+    ``gallery_games`` games, at every horizon their rollouts hold.
     """
     results, out = Path(results), Path(out)
     summary = ReportSummary()
@@ -121,14 +134,16 @@ def build_report(results: str | Path = "results", out: str | Path = "reports", t
     metrics = T.load_metrics(results / "metrics", lineup.names)
     summary.missing += [f"metrics of {m} ({p})" for m, p in metrics.missing.items()]
 
-    steps = 4 + 1 + len(rollout_models)
-    bar = tqdm(total=steps, desc="report", unit="part", disable=not progress)
-    for table in T.build_tables(metrics, lineup):
+    tables = {t.name: t for t in T.build_tables(metrics, lineup)}
+    bar = tqdm(total=len(tables) + 3 + len(rollout_models), desc="report", unit="part", disable=not progress)
+    for table in tables.values():
         summary.tables[table.name] = T.write_table(table, out / "tables")
         summary.captions[table.name] = CAPTIONS[table.name]
         bar.update()
-    if "full" in metrics.models:
-        write_text(out / "targets.md", targets_markdown(check_targets(metrics, lineup)))
+    targets = check_targets(metrics, lineup) if "full" in metrics.models else None
+    if targets is not None:
+        write_text(out / "targets.md", targets_markdown(targets))
+        write_text(out / "targets.html", T.standalone_html("ActionParty against its targets", targets_html(targets)))
 
     _metric_figures(metrics, lineup, results, out / "figures", summary)
     bar.update()
@@ -140,8 +155,17 @@ def build_report(results: str | Path = "results", out: str | Path = "reports", t
         _rollout_outputs(model, results, out, lineup.label(model), detectors, test_lmdb, windows, rollout_horizon,
                          summary)
         bar.update()
+    bar.set_postfix_str("gallery")
+    summary.gallery = build_gallery(results, out, lineup, test_lmdb, gallery_models, gallery_games,
+                                    game_names=None if detectors is None else list(detectors.games))
+    if summary.gallery.rows:
+        summary.pages["gallery.html"] = write_gallery_page(out, summary.gallery)
+    else:
+        summary.missing.append(f"rollouts for the gallery ({results}/rollouts/{{{','.join(gallery_models)}}}/h<H>.npz)")
+    bar.update()
     bar.close()
-    write_index(out, summary, results)
+    summary.pages["index.md"] = write_index(out, summary, results)
+    summary.pages["index.html"] = write_page(out, summary, tables, metrics, lineup, targets, summary.gallery, results)
     return summary
 
 
@@ -156,6 +180,7 @@ def _metric_figures(metrics: T.MetricsSet, lineup: Lineup, results: Path, figure
     summary.captions["ma_curve"] = CAPTIONS["fig_ma_curve"].format(horizon=long)
 
     pretrain, finetune, curves = _training_inputs(results, lineup, summary)
+    summary.plots = write_plot_data(pretrain, finetune, curves, figures.parent / "plots")
     if pretrain is not None or finetune:
         summary.figures["training_curves"] = F.training_curves_figure(pretrain, finetune, lineup,
                                                                       figures / "training_curves")
@@ -209,8 +234,10 @@ def write_index(out: Path, summary: ReportSummary, results: Path) -> Path:
         return path.relative_to(out).as_posix()
 
     lines = ["# ActionParty reproduction: report", "",
-             f"Rebuilt from `{results}` by `actionparty report`. Tables are Markdown, CSV and LaTeX; figures "
-             "PNG and PDF. Numbers are copied from the metrics JSON as written; bold = best non-oracle value.", ""]
+             f"Rebuilt from `{results}` by `actionparty report`; the same report as one page: "
+             "[index.html](index.html). Tables are Markdown, CSV, LaTeX and HTML; figures PNG and PDF. Numbers are "
+             "rounded to 3 decimals (full precision in the CSV), mean ± sd over seeds where a model has seed runs; "
+             "bold = best non-oracle value.", ""]
     combined = results / "metrics" / "combined.csv"
     if combined.is_file():
         lines += [f"Every metric of every model, game and horizon in one table: `{combined}`.", ""]
@@ -228,6 +255,12 @@ def write_index(out: Path, summary: ReportSummary, results: Path) -> Path:
         png = next(p for p in paths if p.suffix == ".png")
         pdf = next(p for p in paths if p.suffix == ".pdf")
         lines += [f"### {name}", "", f"{summary.captions[name]}", "", f"![{name}]({rel(png)}) ([pdf]({rel(pdf)}))", ""]
+    if summary.plots:
+        lines += ["## Plot data (dvc plots)", "", ", ".join(f"[{rel(p)}]({rel(p)})" for p in summary.plots), ""]
+    if summary.gallery is not None and summary.gallery.rows:
+        lines += ["## Gallery", "", "Real game beside each model on the same test window, per game and horizon: "
+                  "[index.html#gallery](index.html#gallery) (GIFs under `gifs/gallery/`; embedded in "
+                  "[gallery.html](gallery.html)).", ""]
     if summary.gifs:
         lines += ["## GIFs", ""]
         for paths in summary.gifs.values():

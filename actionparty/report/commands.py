@@ -1,7 +1,8 @@
 """CLI command of the report stage (registered by actionparty.cli through add_commands).
 
     actionparty report --results results --out reports [--test-lmdb data/lmdb/test.lmdb] \
-        [--rollout-models full global_action] [--windows 3] [--rollout-horizon 4] [--variants params/variants]
+        [--rollout-models full global_action] [--windows 3] [--rollout-horizon 4] [--variants params/variants] \
+        [--gallery-models full paper global_action text_action] [--gallery-games 8]
     actionparty targets --results results [--strict] [--variants params/variants]
     actionparty sample --profile P --checkpoint C --lmdb test.lmdb [--steps 20] --out DIR
 """
@@ -20,10 +21,13 @@ def _cmd_report(args) -> None:
 
     torch.set_num_threads(args.threads)
     summary = build_report(args.results, args.out, args.test_lmdb, tuple(args.rollout_models), args.windows,
-                           args.rollout_horizon, progress=not args.quiet, variant_dir=args.variants)
+                           args.rollout_horizon, progress=not args.quiet, variant_dir=args.variants,
+                           gallery_models=tuple(args.gallery_models), gallery_games=args.gallery_games)
     files = sum(len(p) for kind in (summary.tables, summary.figures, summary.gifs) for p in kind.values())
     print(f"{args.out}: {len(summary.tables)} tables, {len(summary.figures)} figures, "
-          f"{sum(len(p) for p in summary.gifs.values())} GIFs ({files} files), index.md")
+          f"{sum(len(p) for p in summary.gifs.values())} GIFs ({files} files), "
+          f"{len(summary.gallery.paths) if summary.gallery else 0} gallery GIFs, {len(summary.plots)} plot files, "
+          f"{', '.join(summary.pages)}")
     for line in summary.missing:
         print(f"  missing: {line}")
 
@@ -75,7 +79,7 @@ def add_commands(sub) -> None:
     p.add_argument("--steps", type=positive_int, default=20)
     p.add_argument("--out", required=True, type=Path)
 
-    help = "tables (md/csv/tex), figures (png/pdf), GIFs and index.md rebuilt from results/ alone"
+    help = "tables (md/csv/tex/html), figures (png/pdf), GIFs, plot data, index.md and index.html from results/ alone"
     p = sub.add_parser("report", help=help, description=help)
     p.set_defaults(func=_cmd_report)
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder (metrics/, rollouts/, ...)")
@@ -86,6 +90,9 @@ def add_commands(sub) -> None:
     p.add_argument("--windows", type=positive_int, default=3, help="test windows per rollout figure")
     p.add_argument("--rollout-horizon", type=positive_int, default=4, help="horizon of the rollout figures (steps = columns)")
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (detectors on the shown windows)")
+    p.add_argument("--gallery-models", nargs="+", default=["full", "paper", "global_action", "text_action"],
+                   help="the gallery's columns after the real game (those not in the registry are left out)")
+    p.add_argument("--gallery-games", type=positive_int, default=8, help="games (rows) of the gallery, at most")
     p.add_argument("--quiet", action="store_true")
     _variants_option(p)
 

@@ -177,8 +177,12 @@ def read_train_log(path: str | Path) -> dict[str, np.ndarray]:
     return {k: _numbers([r.get(k) for r in records]) for k in keys}
 
 
+CURVE_METRICS = ("MA", "MA_changing", "BA", "SP")  # the learning-curve metrics drawn, where measured
+
+
 def read_learning_curve(path: str | Path) -> dict[str, np.ndarray]:
-    """``curve.json`` = {"steps": [...], "MA": [...], "BA": [...]} (nulls allowed) -> arrays."""
+    """``curve.json`` = {"steps": [...], "MA": [...], "BA": [...], "SP": [...], ...} (nulls allowed)
+    -> arrays: ``steps`` and every metric of :data:`CURVE_METRICS` the file has."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -187,12 +191,14 @@ def read_learning_curve(path: str | Path) -> dict[str, np.ndarray]:
     if not isinstance(data, dict) or not isinstance(data.get("steps"), list):
         raise MetricsError(f"{path}: field 'steps' is missing")
     out = {"steps": _numbers(data["steps"])}
-    for key in ("MA", "BA"):
+    for key in CURVE_METRICS:
         values = data.get(key)
         if values is None:
             continue
         if not isinstance(values, list) or len(values) != len(data["steps"]):
             raise MetricsError(f"{path}: field '{key}' must be a list as long as 'steps'")
+        if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values):
+            raise MetricsError(f"{path}: field '{key}' holds a value that is not a number or null")
         out[key] = _numbers(values)
     return out
 
@@ -237,9 +243,9 @@ def training_curves_figure(pretrain: dict[str, np.ndarray] | None, finetune: dic
 
 def learning_curves_figure(curves: dict[str, dict[str, np.ndarray]], lineup: Lineup,
                            stem: str | Path) -> list[Path]:
-    """MA and BA at finetuning checkpoints, one line per variant."""
+    """MA, BA and SP (those measured) at finetuning checkpoints, one line per variant."""
     plt = _pyplot()
-    keys = [k for k in ("MA", "BA") if any(k in c for c in curves.values())]
+    keys = [k for k in CURVE_METRICS if any(k in c for c in curves.values())]
     fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for run, curve in curves.items():

@@ -1,5 +1,5 @@
 # The paper's tables and figures, rebuilt from results/ alone (plus the test LMDB for the
-# ground-truth rows of the rollout figures).
+# ground-truth rows of the rollout figures and the real game's column of the gallery).
 
 REPORT_TABLES = ["main", "ablation", "per_game", "per_player_count", "per_cause"] + (["seeds"] if SEED_RUNS else [])
 # Rollout figures: ActionParty against the global-action baseline when the profile runs them.
@@ -21,25 +21,42 @@ rule report_build:
         test="data/lmdb/test.lmdb",
     output:
         index="reports/index.md",
+        page="reports/index.html",
         targets="reports/targets.md",
-        tables=expand("reports/tables/{table}.{ext}", table=REPORT_TABLES, ext=["csv", "tex"]),
-        other_tables=expand("reports/tables/{table}.md", table=[t for t in REPORT_TABLES if t not in ("main", "ablation")]),
-        main=report("reports/tables/main.md", caption="../report/main.rst", category="Tables"),
-        ablation=report("reports/tables/ablation.md", caption="../report/ablation.rst", category="Tables"),
+        targets_page=report("reports/targets.html", caption="../report/targets.rst", category="Targets"),
+        tables=expand("reports/tables/{table}.{ext}", table=REPORT_TABLES, ext=["md", "csv", "tex"]),
+        # Snakemake's report shows HTML inline (not Markdown): each table as a page of its own.
+        main=report("reports/tables/main.html", caption="../report/main.rst", category="Tables",
+                    labels={"table": "main"}),
+        ablation=report("reports/tables/ablation.html", caption="../report/ablation.rst", category="Tables",
+                        labels={"table": "ablation"}),
+        per_game=report("reports/tables/per_game.html", caption="../report/per_game_table.rst", category="Tables",
+                        labels={"table": "per game"}),
+        per_player_count=report("reports/tables/per_player_count.html", caption="../report/per_player_count_table.rst",
+                                category="Tables", labels={"table": "per player count"}),
+        per_cause=report("reports/tables/per_cause.html", caption="../report/per_cause.rst", category="Tables",
+                         labels={"table": "per cause"}),
+        seeds=report(["reports/tables/seeds.html"] if SEED_RUNS else [],
+                     caption="../report/seeds.rst", category="Tables", labels={"table": "seeds"}),
         figures=expand("reports/figures/{figure}.pdf", figure=REPORT_FIGURES),
         player_count=report("reports/figures/per_player_count.png", caption="../report/per_player_count.rst",
                             category="Figures"),
         ma_curve=report("reports/figures/ma_curve.png", caption="../report/ma_curve.rst", category="Figures"),
         training=report("reports/figures/training_curves.png", caption="../report/training_curves.rst",
                         category="Figures"),
+        learning=report(["reports/figures/learning_curves.png"] if CURVES else [],
+                        caption="../report/learning_curves.rst", category="Figures"),
         rollouts=report(expand("reports/figures/rollout_{model}.png", model=ROLLOUT_FIGURE_MODELS),
                         caption="../report/rollout.rst", category="Rollouts"),
-        gifs=report(directory("reports/gifs"), patterns=["{name}.gif"], caption="../report/gifs.rst",
-                    category="Rollouts"),
+        # The gallery with its GIFs embedded (data URIs): the report's viewer shows it inline,
+        # which it does not do for GIF files.
+        gallery=report("reports/gallery.html", caption="../report/gallery.rst", category="Rollouts"),
+        gifs=directory("reports/gifs"),
+        plots=directory("reports/plots"),  # records for dvc plots: train_loss/{run}.json, curves/{variant}.json
     params:
         results=lambda wc, input: os.path.dirname(os.path.dirname(input.combined)),
         out=lambda wc, output: os.path.dirname(output.index),
-        rollout_models=" ".join(ROLLOUT_FIGURE_MODELS),
+        rollout_models=ROLLOUT_FIGURE_MODELS,  # a list: `:q` quotes each name on its own
     threads: 1
     resources:
         mem_mb=4000,
@@ -51,6 +68,19 @@ rule report_build:
     shell:
         "actionparty report --results {params.results:q} --out {params.out:q} --test-lmdb {input.test:q}"
         " --rollout-models {params.rollout_models:q} --threads {threads} > {log:q} 2>&1"
+
+
+# The flat summary metric (model x horizon x MA, MA_moving, SP, BA) that `dvc metrics show/diff`
+# reads; the per-model files stay the detailed outputs.
+rule summary_metrics:
+    input:
+        expand("results/metrics/{model}.json", model=MODELS + ["oracle"]),
+    output:
+        "results/metrics/summary.json",
+    log:
+        "logs/summary_metrics.log",
+    shell:
+        "actionparty combine-metrics --out-summary {output:q} {input:q} > {log:q} 2>&1"
 
 
 rule report:
