@@ -3,6 +3,8 @@
 
     python tools/compare_runs.py RUN_A RUN_B [--rename OLD=NEW ...]
 
+RUN_A and RUN_B are workflow folders (their results/ is compared) or results folders.
+
 Checkpoints (``*.pt``): every tensor of the weights and the EMA, exactly (``torch.equal``), after
 renaming parameter-name prefixes of RUN_A with ``--rename`` (a refactor that moves a module);
 metadata is not compared. Rollouts (``*.npz``): every array, exactly. Metrics and curves
@@ -83,7 +85,8 @@ def main() -> int:
     parser.add_argument("--rename", action="append", default=[], help="OLD=NEW parameter-name prefix of run A")
     args = parser.parse_args()
     renames = [tuple(r.split("=", 1)) for r in args.rename]
-    files = sorted(str(p.relative_to(args.a)) for p in (args.a / "results").rglob("*")
+    top = args.a / "results" if (args.a / "results").is_dir() else args.a  # a run folder, or results/ itself
+    files = sorted(str(p.relative_to(args.a)) for p in top.rglob("*")
                    if p.is_file() and "work" not in p.relative_to(args.a).parts
                    and p.suffix in (".pt", ".npz", ".json", ".jsonl"))
     differ = 0
