@@ -1,14 +1,63 @@
-"""Atomic writes: a killed job leaves either the old file or the new one, never half of one."""
+"""Atomic writes: a killed job leaves either the old file or the new one, never half of one.
+
+The temporary of ``path`` is a hidden sibling folder ``.{name}.{host}.{pid}.{random}.tmp``.
+A job killed with SIGKILL cannot remove it, so the next write of the same ``path`` does:
+it removes every such sibling made on this host by a process that no longer runs. Folders of
+live processes (a concurrent writer), of other hosts (a shared file system: their processes
+cannot be checked from here) and anything not named by this pattern are left alone.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import socket
 from pathlib import Path
 from typing import Iterator
+
+
+def _host() -> str:
+    # Dots separate the name's fields, so the host keeps only characters that cannot clash.
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of another user: it runs
+        return True
+    return True
+
+
+def stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """The temporaries of ``path`` (see the module docstring) left by dead processes of this host."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]+\.tmp")
+    host, stale = _host(), []
+    try:
+        siblings = list(path.parent.iterdir())
+    except FileNotFoundError:
+        return []
+    for sibling in siblings:
+        match = pattern.fullmatch(sibling.name)
+        if (match and match["host"] == host and int(match["pid"]) != os.getpid()
+                and not _pid_running(int(match["pid"])) and sibling.is_dir() and not sibling.is_symlink()):
+            stale.append(sibling)
+    return sorted(stale)
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove what :func:`stale_temporaries` finds; returns the removed folders."""
+    removed = stale_temporaries(path)
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed
 
 
 @contextlib.contextmanager
@@ -16,11 +65,14 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
     Works for files and directories (the caller creates whichever it needs). On error
-    the temporary is removed and ``path`` is left untouched.
+    the temporary is removed and ``path`` is left untouched. Temporaries that earlier,
+    killed writes of ``path`` left behind are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_temporaries(path)
+    tmp = path.parent / f".{path.name}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    tmp.mkdir(mode=0o700)
     target = tmp / (path.name + suffix)
     try:
         yield target

@@ -19,6 +19,7 @@ player's whole action sequence is drawn up front from its own seeded stream.
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import time
@@ -130,13 +131,46 @@ def generate_one(task: EpisodeTask) -> tuple[str, str]:
     return os.path.basename(task.path), digest
 
 
+def check_replaceable(out_dir: str | Path) -> None:
+    """Refuse (UserError) an existing ``out_dir`` that this command did not write.
+
+    ``--out`` replaces the whole folder, so it must hold nothing but a previous run's output:
+    a ``manifest.json`` of ours and the episode files it lists. Anything else (another kind
+    of folder, a file, a symlink, a stray file inside our folder) is refused in one line
+    before any work is done. An empty folder holds nothing to lose and is replaced.
+    """
+    out = Path(out_dir)
+    if not os.path.lexists(out):
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise UserError(f"{out}: exists and is not an episode folder; refusing to replace it (choose another --out)")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    try:
+        manifest = json.loads((out / MANIFEST_NAME).read_text())
+        listed = {MANIFEST_NAME} | {str(e["file"]) for e in manifest["episodes"]}
+        ours = manifest["schema_version"] == EPISODE_SCHEMA_VERSION and "game" in manifest
+    except (OSError, ValueError, KeyError, TypeError):
+        ours = False
+    if not ours:
+        raise UserError(f"{out}: exists and has no episode manifest of ours (it was not written by "
+                        f"'actionparty episodes'); refusing to replace it (choose another --out)")
+    stray = [name for name in entries if name not in listed]
+    if stray:
+        raise UserError(f"{out / stray[0]}: not written by 'actionparty episodes'; refusing to replace {out} "
+                        f"(move it away first)")
+
+
 def generate_episodes(
     spec: GameSpec, split: str, profile: Profile, out_dir: str | Path, workers: int = 1, progress: bool = True
 ) -> dict:
     """Write ``per_split[split]`` episodes of ``spec`` into ``out_dir`` (created atomically,
-    with a manifest of seeds and sha256 checksums); return the manifest."""
+    with a manifest of seeds and sha256 checksums); return the manifest. An existing
+    ``out_dir`` is replaced only if a previous run wrote it (:func:`check_replaceable`)."""
     if split not in SPLITS:
         raise UserError(f"unknown split '{split}'; known: {', '.join(SPLITS)}")
+    check_replaceable(out_dir)
     cfg = profile.episodes
     count = getattr(cfg.per_split, split)
     offset = map_offset(spec, profile.canvas_cells)
@@ -181,19 +215,27 @@ def generate_episodes(
 
 def load_manifest(episode_dir: str | Path) -> dict:
     """Read and check an episode folder's manifest (schema, files present)."""
-    import json
-
     episode_dir = Path(episode_dir)
     path = episode_dir / MANIFEST_NAME
     if not path.is_file():
         raise UserError(f"{path}: episode manifest not found (run the episodes stage first)")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path}: not an episode manifest (a JSON object is expected)")
     if manifest.get("schema_version") != EPISODE_SCHEMA_VERSION:
         raise UserError(f"{path}: episode schema {manifest.get('schema_version')}, expected {EPISODE_SCHEMA_VERSION}")
-    for entry in manifest["episodes"]:
+    for field, kind in (("game", str), ("split", str), ("canvas_cells", int), ("episodes", list)):
+        if not isinstance(manifest.get(field), kind):
+            raise UserError(f"{path}: field '{field}' is missing or not a {kind.__name__}")
+    for i, entry in enumerate(manifest["episodes"]):
+        if not (isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in ("file", "sha256"))):
+            raise UserError(f"{path}: field 'episodes[{i}]' needs 'file' and 'sha256' strings")
+        # A listed name is a file of this folder, never a path that leads out of it.
+        if Path(entry["file"]).name != entry["file"] or entry["file"] in (".", ".."):
+            raise UserError(f"{path}: field 'episodes[{i}].file' is not a plain file name: {entry['file']!r}")
         if not (episode_dir / entry["file"]).is_file():
             raise UserError(f"{episode_dir / entry['file']}: listed in the manifest but missing")
     return manifest
