@@ -32,6 +32,8 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from actionparty.errors import UserError
+
 SYS_GETRANDOM = 318  # x86_64 Linux
 _R_X86_64_GLOB_DAT = 6
 _R_X86_64_JUMP_SLOT = 7
@@ -40,8 +42,9 @@ _PROT_READ, _PROT_WRITE = 0x1, 0x2
 _lock = threading.Lock()
 
 
-class LuaSeedError(RuntimeError):
-    """The running dmlab2d cannot be given a seeded LuaJIT PRNG (unknown binary layout)."""
+class LuaSeedError(UserError):
+    """The installed dmlab2d cannot be given a seeded LuaJIT PRNG (another platform or binary
+    layout): refused in one line rather than producing episodes that differ from run to run."""
 
 
 def _elf_import_slots(path: str, symbol: str) -> list[int]:
