@@ -15,8 +15,9 @@ constructed (the only place a Lua state is created) the import slot of ``syscall
 ``dmlab2d_pybind.so`` points at a Python function that answers ``getrandom`` with bytes derived
 from our seed and forwards every other system call to libc. The slot is restored before the
 constructor returns. The patch checks what it overwrites (the slot must hold libc's
-``syscall``) and refuses with a clear error otherwise (another dmlab2d build), instead of
-silently losing reproducibility.
+``syscall``). Where it cannot be applied (not x86_64 Linux, another dmlab2d build) episodes
+are still generated, but not byte-reproducibly, and a warning says so once per process: a
+laptop without the patch can still run the pipeline.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import contextlib
 import ctypes
 import functools
 import hashlib
+import logging
 import mmap
 import os
 import struct
@@ -42,9 +44,12 @@ _PROT_READ, _PROT_WRITE = 0x1, 0x2
 _lock = threading.Lock()
 
 
+log = logging.getLogger(__name__)
+
+
 class LuaSeedError(UserError):
     """The installed dmlab2d cannot be given a seeded LuaJIT PRNG (another platform or binary
-    layout): refused in one line rather than producing episodes that differ from run to run."""
+    layout)."""
 
 
 def _elf_import_slots(path: str, symbol: str) -> list[int]:
@@ -123,9 +128,23 @@ def _write_slot(mprotect, slot: int, value: int) -> None:
     mprotect(page, mmap.PAGESIZE, _PROT_READ)
 
 
+@functools.lru_cache(maxsize=1)
+def available() -> bool:
+    """Whether :func:`seeded_luajit` can seed LuaJIT here (else it warns once and does nothing)."""
+    try:
+        _patch_site()
+    except LuaSeedError as err:
+        log.warning("episodes will not be byte-reproducible on this machine: %s", err)
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def seeded_luajit(seed: int) -> Iterator[None]:
     """While inside, every LuaJIT state dmlab2d creates seeds its PRNG from ``seed``."""
+    if not available():
+        yield
+        return
     slots, real_syscall, mprotect, forward = _patch_site()
     stream = hashlib.shake_256(b"actionparty luajit prng %d" % seed)
     used = 0
