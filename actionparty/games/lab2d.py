@@ -261,7 +261,8 @@ _ENGINE_SETTINGS = ("levelName", "levelDirectory", "mixerSeed")
 
 
 def lua_string(text: str) -> str:
-    """``text`` as a Lua string literal (bytes outside printable ASCII as decimal escapes)."""
+    """``text`` as a Lua string literal (bytes outside printable ASCII as decimal escapes of
+    three digits: Lua reads up to three, so a shorter one would swallow a digit after it)."""
     out = []
     for byte in text.encode():
         if byte in (0x22, 0x5C):  # " and \
@@ -269,7 +270,7 @@ def lua_string(text: str) -> str:
         elif 32 <= byte < 127:
             out.append(chr(byte))
         else:
-            out.append("\\%d" % byte)
+            out.append("\\%03d" % byte)
     return '"' + "".join(out) + '"'
 
 
@@ -288,15 +289,15 @@ def level_script(flat: Mapping[str, str]) -> dict[str, str]:
 
     - LuaJIT's trace compiler places machine code at addresses probed with the same PRNG that
       draws the string ids, so a compiled trace shifts every id drawn after it depending on the
-      process's memory map (measured: with it on, 1 in 4 builds of commons_harvest_partnership
+      process's memory map (measured: with it on, 2 of 8 builds of commons_harvest_partnership
       still spawned differently);
-    - the garbage collector's pace follows table sizes, and tables keyed by objects grow by
-      collisions of their addresses; a string collected and made again gets a fresh id
-      (measured: coins spawned its two players either way round from one build to the next
-      until the collector was stopped). A Lua state lives for one episode and Melting Pot's
-      Lua allocates little per step (no visible growth of the process over 2,000 steps of
-      clean_up or allelopathic_harvest), so nothing needs collecting before the state is
-      dropped at the next reset.
+    - the garbage collector: a string it frees and Lua makes again gets a fresh id, and which
+      strings are freed before they are needed again depends on the memory map (measured:
+      coins spawned its two players either way round from one build to the next until the
+      collector was stopped, but always the same way with address randomisation off). A Lua
+      state lives for one episode and Melting Pot's Lua allocates little per step (no visible
+      growth of the process over 2,000 steps of clean_up or allelopathic_harvest), so nothing
+      needs collecting before the state is dropped at the next reset.
 
     The per-episode ``env_seed`` is left out here and passed as the one remaining plain
     setting (a single entry has one order); the script copies it into the table.
