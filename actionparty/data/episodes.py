@@ -152,11 +152,11 @@ def _child(task: EpisodeTask, conn) -> None:
 
 
 def play_isolated(tasks: list[EpisodeTask], workers: int):
-    """Yield (task, sha256 or None) for every task, each played and written in a forked child
-    process of its own (at most ``workers`` at a time), in completion order.
+    """Yield (task, sha256 or None, exit code) for every task, each played and written in a
+    forked child process of its own (at most ``workers`` at a time), in completion order.
 
     Why a process per episode: a few seeds make Melting Pot's Lua fail inside a dmlab2d
-    callback (measured: factory_commons, 1 train episode in 40 of 200 steps, an error in
+    callback (measured: factory_commons, 1 of 40 train episodes of 200 steps, an error in
     factory_of_the_commons/components.lua), and dmlab2d answers with a failed CHECK that
     aborts the whole process (SIGABRT). Such a death takes only its own episode (None); a child
     killed any other way (out of memory, a signal from outside) stops the run with an error,

@@ -309,6 +309,7 @@ class ClipDataset(torch.utils.data.Dataset):
             raise DatasetError(f"{self.path}: no clips of {clip_steps} steps (episodes too short or no games)")
         self.index = np.asarray(windows, dtype=np.int64)
         self._label_cache: dict[int, dict[str, np.ndarray]] = {}
+        self._env: lmdb.Environment | None = None  # this process's handle, set by _txn()
 
     def _game_index(self, name: str) -> int:
         if name not in self.games:
