@@ -57,20 +57,21 @@ def check_games(profile_path: str, names: list[str], episodes: int = 2, steps: i
     """{game: reproducible} over two fresh processes per game (see the module docstring)."""
     jobs = [(profile_path, name, episodes, steps) for name in names for _ in range(2)]
     runs: dict[str, list[list[str]]] = {name: [] for name in names}
+    result = {}
     # maxtasksperchild=1: every run gets a process of its own, never one a run has used.
     with mp.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:
         for name, digests in pool.imap_unordered(_worker, jobs):
             runs[name].append(digests)
-    result = {}
-    for name in names:
-        (a, b) = runs[name]
-        same_across = a == b
-        same_within = a[0] == a[-1] and b[0] == b[-1]
-        result[name] = same_across and same_within
-        print(f"{name:45s} {'ok' if result[name] else 'DIFFERS'}"
-              f"{'' if same_across else '  (across processes)'}{'' if same_within else '  (within a process)'}",
-              flush=True)
-    return result
+            if len(runs[name]) < 2:
+                continue
+            a, b = runs[name]
+            same_across = a == b
+            same_within = a[0] == a[-1] and b[0] == b[-1]
+            result[name] = same_across and same_within
+            print(f"{name:45s} {'ok' if result[name] else 'DIFFERS'}"
+                  f"{'' if same_across else '  (across processes)'}{'' if same_within else '  (within a process)'}",
+                  flush=True)
+    return {name: result[name] for name in names}
 
 
 def main(argv: list[str] | None = None) -> int:
