@@ -10,6 +10,7 @@ cannot be checked from here) and anything not named by this pattern are left alo
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -77,10 +78,34 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     try:
         yield target
         if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        os.replace(target, path)
+            _replace_folder(target, path)
+        else:
+            os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _replace_folder(new: Path, old: Path) -> None:
+    """Put folder ``new`` where folder ``old`` is; ``old``'s content ends up at ``new`` (inside
+    the temporary, removed with it). A rename cannot replace a non-empty folder, and removing
+    ``old`` first would leave a moment with no output at all, so on Linux the two are swapped
+    in one step (renameat2 RENAME_EXCHANGE); elsewhere ``old`` is moved aside first, which
+    leaves at worst no output (never a partial one) if the process dies in between."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        exchange = libc.renameat2
+    except (OSError, AttributeError):
+        exchange = None
+    if exchange is not None:
+        at_cwd = -100  # AT_FDCWD
+        if exchange(at_cwd, os.fsencode(new), at_cwd, os.fsencode(old), _RENAME_EXCHANGE) == 0:
+            return
+    aside = new.with_name(new.name + ".old")
+    os.replace(old, aside)
+    os.replace(new, old)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
