@@ -145,8 +145,10 @@ def test_flipped_byte_in_meta_is_refused(dataset, tmp_path):
     _, path = dataset
 
     def rename_game(data):
-        at = bytes(data).index(b'"games": ["alpha"') + len(b'"games": ["alph')
-        data[at] ^= 0x03  # 'a' -> 'b'
+        # Every copy: LMDB may keep a stale one in a free page, and only the live one matters.
+        pattern, at = b'"games": ["alpha"', -1
+        while (at := bytes(data).find(pattern, at + 1)) >= 0:
+            data[at + len(pattern) - 2] ^= 0x03  # 'a' -> 'b'
 
     damaged = _copy_with(path, tmp_path, rename_game)
     with pytest.raises(DatasetError, match=r"damaged.lmdb: record __meta__ failed its checksum"):
@@ -222,3 +224,27 @@ def test_record_length_pointing_past_the_file_is_refused(dataset, tmp_path):
     damaged = _copy_with(path, tmp_path, grow_meta)
     with pytest.raises(DatasetError, match=r"damaged.lmdb: (record __meta__ points outside data.mdb|LMDB error)"):
         ClipDataset(damaged, clip_steps=1)
+
+
+def test_same_episodes_give_the_same_lmdb_bytes(tmp_path):
+    """DVC reruns everything downstream when data bytes change, so an LMDB is a function of its
+    episodes: built in another process (other leftover memory, another pid) and more than one
+    zip-timestamp tick (2 s) later, the folder is the same bytes (no lock file, zeroed page
+    slack, fixed timestamps in the label records)."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO, subprocess_env
+
+    folder = tmp_path / "eps/alpha"
+    write_synthetic_episodes(folder, "alpha", "train", episodes=2, steps=4, players=2)
+    start = time.monotonic()
+    build_lmdb([folder], tmp_path / "a.lmdb", "train", map_size_mb=16, progress=False)
+    time.sleep(max(0.0, 2.1 - (time.monotonic() - start)))
+    code = (f"from actionparty.data.lmdb_dataset import build_lmdb; "
+            f"build_lmdb([{str(folder)!r}], {str(tmp_path / 'b.lmdb')!r}, 'train', map_size_mb=16, progress=False)")
+    subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env(), cwd=REPO)
+    files = {name: sorted(p.name for p in (tmp_path / name).iterdir()) for name in ("a.lmdb", "b.lmdb")}
+    assert files["a.lmdb"] == files["b.lmdb"] == ["data.mdb"]
+    assert (tmp_path / "a.lmdb/data.mdb").read_bytes() == (tmp_path / "b.lmdb/data.mdb").read_bytes()

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from actionparty.atomic import atomic_path
 from actionparty.data.episodes import load_manifest
-from actionparty.data.npz import load_npz, sha256_file
+from actionparty.data.npz import load_npz, npz_bytes, sha256_file
 from actionparty.errors import DatasetError
 from actionparty.games import PLAYER_SLOTS
 
@@ -136,7 +136,9 @@ def build_lmdb(episode_dirs: list[str | Path], out_path: str | Path, split: str,
             "games": games, "episodes": []}
     total = sum(len(m["episodes"]) for _, m in manifests)
     with atomic_path(out_path) as tmp, lmdb_errors(out_path):
-        env = lmdb.open(str(tmp), map_size=map_size_mb << 20, subdir=True, meminit=False, map_async=False)
+        # meminit: LMDB zeroes the unused part of every page it writes; without it, whatever
+        # that memory held before lands in data.mdb and equal input gives other bytes.
+        env = lmdb.open(str(tmp), map_size=map_size_mb << 20, subdir=True, meminit=True, map_async=False)
         try:
             index = 0
             bar = tqdm(total=total, desc=f"lmdb {split}", unit="ep", disable=not progress)
@@ -151,9 +153,7 @@ def build_lmdb(episode_dirs: list[str | Path], out_path: str | Path, split: str,
                     with env.begin(write=True) as txn:
                         for t in range(frames.shape[0]):
                             txn.put(_frame_key(index, t), _seal(zlib.compress(frames[t].tobytes(), zlib_level)))
-                        buf = io.BytesIO()
-                        np.savez(buf, **{k: arrays[k] for k in LABELS})
-                        txn.put(_labels_key(index), _seal(buf.getvalue()))
+                        txn.put(_labels_key(index), _seal(npz_bytes({k: arrays[k] for k in LABELS})))
                     meta["episodes"].append({"game": game_index, "num_players": int(arrays["actions"].shape[1]),
                                              "steps": int(arrays["actions"].shape[0]), "seed": entry["seed"],
                                              "source": f"{manifest['game']}/{entry['file']}"})
@@ -167,6 +167,9 @@ def build_lmdb(episode_dirs: list[str | Path], out_path: str | Path, split: str,
             raise DatasetError(f"{out_path}: LMDB map full; raise lmdb.map_size_mb (now {map_size_mb})") from None
         finally:
             env.close()
+        # Readers open without locking; the lock file only holds this writer's process state
+        # (different bytes on every build), so it does not become part of the dataset.
+        (tmp / "lock.mdb").unlink(missing_ok=True)
     return meta
 
 
