@@ -166,3 +166,11 @@ def test_an_episode_the_engine_aborts_is_replaced_by_the_next_spare_seed(tmp_pat
         ("ep_00000.npz", 28, 26), ("ep_00001.npz", 27, None)]
     assert "seed 26 of ep_00000.npz aborted in the engine" in capfd.readouterr().out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ep_00000.npz", "ep_00001.npz", "manifest.json"]
+
+
+def test_nonsense_worker_count_is_one_line(tmp_path, capsys):
+    argv = ["episodes", "--profile", SMOKE, "--game", "coins", "--split", "val", "--out", str(tmp_path / "o"),
+            "--workers", "0"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == "error: --workers 0: must be at least 1"
+    assert not (tmp_path / "o").exists()

@@ -244,6 +244,8 @@ def generate_episodes(
     ``out_dir`` is replaced only if a previous run wrote it (:func:`check_replaceable`)."""
     if split not in SPLITS:
         raise UserError(f"unknown split '{split}'; known: {', '.join(SPLITS)}")
+    if workers < 1:
+        raise UserError(f"--workers {workers}: must be at least 1")
     check_replaceable(out_dir)
     cfg = profile.episodes
     count = getattr(cfg.per_split, split)
@@ -262,7 +264,7 @@ def generate_episodes(
         todo = tasks
         while todo:
             retry = []
-            for task, digest, exitcode in play_isolated(todo, max(1, min(workers, len(todo)))):
+            for task, digest, exitcode in play_isolated(todo, min(workers, len(todo))):
                 name = os.path.basename(task.path)
                 if digest is not None:
                     digests[name] = digest
