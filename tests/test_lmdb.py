@@ -127,3 +127,124 @@ def test_split_and_canvas_mismatch_refused(tmp_path):
     write_synthetic_episodes(tmp_path / "c", "gamma", "train", episodes=1, steps=3, players=2, canvas_cells=7)
     with pytest.raises(DatasetError, match="disagree on canvas size"):
         build_lmdb([tmp_path / "a", tmp_path / "c"], tmp_path / "x.lmdb", "train", map_size_mb=16, progress=False)
+
+
+def _copy_with(path, tmp_path, edit) -> "Path":
+    """A copy of the LMDB folder ``path`` whose data.mdb bytes went through ``edit``."""
+    copy = tmp_path / "damaged.lmdb"
+    copy.mkdir()
+    data = bytearray((path / "data.mdb").read_bytes())
+    edit(data)
+    (copy / "data.mdb").write_bytes(bytes(data))
+    return copy
+
+
+def test_flipped_byte_in_meta_is_refused(dataset, tmp_path):
+    """One flipped bit in __meta__ renames a game ("alpha" -> "alphb"): the JSON stays valid,
+    so only the checksum can tell, and it does, on open."""
+    _, path = dataset
+
+    def rename_game(data):
+        # Every copy: LMDB may keep a stale one in a free page, and only the live one matters.
+        pattern, at = b'"games": ["alpha"', -1
+        while (at := bytes(data).find(pattern, at + 1)) >= 0:
+            data[at + len(pattern) - 2] ^= 0x03  # 'a' -> 'b'
+
+    damaged = _copy_with(path, tmp_path, rename_game)
+    with pytest.raises(DatasetError, match=r"damaged.lmdb: record __meta__ failed its checksum"):
+        ClipDataset(damaged, clip_steps=1)
+
+
+def test_schema_1_lmdb_is_refused_with_its_version(dataset):
+    """Schema 1 stored __meta__ as bare JSON (no checksum): named as such, not as corrupt."""
+    import json
+
+    import lmdb
+
+    from actionparty.data.lmdb_dataset import META_KEY, _OPEN
+
+    _, path = dataset
+    _OPEN.clear()
+    env = lmdb.open(str(path), subdir=True)
+    with env.begin(write=True) as txn:
+        txn.put(META_KEY, json.dumps({"schema_version": 1, "split": "train"}).encode())
+    env.close()
+    with pytest.raises(DatasetError, match=r"LMDB schema 1, this code reads 2 \(rebuild it\)"):
+        ClipDataset(path, clip_steps=1)
+
+
+def _meta_page(data, psize=4096):
+    """(offset of the current LMDB meta page, its main-DB root page number). LMDB keeps two
+    meta pages (0 and 1); the one with the higher txnid is current. In a meta page, the main
+    DB's root pgno sits at byte 128 and the txnid at byte 144 (64-bit LMDB layout)."""
+    import struct
+
+    page = max((0, 1), key=lambda i: struct.unpack_from("<Q", data, i * psize + 144)[0])
+    return page * psize, struct.unpack_from("<Q", data, page * psize + 128)[0]
+
+
+@pytest.mark.parametrize("damage", ["root pointer", "root page flags"])
+def test_lmdb_errors_are_one_line_dataset_errors(dataset, tmp_path, capsys, damage):
+    """B-tree damage surfaces in py-lmdb as lmdb.Error subclasses (PageNotFoundError,
+    CorruptedError, ...): refused in one line naming the file, by the reader and the CLI."""
+    from actionparty.cli import main
+
+    _, path = dataset
+
+    def edit(data):
+        meta, root = _meta_page(data)
+        if damage == "root pointer":
+            data[meta + 129] ^= 0x40  # the root page number now lies far past the file
+        else:
+            data[root * 4096 + 10] = 0x04  # page flags: the root now claims to be an overflow page
+
+    damaged = _copy_with(path, tmp_path, edit)
+    with pytest.raises(DatasetError, match=r"damaged.lmdb: LMDB error \(\w+Error"):
+        verify_lmdb(damaged, progress=False)
+    assert main(["verify-lmdb", "--quiet", str(damaged)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "damaged.lmdb" in err and "Traceback" not in err
+
+
+def test_record_length_pointing_past_the_file_is_refused(dataset, tmp_path):
+    """A damaged value length that reaches past the end of data.mdb is refused before a byte
+    of it is read (reading it would kill the process with SIGBUS)."""
+    import struct
+
+    from actionparty.data.lmdb_dataset import META_KEY
+
+    _, path = dataset
+
+    def grow_meta(data):
+        # A leaf node is: data size (u32), flags (u16), key size (u16), key, data.
+        at = bytes(data).index(META_KEY) - 8
+        assert struct.unpack_from("<H", data, at + 6)[0] == len(META_KEY)
+        struct.pack_into("<I", data, at, 1 << 30)
+
+    damaged = _copy_with(path, tmp_path, grow_meta)
+    with pytest.raises(DatasetError, match=r"damaged.lmdb: (record __meta__ points outside data.mdb|LMDB error)"):
+        ClipDataset(damaged, clip_steps=1)
+
+
+def test_same_episodes_give_the_same_lmdb_bytes(tmp_path):
+    """DVC reruns everything downstream when data bytes change, so an LMDB is a function of its
+    episodes: built in another process (other leftover memory, another pid) and more than one
+    zip-timestamp tick (2 s) later, the folder is the same bytes (no lock file, zeroed page
+    slack, fixed timestamps in the label records)."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO, subprocess_env
+
+    folder = tmp_path / "eps/alpha"
+    write_synthetic_episodes(folder, "alpha", "train", episodes=2, steps=4, players=2)
+    start = time.monotonic()
+    build_lmdb([folder], tmp_path / "a.lmdb", "train", map_size_mb=16, progress=False)
+    time.sleep(max(0.0, 2.1 - (time.monotonic() - start)))
+    code = (f"from actionparty.data.lmdb_dataset import build_lmdb; "
+            f"build_lmdb([{str(folder)!r}], {str(tmp_path / 'b.lmdb')!r}, 'train', map_size_mb=16, progress=False)")
+    subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env(), cwd=REPO)
+    files = {name: sorted(p.name for p in (tmp_path / name).iterdir()) for name in ("a.lmdb", "b.lmdb")}
+    assert files["a.lmdb"] == files["b.lmdb"] == ["data.mdb"]
+    assert (tmp_path / "a.lmdb/data.mdb").read_bytes() == (tmp_path / "b.lmdb/data.mdb").read_bytes()

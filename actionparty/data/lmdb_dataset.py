@@ -1,7 +1,7 @@
 """One LMDB per split, and a torch Dataset of clips read from it.
 
-Layout (schema 1, documented in docs/DATASET.md). Every value but ``__meta__`` starts
-with the CRC32 of the rest (4 bytes, little endian), checked on every read:
+Layout (schema 2, documented in docs/DATASET.md). Every value starts with the CRC32 of the
+rest (4 bytes, little endian), checked on every read (``__meta__`` when the LMDB is opened):
 
 ``__meta__``            JSON: schema_version, split, canvas_px, player_slots, games, episodes
 ``e/{episode:06d}``     uncompressed .npz of the episode's labels (actions, position, facing,
@@ -15,6 +15,7 @@ serves 1-step training transitions and 20-step evaluation rollouts.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -29,12 +30,15 @@ from tqdm import tqdm
 
 from actionparty.atomic import atomic_path
 from actionparty.data.episodes import load_manifest
-from actionparty.data.npz import load_npz, sha256_file
+from actionparty.data.npz import load_npz, npz_bytes, sha256_file
 from actionparty.errors import DatasetError
 from actionparty.games import PLAYER_SLOTS
 
-LMDB_SCHEMA_VERSION = 1
+# 2: __meta__ carries a CRC32 like every other record (schema 1 had none: a flipped byte could
+# relabel a game unnoticed).
+LMDB_SCHEMA_VERSION = 2
 META_KEY = b"__meta__"
+LMDB_FILES = ("data.mdb", "lock.mdb")
 LABELS = ("actions", "position", "facing", "visible", "interact_effect")
 
 
@@ -50,6 +54,30 @@ def _seal(payload: bytes) -> bytes:
     return struct.pack("<I", zlib.crc32(payload)) + payload
 
 
+# id(env) -> (first, end) address of the data.mdb bytes in the memory map of a read handle.
+_MAPPED: dict[int, tuple[int, int]] = {}
+
+
+def _read(path: Path, env: lmdb.Environment, txn, key: bytes) -> memoryview:
+    """The checked payload of record ``key`` (``txn`` opened with ``buffers=True``).
+
+    LMDB takes a value's length from its node without checking it, so a damaged length can
+    point past the end of data.mdb; touching those bytes would kill the process (SIGBUS on
+    the memory map). The value's address range is checked against the file first.
+    """
+    value = txn.get(key)
+    _check_inside(path, env, key, value)
+    return _unseal(path, key, value)
+
+
+def _check_inside(path: Path, env: lmdb.Environment, key: bytes, value) -> None:
+    if value is not None and len(value) and id(env) in _MAPPED:
+        first, end = _MAPPED[id(env)]
+        address = np.frombuffer(value, np.uint8).ctypes.data  # the address only; no byte is read
+        if not first <= address <= address + len(value) <= end:
+            raise DatasetError(f"{path}: record {key.decode()} points outside data.mdb (corrupt LMDB; rebuild it)")
+
+
 def _unseal(path: Path, key: bytes, value: bytes | memoryview | None) -> memoryview:
     if value is None:
         raise DatasetError(f"{path}: record {key.decode()} is missing (incomplete or mismatched LMDB)")
@@ -57,6 +85,32 @@ def _unseal(path: Path, key: bytes, value: bytes | memoryview | None) -> memoryv
     if len(value) < 4 or struct.unpack("<I", value[:4])[0] != zlib.crc32(value[4:]):
         raise DatasetError(f"{path}: record {key.decode()} failed its checksum (corrupt LMDB; rebuild it)")
     return value[4:]
+
+
+@contextlib.contextmanager
+def lmdb_errors(path: Path):
+    """LMDB's own errors (a damaged B-tree, a bad page: ``lmdb.CorruptedError`` and kin) as
+    one-line DatasetErrors naming the file."""
+    try:
+        yield
+    except lmdb.MapFullError:
+        raise
+    except lmdb.Error as err:
+        raise DatasetError(f"{path}: LMDB error ({type(err).__name__}: {str(err).strip()}); "
+                           "the file is damaged or not an LMDB, rebuild it") from None
+
+
+def check_replaceable(out_path: str | Path) -> None:
+    """Refuse (DatasetError) an existing ``out_path`` that is not an LMDB folder: the build
+    replaces the whole folder, so it may hold nothing but LMDB's own files."""
+    out = Path(out_path)
+    if not os.path.lexists(out):
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise DatasetError(f"{out}: exists and is not an LMDB folder; refusing to replace it (choose another --out)")
+    stray = sorted(p.name for p in out.iterdir() if p.name not in LMDB_FILES)
+    if stray:
+        raise DatasetError(f"{out / stray[0]}: not an LMDB file; refusing to replace {out} (move it away first)")
 
 
 def build_lmdb(episode_dirs: list[str | Path], out_path: str | Path, split: str, map_size_mb: int,
@@ -76,11 +130,15 @@ def build_lmdb(episode_dirs: list[str | Path], out_path: str | Path, split: str,
     if len(set(games)) != len(games):
         raise DatasetError(f"{out_path}: a game appears twice among the episode folders")
 
+    check_replaceable(out_path)
+
     meta = {"schema_version": LMDB_SCHEMA_VERSION, "split": split, "player_slots": PLAYER_SLOTS,
             "games": games, "episodes": []}
     total = sum(len(m["episodes"]) for _, m in manifests)
-    with atomic_path(out_path) as tmp:
-        env = lmdb.open(str(tmp), map_size=map_size_mb << 20, subdir=True, meminit=False, map_async=False)
+    with atomic_path(out_path) as tmp, lmdb_errors(out_path):
+        # meminit: LMDB zeroes the unused part of every page it writes; without it, whatever
+        # that memory held before lands in data.mdb and equal input gives other bytes.
+        env = lmdb.open(str(tmp), map_size=map_size_mb << 20, subdir=True, meminit=True, map_async=False)
         try:
             index = 0
             bar = tqdm(total=total, desc=f"lmdb {split}", unit="ep", disable=not progress)
@@ -95,9 +153,7 @@ def build_lmdb(episode_dirs: list[str | Path], out_path: str | Path, split: str,
                     with env.begin(write=True) as txn:
                         for t in range(frames.shape[0]):
                             txn.put(_frame_key(index, t), _seal(zlib.compress(frames[t].tobytes(), zlib_level)))
-                        buf = io.BytesIO()
-                        np.savez(buf, **{k: arrays[k] for k in LABELS})
-                        txn.put(_labels_key(index), _seal(buf.getvalue()))
+                        txn.put(_labels_key(index), _seal(npz_bytes({k: arrays[k] for k in LABELS})))
                     meta["episodes"].append({"game": game_index, "num_players": int(arrays["actions"].shape[1]),
                                              "steps": int(arrays["actions"].shape[0]), "seed": entry["seed"],
                                              "source": f"{manifest['game']}/{entry['file']}"})
@@ -105,12 +161,15 @@ def build_lmdb(episode_dirs: list[str | Path], out_path: str | Path, split: str,
                     bar.update()
             bar.close()
             with env.begin(write=True) as txn:
-                txn.put(META_KEY, json.dumps(meta).encode())
+                txn.put(META_KEY, _seal(json.dumps(meta).encode()))
             env.sync(True)
         except lmdb.MapFullError:
             raise DatasetError(f"{out_path}: LMDB map full; raise lmdb.map_size_mb (now {map_size_mb})") from None
         finally:
             env.close()
+        # Readers open without locking; the lock file only holds this writer's process state
+        # (different bytes on every build), so it does not become part of the dataset.
+        (tmp / "lock.mdb").unlink(missing_ok=True)
     return meta
 
 
@@ -135,6 +194,7 @@ def open_lmdb(path: str | Path) -> lmdb.Environment:
             return env
         # Also a handle inherited through a fork: py-lmdb refuses to open a path twice in a
         # process, and closing a read-only, lock-free handle only unmaps it in this process.
+        _MAPPED.pop(id(env), None)
         env.close()
     env = _open_checked(path, data_file)
     _OPEN[path] = (signature, env)
@@ -148,25 +208,76 @@ def _open_checked(path: Path, data_file: Path) -> lmdb.Environment:
         raise DatasetError(f"{path}: cannot open LMDB ({err})") from None
     # Reading a page past the end of a truncated file would kill the process (SIGBUS on
     # the memory map), so compare LMDB's own page count with the file size first.
-    info, stat = env.info(), env.stat()
+    with lmdb_errors(path):
+        info, stat = env.info(), env.stat()
     needed = (info["last_pgno"] + 1) * stat["psize"]
-    if data_file.stat().st_size < needed:
+    size = data_file.stat().st_size
+    if size < needed:
         env.close()
-        raise DatasetError(f"{path}: data.mdb is truncated ({data_file.stat().st_size} of {needed} bytes; rebuild it)")
+        raise DatasetError(f"{path}: data.mdb is truncated ({size} of {needed} bytes; rebuild it)")
+    first = _map_address(data_file)
+    if first is not None:
+        _MAPPED[id(env)] = (first, first + size)
     return env
 
 
-def read_meta(env: lmdb.Environment, path: Path) -> dict:
-    with env.begin() as txn:
-        raw = txn.get(META_KEY)
-    if raw is None:
-        raise DatasetError(f"{path}: no __meta__ record (incomplete LMDB)")
+def _map_address(data_file: Path) -> int | None:
+    """Where this process maps ``data_file`` (LMDB's own ``map_addr`` is 0 unless the map is
+    fixed), from /proc/self/maps; None where that is not available."""
     try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError:
+        inode = data_file.stat().st_ino
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and int(fields[4]) == inode and int(fields[2], 16) == 0 \
+                        and fields[5].rstrip("\n") == str(data_file):
+                    return int(fields[0].split("-")[0], 16)
+    except OSError:
+        return None
+    return None
+
+
+# Fields of __meta__ and their JSON types; each episode entry's fields likewise.
+_META_FIELDS = {"split": str, "canvas_px": int, "player_slots": int, "games": list, "episodes": list}
+_EPISODE_FIELDS = {"game": int, "num_players": int, "steps": int}
+
+
+def _bare_schema(raw: bytes):
+    try:
+        return json.loads(raw).get("schema_version")
+    except (ValueError, AttributeError):
+        return None
+
+
+def read_meta(env: lmdb.Environment, path: Path) -> dict:
+    """The checked ``__meta__`` record: checksum, schema version, field types."""
+    with lmdb_errors(path), env.begin(buffers=True) as txn:
+        value = txn.get(META_KEY)
+        if value is None:
+            raise DatasetError(f"{path}: no __meta__ record (incomplete LMDB)")
+        _check_inside(path, env, META_KEY, value)
+        raw = bytes(value)
+    if raw[:1] == b"{" and _bare_schema(raw) == 1:  # schema 1 stored bare JSON, no checksum
+        raise DatasetError(f"{path}: LMDB schema 1, this code reads {LMDB_SCHEMA_VERSION} (rebuild it)")
+    payload = _unseal(path, META_KEY, raw)
+    try:
+        meta = json.loads(bytes(payload))
+    except (ValueError, UnicodeDecodeError):
         raise DatasetError(f"{path}: __meta__ is not valid JSON (corrupt LMDB)") from None
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{path}: __meta__ is not a JSON object (corrupt LMDB)")
     if meta.get("schema_version") != LMDB_SCHEMA_VERSION:
         raise DatasetError(f"{path}: LMDB schema {meta.get('schema_version')}, this code reads {LMDB_SCHEMA_VERSION}")
+    for field, kind in _META_FIELDS.items():
+        if not isinstance(meta.get(field), kind):
+            raise DatasetError(f"{path}: __meta__ field '{field}' is missing or not a {kind.__name__}")
+    for i, ep in enumerate(meta["episodes"]):
+        for field, kind in _EPISODE_FIELDS.items():
+            if not isinstance(ep, dict) or not isinstance(ep.get(field), kind):
+                raise DatasetError(f"{path}: __meta__ field 'episodes[{i}].{field}' is missing or not a {kind.__name__}")
+        if not 0 <= ep["game"] < len(meta["games"]):
+            raise DatasetError(f"{path}: __meta__ field 'episodes[{i}].game' is {ep['game']}, "
+                               f"not one of the {len(meta['games'])} games")
     return meta
 
 
@@ -201,6 +312,7 @@ class ClipDataset(torch.utils.data.Dataset):
             raise DatasetError(f"{self.path}: no clips of {clip_steps} steps (episodes too short or no games)")
         self.index = np.asarray(windows, dtype=np.int64)
         self._label_cache: dict[int, dict[str, np.ndarray]] = {}
+        self._env: lmdb.Environment | None = None  # this process's handle, set by _txn()
 
     def _game_index(self, name: str) -> int:
         if name not in self.games:
@@ -218,14 +330,16 @@ class ClipDataset(torch.utils.data.Dataset):
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_label_cache"] = {}
+        state["_env"] = None  # handles never cross a process boundary
         return state
 
     def _txn(self):
-        return open_lmdb(self.path).begin(buffers=True)
+        self._env = open_lmdb(self.path)
+        return self._env.begin(buffers=True)
 
     def _frame(self, txn, episode: int, t: int) -> np.ndarray:
         key = _frame_key(episode, t)
-        raw = zlib.decompress(_unseal(self.path, key, txn.get(key)))
+        raw = zlib.decompress(_read(self.path, self._env, txn, key))
         size = self.canvas_px * self.canvas_px * 3
         if len(raw) != size:
             raise DatasetError(f"{self.path}: record {key.decode()} has {len(raw)} bytes, expected {size}")
@@ -233,14 +347,14 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def labels(self, episode: int) -> dict[str, np.ndarray]:
         """All labels of one episode (unpadded, P players)."""
-        with self._txn() as txn:
+        with lmdb_errors(self.path), self._txn() as txn:
             return self._labels(txn, episode)
 
     def _labels(self, txn, episode: int) -> dict[str, np.ndarray]:
         # Labels are a few kB per episode: parse each once per process.
         if episode not in self._label_cache:
             key = _labels_key(episode)
-            with np.load(io.BytesIO(bytes(_unseal(self.path, key, txn.get(key))))) as z:
+            with np.load(io.BytesIO(bytes(_read(self.path, self._env, txn, key)))) as z:
                 self._label_cache[episode] = {k: z[k] for k in LABELS}
         return self._label_cache[episode]
 
@@ -253,7 +367,7 @@ class ClipDataset(torch.utils.data.Dataset):
         k = self.clip_steps
         if not 0 <= episode < len(self.meta["episodes"]) or not 0 <= start <= self.meta["episodes"][episode]["steps"] - k:
             raise DatasetError(f"{self.path}: no clip of {k} steps at episode {episode}, step {start}")
-        with self._txn() as txn:
+        with lmdb_errors(self.path), self._txn() as txn:
             frames = np.stack([self._frame(txn, episode, t) for t in range(start, start + k + 1)])
             labels = self._labels(txn, episode)
         players = labels["actions"].shape[1]
@@ -302,7 +416,7 @@ def verify_lmdb(path: str | Path, progress: bool = True) -> dict:
     """Read every record and check its checksum and size; return the meta."""
     path = Path(path)
     ds = ClipDataset(path, clip_steps=1)
-    with ds._txn() as txn:
+    with lmdb_errors(path), ds._txn() as txn:
         for e, ep in enumerate(tqdm(ds.meta["episodes"], desc=f"verify {path.name}", unit="ep", disable=not progress)):
             ds._labels(txn, e)
             for t in range(ep["steps"] + 1):

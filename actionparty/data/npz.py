@@ -32,6 +32,20 @@ def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], level: int 
     return digest
 
 
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """``arrays`` as the bytes of an uncompressed .npz. ``numpy.savez`` stamps every member
+    with the current time, so equal arrays would give other bytes a second later; here the
+    timestamp is fixed, as in :func:`save_npz`."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+            zf.writestr(info, member.getbuffer(), compress_type=zipfile.ZIP_STORED)
+    return buf.getvalue()
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -52,6 +52,7 @@ import numpy as np
 from actionparty.games import lab2d
 from actionparty.games.actions import CANONICAL_ACTIONS, CELL_PX, FACING_STEP, INTERACT
 from actionparty.games.catalogue import GameSpec
+from actionparty.games.luajit_seed import seeded_luajit
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +106,11 @@ class _LuaStdout:
 
 @functools.lru_cache(maxsize=64)
 def _dmlab2d_settings(substrate: str, roles: tuple[str, ...], ascii_map: tuple[str, ...], overrides_json: str):
-    """The flattened dmlab2d settings of a game, cached per process: episodes of one game
-    rebuild the Lua environment at every reset, but the settings never change."""
+    """The dmlab2d settings of a game (its level script, see ``lab2d.level_script``), cached
+    per process: episodes of one game rebuild the Lua environment at every reset, but the
+    settings never change."""
     settings = lab2d.game_settings(substrate, roles, ascii_map, json.loads(overrides_json))
-    return lab2d.flatten_settings(settings)
+    return lab2d.level_script(lab2d.flatten_settings(settings))
 
 
 def _plain_json(value):
@@ -127,9 +129,9 @@ class GameEnv:
     Pot does; restarting one in place aborted the process in clean_up) and returns the first
     state; ``step(actions)`` takes (P,) canonical action ids and returns the next. Every catalogue
     game runs at least 1000 steps before the substrate ends the episode (``running`` turns
-    False); stepping further raises. Melting Pot is not fully reproducible for a given seed (two
-    runs of clean_up with one seed spawned players differently), so the records, not the seed,
-    are the ground truth.
+    False); stepping further raises. For one ``seed`` the sequence of episodes is the same bytes
+    in every process and on every run (see ``lab2d.level_script`` and ``luajit_seed`` for what
+    it takes); the records are still the ground truth, nothing replays an env to get a label.
     """
 
     def __init__(self, spec: GameSpec, seed: int):
@@ -186,9 +188,12 @@ class GameEnv:
         import dmlab2d
         from dmlab2d import runfiles_helper
 
-        settings = dict(self._settings, env_seed=str(int(self._seeds.integers(1, _MAX_SEED))))
+        env_seed = int(self._seeds.integers(1, _MAX_SEED))
+        settings = dict(self._settings, env_seed=str(env_seed))
         self._env = None  # drop the previous Lua state before building the next
-        self._env = dmlab2d.Lab2d(runfiles_helper.find(), settings)
+        # LuaJIT seeds its own PRNG (string hash ids, so pairs() order) while the state is made.
+        with seeded_luajit(env_seed):
+            self._env = dmlab2d.Lab2d(runfiles_helper.find(), settings)
         self._status_running = dmlab2d.RUNNING
         if self._action_columns is None:
             names = {name: i for i, name in enumerate(self._env.action_discrete_names())}

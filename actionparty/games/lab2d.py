@@ -10,13 +10,15 @@ questions for the catalogue and the environment adapter:
   avatar so that dmlab2d reports ``<i>.POSITION`` and ``<i>.ORIENTATION``, and a one-cell
   avatar view whose ``<i>.LAYER`` says whether the avatar is on the grid);
 - what does dmlab2d get? (:func:`flatten_settings`, the string->string table, as Melting Pot's
-  own builder makes it).
+  own builder makes it, and :func:`level_script`, the same table inside a Lua level script so
+  that Lua receives it in one fixed order).
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -252,3 +254,76 @@ def flatten_settings(settings: Mapping) -> dict[str, str]:
     builder.maybe_build_and_add_avatar_objects(lab2d)
     builder.locate_and_overwrite_level_directory(lab2d)
     return builder.parse_python_settings_for_dmlab2d(lab2d)
+
+
+# Settings that dmlab2d's C++ side consumes itself; they never reach the Lua ``init``.
+_ENGINE_SETTINGS = ("levelName", "levelDirectory", "mixerSeed")
+
+
+def lua_string(text: str) -> str:
+    """``text`` as a Lua string literal (bytes outside printable ASCII as decimal escapes of
+    three digits: Lua reads up to three, so a shorter one would swallow a digit after it)."""
+    out = []
+    for byte in text.encode():
+        if byte in (0x22, 0x5C):  # " and \
+            out.append("\\" + chr(byte))
+        elif 32 <= byte < 127:
+            out.append(chr(byte))
+        else:
+            out.append("\\%03d" % byte)
+    return '"' + "".join(out) + '"'
+
+
+def level_script(flat: Mapping[str, str]) -> dict[str, str]:
+    """dmlab2d settings that run the level of ``flat`` (see :func:`flatten_settings`) through
+    a small Lua level script holding every other setting, in sorted order.
+
+    Why: dmlab2d keeps the settings it is given in an ``absl::flat_hash_map`` whose iteration
+    order is salted with heap addresses, and pushes them into Lua in that order. The order in
+    which Lua first sees a string decides its table-hash id, and so the order in which
+    Melting Pot's ``pairs()`` loops walk string-keyed tables (spawn groups, avatars): the same
+    seed spawned players differently from one Lua state to the next. A level script given as
+    ``levelName = "=<source>"`` is parsed in source order instead, so the settings reach Lua in
+    one fixed order. Two more things make a string's id depend on where memory happens to be,
+    and the script turns both off for the life of the Lua state:
+
+    - LuaJIT's trace compiler places machine code at addresses probed with the same PRNG that
+      draws the string ids, so a compiled trace shifts every id drawn after it depending on the
+      process's memory map (measured: with it on, 2 of 8 builds of commons_harvest_partnership
+      still spawned differently);
+    - the garbage collector: a string it frees and Lua makes again gets a fresh id, and which
+      strings are freed before they are needed again depends on the memory map (measured:
+      coins spawned its two players either way round from one build to the next until the
+      collector was stopped, but always the same way with address randomisation off). A Lua
+      state lives for one episode and Melting Pot's Lua allocates little per step (no visible
+      growth of the process over 2,000 steps of clean_up or allelopathic_harvest), so nothing
+      needs collecting before the state is dropped at the next reset.
+
+    The per-episode ``env_seed`` is left out here and passed as the one remaining plain
+    setting (a single entry has one order); the script copies it into the table.
+    """
+    directory, name = flat["levelDirectory"], flat["levelName"]
+    level_file = os.path.join(directory, name + ".lua")
+    if os.path.isfile(level_file):  # the lookup dmlab2d itself does for a level name
+        root = os.path.dirname(level_file)
+    else:
+        root = os.path.join(directory, name)
+        level_file = os.path.join(root, "init.lua")
+    lines = [
+        "if jit then jit.off() end",
+        'collectgarbage("stop")',
+        f"package.path = {lua_string(root + '/?.lua;')} .. package.path",
+        f"local api = dofile({lua_string(level_file)})",
+        "local settings = {}",
+    ]
+    lines += [f"settings[{lua_string(k)}] = {lua_string(v)}" for k, v in sorted(flat.items())
+              if k not in _ENGINE_SETTINGS and k != "env_seed"]
+    lines += [
+        "local init = api.init",
+        "api.init = function(self, kwargs)",
+        "  for key, value in pairs(kwargs) do settings[key] = value end",
+        "  return init(self, settings)",
+        "end",
+        "return api",
+    ]
+    return {"levelName": "=" + "\n".join(lines) + "\n", "levelDirectory": directory}
