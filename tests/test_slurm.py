@@ -2,23 +2,18 @@
 runs every job that `snakemake --profile profiles/slurm` submits with sbatch.
 
 Skipped, with the script's reason, where the cluster cannot start (no apt, not root, daemons refused);
-deselect with `-m "not slurm"`. Determinism: the per-player actions come from our seeded policies and
-are byte-identical between the SLURM run and a local run, and so are the LMDB meta (games, episodes
-with their seeds, canvas) and the clip index; Melting Pot's own state (frames, positions, facing,
-visibility, interact effects) is not reproducible between processes, so for those arrays only the
-files, shapes and dtypes are compared.
+deselect with `-m "not slurm"`. Determinism: episodes are byte-reproducible for a seed, so the SLURM
+run's data files (episodes and LMDBs) equal a local run's byte for byte.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from actionparty.config import SPLITS, load_profile
@@ -30,9 +25,6 @@ pytestmark = pytest.mark.slurm
 SCRIPT = REPO / "tools/slurm_local.sh"
 SKIP_CODE = 77
 SMOKE = ("--configfile", "params/smoke.yaml")
-# Arrays that come from our seeded code, not from the Melting Pot simulation.
-DETERMINISTIC_ARRAYS = ("actions",)
-DETERMINISTIC_CLIP_FIELDS = ("actions", "present", "game", "episode", "start")
 PLUGINS = ("snakemake_executor_plugin_slurm", "snakemake_executor_plugin_cluster_generic")
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+?)\)\.")
 
@@ -138,35 +130,18 @@ def test_every_job_went_through_sbatch(cluster, runs):
 
 
 def test_slurm_outputs_match_a_local_run(runs):
+    """Episodes are byte-reproducible for a seed (docs/DATASET.md), so every data file of the
+    SLURM run, the LMDBs included, equals the local run's byte for byte."""
     local, work, _, _ = runs
     files = {p.relative_to(local) for p in (local / "data").rglob("*") if p.is_file()}
     assert files == {p.relative_to(work) for p in (work / "data").rglob("*") if p.is_file()}
     profile = load_profile(local / "params/smoke.yaml")
-    for manifest in sorted(p for p in files if p.name == "manifest.json"):
-        a, b = json.loads((local / manifest).read_text()), json.loads((work / manifest).read_text())
-        for entry in a["episodes"] + b["episodes"]:
-            entry.pop("sha256")  # the simulation's frames differ, so do the files' digests
-        assert a == b, manifest
-    for npz in sorted(p for p in files if p.suffix == ".npz"):
-        with np.load(local / npz) as a, np.load(work / npz) as b:
-            assert a.files == b.files, npz
-            for key in a.files:
-                assert (a[key].shape, a[key].dtype) == (b[key].shape, b[key].dtype), (npz, key)
-                if key in DETERMINISTIC_ARRAYS:
-                    assert a[key].tobytes() == b[key].tobytes(), (npz, key)
+    for path in sorted(files):
+        assert (local / path).read_bytes() == (work / path).read_bytes(), path
     for split in SPLITS:
         a = ClipDataset(local / f"data/lmdb/{split}.lmdb", clip_steps=1, expect_canvas_px=profile.canvas_px)
-        b = ClipDataset(work / f"data/lmdb/{split}.lmdb", clip_steps=1, expect_canvas_px=profile.canvas_px)
-        assert a.meta == b.meta and a.games == list(profile.games)
+        assert a.games == list(profile.games)
         assert len(a.meta["episodes"]) == getattr(profile.episodes.per_split, split) * len(profile.games)
-        assert np.array_equal(a.index, b.index)
-        for i in range(len(a)):
-            x, y = a[i], b[i]
-            assert x.keys() == y.keys()
-            for key in x:
-                assert (x[key].shape, x[key].dtype) == (y[key].shape, y[key].dtype), (split, i, key)
-                if key in DETERMINISTIC_CLIP_FIELDS:
-                    assert bool((x[key] == y[key]).all()), (split, i, key)
 
 
 def test_sbatch_command_profile_runs_a_job(cluster, tmp_path_factory):

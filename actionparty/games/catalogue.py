@@ -112,6 +112,9 @@ def left_out_substrates(path: str | Path) -> dict[str, str]:
     return {substrate: " ".join(reason.split()) for substrate, reason in data["left_out"].items()}
 
 
+from actionparty.variants import NAME_PATTERN as GAME_NAME  # the same rule as for model names
+
+
 def load_catalogue(path: str | Path, games: Sequence[str] | None = None) -> dict[str, GameSpec]:
     """Read and validate the catalogue; games in file order.
 
@@ -129,6 +132,10 @@ def load_catalogue(path: str | Path, games: Sequence[str] | None = None) -> dict
     result: dict[str, GameSpec] = {}
     used: dict[str, str] = {}  # substrate -> game
     for name, entry in data["games"].items():
+        # Game names become file paths and words of shell lines (the DAG's {game} wildcard).
+        if not isinstance(name, str) or not GAME_NAME.fullmatch(name):
+            raise CatalogueError(f"{path}: game name {name!r} must match {GAME_NAME.pattern} "
+                                 "(lower-case letters, digits, _)")
         substrate = entry.get("substrate") if isinstance(entry, dict) else None
         if substrate in left_out:
             raise CatalogueError(f"{path}: game '{name}': substrate '{substrate}' is listed in left_out")
