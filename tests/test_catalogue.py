@@ -226,3 +226,12 @@ def test_bad_catalogue_file_is_refused(tmp_path, text, problem):
 def test_missing_catalogue_file_is_refused(tmp_path):
     with pytest.raises(CatalogueError, match="catalogue file not found"):
         load_catalogue(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("name", ["co`touch pwned`ins", "../escape", "Coins", "two words", "a;b"])
+def test_a_game_name_that_could_reach_a_shell_or_a_path_is_refused(tmp_path, name):
+    """Game names become the DAG's {game} wildcard, file paths and words of shell lines."""
+    path = write_catalogue(tmp_path, {name: GOOD_GAME})
+    with pytest.raises(CatalogueError) as err:
+        load_catalogue(path)
+    assert "\n" not in str(err.value) and "must match" in str(err.value) and not (tmp_path / "pwned").exists()
