@@ -1,9 +1,13 @@
 """Profiles (params/<profile>.yaml): the one source of truth for every stage's parameters.
 
-A profile is validated against the pydantic models below: an unknown key, a missing key
-or an ill-typed value is refused with the file and the dotted key in one line. The JSON
-schema that Snakemake validates its config with (workflow/schemas/config.schema.json) is
-generated from these models (``actionparty schema``), so both sides agree by construction.
+A profile file names its base (``defaults: params/base.yaml``) and holds only what differs from
+it; the base holds every key, ``???`` (OmegaConf's mandatory value) where each profile must set
+its own. The files are merged with OmegaConf (mappings key by key, anything else, lists
+included, replaced; a key the base lacks is refused) and the merged result is validated against
+the pydantic models below: an unknown key, a missing key or an ill-typed value is refused in one
+line naming the file that sets it and the dotted key. The JSON schema that Snakemake validates
+its config with (workflow/schemas/config.schema.json) is generated from these models
+(``actionparty schema``), so both sides agree by construction.
 """
 
 from __future__ import annotations
@@ -222,7 +226,7 @@ class RolloutConfig(StrictModel):
     window_frames: PositiveInt | None = None  # earlier latent frames kept in the KV cache (default: clip_steps)
     horizons: list[PositiveInt]
     # Models rolled out at every horizon (a seed run follows its variant); the others only at
-    # the shortest one. null: every model. Required, so a profile never inherits another's list.
+    # the shortest one. null: every model. Required (the base's value is null, every model).
     long_horizon_models: list[str] | None
     clips_per_game: PositiveInt  # test windows rolled out per game and horizon
     sample_clips: PositiveInt  # clips drawn into the sample figures/GIFs
