@@ -1,5 +1,6 @@
 # One-command entry points: `make demo` (install + whole pipeline on the tiny profile)
-# and `make test` (install + test suite). Re-running skips what is already installed.
+# and `make test` (install + test suite; what CI runs). `make test-fast` is the unit tests only.
+# Re-running skips what is already installed.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +15,7 @@ MELTINGPOT_WHEEL := .wheels/dm_meltingpot-$(MELTINGPOT_VERSION)-py3-none-any.whl
 
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test data dvc-data repro
+.PHONY: install demo test test-fast data dvc-data repro
 
 install: $(STAMP)
 
@@ -41,6 +42,24 @@ data: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Unit tests only: not the end-to-end DAG and DVC runs (marker `slow`), not the local SLURM
+# cluster (`slurm`), and not these tests of more than a few seconds each (training runs, the
+# dry runs of every profile, the Wan VAE round trip). `make test` still runs all of them.
+SLOW_UNIT_TESTS := \
+	tests/test_workflow.py::test_dry_run_of_every_profile_lists_the_data_rules \
+	tests/test_train.py::test_resume_gives_the_same_weights_as_an_uninterrupted_run \
+	tests/test_train.py::test_finetune_snapshots_are_the_learning_curve_points \
+	tests/test_train.py::test_torchrun_two_processes_equal_one_process \
+	tests/test_train.py::test_cached_rollout_equals_uncached_beyond_the_window \
+	tests/test_train.py::test_untrained_residual_model_copies_the_context \
+	tests/test_train.py::test_context_noise_noises_only_the_contexts_the_model_reads \
+	tests/test_train.py::test_state_first_rollout_cached_equals_uncached_and_snaps_states \
+	tests/test_train.py::test_own_context_frame_is_what_a_rollout_draws \
+	tests/test_codecs.py::test_wan_vae_codec_round_trips_shapes
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not slurm" $(addprefix --deselect ,$(SLOW_UNIT_TESTS))
 
 dvc-data: data   ## the dataset of PROFILE, recorded in data.dvc (commit it, then dvc push)
 	$(BIN)/dvc add data

@@ -1,9 +1,13 @@
 """Profiles (params/<profile>.yaml): the one source of truth for every stage's parameters.
 
-A profile is validated against the pydantic models below: an unknown key, a missing key
-or an ill-typed value is refused with the file and the dotted key in one line. The JSON
-schema that Snakemake validates its config with (workflow/schemas/config.schema.json) is
-generated from these models (``actionparty schema``), so both sides agree by construction.
+A profile file names its base (``defaults: params/base.yaml``) and holds only what differs from
+it; the base holds every key, ``???`` (OmegaConf's mandatory value) where each profile must set
+its own. The files are merged with OmegaConf (mappings key by key, anything else, lists
+included, replaced; a key the base lacks is refused) and the merged result is validated against
+the pydantic models below: an unknown key, a missing key or an ill-typed value is refused in one
+line naming the file that sets it and the dotted key. The JSON schema that Snakemake validates
+its config with (workflow/schemas/config.schema.json) is generated from these models
+(``actionparty schema``), so both sides agree by construction.
 """
 
 from __future__ import annotations
@@ -222,7 +226,7 @@ class RolloutConfig(StrictModel):
     window_frames: PositiveInt | None = None  # earlier latent frames kept in the KV cache (default: clip_steps)
     horizons: list[PositiveInt]
     # Models rolled out at every horizon (a seed run follows its variant); the others only at
-    # the shortest one. null: every model. Required, so a profile never inherits another's list.
+    # the shortest one. null: every model. Required (the base's value is null, every model).
     long_horizon_models: list[str] | None
     clips_per_game: PositiveInt  # test windows rolled out per game and horizon
     sample_clips: PositiveInt  # clips drawn into the sample figures/GIFs
@@ -290,7 +294,151 @@ class Profile(StrictModel):
         return self.canvas_cells * CELL_PX
 
 
-def _format_error(source: str, err: ValidationError) -> str:
+# ---------------------------------------------------------------------------------------------
+# Composition: a profile file is its base plus overrides (OmegaConf merge), then validated.
+
+DEFAULTS_KEY = "defaults"
+MISSING = "???"  # OmegaConf's mandatory value: the base leaves it to every profile
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ProfileError(f"{path}: profile not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ProfileError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ProfileError(f"{path}: a profile must be a mapping")
+    return data
+
+
+def _walk(data, where: str = ""):
+    """(dotted key, value) of every leaf of nested mappings, in file order (lists are leaves)."""
+    for key, value in data.items():
+        dotted = f"{where}{key}"
+        if isinstance(value, dict) and value:
+            yield from _walk(value, f"{dotted}.")
+        else:
+            yield dotted, value
+
+
+def _check_literal(source: str, data: dict) -> None:
+    """Values are literals: DVC reads the files as they are, so an interpolation would show it
+    something else than the stages get."""
+    def strings(value):
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, list):
+            for item in value:
+                yield from strings(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                yield from strings(item)
+
+    for dotted, value in _walk(data):
+        if any("${" in s for s in strings(value)):
+            raise ProfileError(f"{source}: {dotted}: interpolations (${{...}}) are not supported; write the value")
+
+
+def _kind_clash(base, override, where: str = "") -> tuple[str, str, str] | None:
+    """The first key where a mapping meets a list (OmegaConf cannot merge them; it names no key)."""
+    for key, value in override.items():
+        if key not in base:
+            continue
+        dotted, old = f"{where}{key}", base[key]
+        if isinstance(value, dict) and isinstance(old, dict):
+            found = _kind_clash(old, value, f"{dotted}.")
+            if found:
+                return found
+        elif {type(value), type(old)} == {dict, list}:
+            return dotted, type(value).__name__, type(old).__name__
+    return None
+
+
+def _merge(base: dict, base_source: str, override: dict, source: str) -> dict:
+    """``override`` on top of ``base``: mappings merge key by key, everything else (lists included)
+    is replaced. A key that the base does not have is refused (OmegaConf's struct mode)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+    clash = _kind_clash(base, override)
+    if clash:
+        dotted, new, old = clash
+        kinds = {"dict": "a mapping", "list": "a list"}
+        raise ProfileError(f"{source}: {dotted}: {kinds[new]} cannot replace {kinds[old]} of {base_source}")
+    try:
+        merged = OmegaConf.create(base)
+        OmegaConf.set_struct(merged, True)
+        merged = OmegaConf.merge(merged, OmegaConf.create(override))
+        return OmegaConf.to_container(merged, resolve=False)
+    except ConfigKeyError as err:
+        raise ProfileError(f"{source}: {err.full_key}: unknown key (not in {base_source})") from None
+    except OmegaConfBaseException as err:
+        where = getattr(err, "full_key", None) or "<root>"
+        raise ProfileError(f"{source}: {where}: {str(err).splitlines()[0]}") from None
+
+
+def _compose(data: dict, source: str, seen: tuple[str, ...] = ()) -> tuple[dict, list[tuple[str, dict]]]:
+    """The mapping ``data`` (read from ``source``) on top of its ``defaults:`` chain.
+
+    Returns the merged mapping and the chain of (file, its own mapping), the profile first: the
+    files an error may come from."""
+    data = dict(data)
+    parent = data.pop(DEFAULTS_KEY, None)
+    _check_literal(source, data)
+    if parent is None:
+        return data, [(source, data)]
+    if not isinstance(parent, str):
+        raise ProfileError(f"{source}: {DEFAULTS_KEY}: must be the path of one profile file (e.g. params/base.yaml)")
+    if not Path(parent).is_file():
+        raise ProfileError(f"{source}: {DEFAULTS_KEY}: no file {parent} (paths are relative to the working "
+                           "directory, the repository root)")
+    seen += (str(Path(source).resolve()),)
+    if str(Path(parent).resolve()) in seen:
+        raise ProfileError(f"{source}: {DEFAULTS_KEY}: {parent} is already in the chain of bases")
+    base, chain = _compose(_read_yaml(Path(parent)), parent, seen)
+    return _merge(base, parent, data, source), [(source, data), *chain]
+
+
+def _has(data, loc: tuple) -> bool:
+    for part in loc:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        else:
+            return False
+    return True
+
+
+def _origin(chain: list[tuple[str, dict]], loc: tuple) -> str:
+    """The file of ``chain`` that sets the value at ``loc`` (the nearest to the profile), else the
+    profile itself."""
+    for depth in range(len(loc), 0, -1):
+        for source, data in chain:
+            if _has(data, loc[:depth]):
+                return source
+    return chain[0][0]
+
+
+def _check_missing(merged: dict, chain: list[tuple[str, dict]]) -> None:
+    """A value the base leaves to each profile (``???``) that the profile does not set: named by
+    the highest key the profile file lacks (``eval`` when it has no ``eval:`` section at all)."""
+    missing = [dotted for dotted, value in _walk(merged) if value == MISSING]
+    if not missing:
+        return
+    source, own = chain[0]
+    parts = missing[0].split(".")
+    depth = next((d for d in range(1, len(parts) + 1) if not _has(own, tuple(parts[:d]))), len(parts))
+    key = ".".join(parts[:depth])
+    declared = next((s for s, data in reversed(chain) if _has(data, tuple(parts))), source)
+    what = "it" if key == missing[0] else missing[0]
+    more = f"; +{len(missing) - 1} more" if len(missing) > 1 else ""
+    raise ProfileError(f"{source}: {key}: missing key ({declared} leaves {what} to each profile: {MISSING}{more})")
+
+
+def _format_error(chain: list[tuple[str, dict]], err: ValidationError) -> str:
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "<root>"
     if first["type"] == "extra_forbidden":
@@ -300,38 +448,66 @@ def _format_error(source: str, err: ValidationError) -> str:
     else:
         what = first["msg"]
     more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{source}: {where}: {what}{more}"
+    return f"{_origin(chain, tuple(first['loc']))}: {where}: {what}{more}"
+
+
+def _merged(data: dict, source: str) -> tuple[Profile, dict]:
+    merged, chain = _compose(data, source)
+    _check_missing(merged, chain)
+    try:
+        return Profile.model_validate(merged), merged
+    except ValidationError as err:
+        raise ProfileError(_format_error(chain, err)) from None
 
 
 def validate_profile(data: dict, source: str = "<config>") -> Profile:
-    """Validate a profile mapping; raise ProfileError naming ``source`` and the key."""
-    try:
-        return Profile.model_validate(data)
-    except ValidationError as err:
-        raise ProfileError(_format_error(source, err)) from None
+    """Validate a profile mapping (composed with its ``defaults:`` chain when it names one);
+    raise ProfileError naming the file (``source`` or the base that sets the value) and the key."""
+    return _merged(data, source)[0]
+
+
+def merged_profile(path: str | Path) -> dict:
+    """The profile file ``path`` merged with its bases and validated, as a plain mapping: what
+    Snakemake's ``config`` becomes (the Snakefile)."""
+    return _merged(_read_yaml(Path(path)), str(path))[1]
+
+
+def _drop_defaults(data: dict, model: type[BaseModel]) -> dict:
+    """``data`` without the optional keys left at their default (null)."""
+    out = {}
+    for key, value in data.items():
+        field = model.model_fields.get(key)
+        if field is not None and not field.is_required() and value is None and field.default is None:
+            continue
+        sub = field.annotation if field is not None else None
+        if isinstance(value, dict) and isinstance(sub, type) and issubclass(sub, BaseModel):
+            value = _drop_defaults(value, sub)
+        out[key] = value
+    return out
+
+
+def snakemake_config(path: str | Path) -> dict:
+    """The merged, validated profile as Snakemake's ``config`` (the Snakefile), in the form a
+    complete profile file had before profiles had a base: the optional keys at their default
+    (``model.vae_path: null``, ...) are left out, for Snakemake's ``validate`` to fill in from
+    the schema at the end of their section. A rule's params are compared by their repr, key order
+    included, so this keeps the jobs of an existing workspace up to date."""
+    return _drop_defaults(merged_profile(path), Profile)
 
 
 def load_profile(path: str | Path) -> Profile:
-    path = Path(path)
-    if not path.is_file():
-        raise ProfileError(f"{path}: profile not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ProfileError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ProfileError(f"{path}: a profile must be a mapping")
-    return validate_profile(data, str(path))
+    """The profile file ``path`` (params/<profile>.yaml) merged with its bases and validated."""
+    return _merged(_read_yaml(Path(path)), str(path))[0]
 
 
 def profile_json_schema() -> dict:
-    """JSON schema of a profile, for Snakemake's ``validate`` (kept in workflow/schemas/)."""
+    """JSON schema of a (merged) profile, for Snakemake's ``validate`` (kept in workflow/schemas/).
+    pydantic writes JSON Schema 2020-12, the draft Snakemake validates with."""
     schema = Profile.model_json_schema()
-    schema["$schema"] = "http://json-schema.org/draft-07/schema#"
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "ActionParty profile (generated by `actionparty schema`; do not edit)"
     return schema
 
 
 def dump_json_schema() -> str:
     return json.dumps(profile_json_schema(), indent=2, sort_keys=True) + "\n"
-

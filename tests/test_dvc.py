@@ -4,7 +4,8 @@ The project's DVC files and the package source (a dep of the stages; the command
 installed package) are copied next to the workflow; dvc.yaml's `vars` line is pointed at the smoke
 profile, whose `variants` list is cut to the two models the report draws, `full` (the one edited)
 and `global_action`, to keep the module within a few minutes. The DAG is built the way a cluster run
-is recorded: `snakemake all`, `dvc add data`, `dvc commit`, git commit.
+is recorded: `snakemake all`, `dvc add data`, `dvc commit`, git commit. Those tests are `slow`;
+the first one here only reads dvc.yaml with DVC, for every profile.
 """
 
 from __future__ import annotations
@@ -31,8 +32,45 @@ UPSTREAM_RULES = {"episodes", "lmdb", "exp138_train", "finetune_variant", "rollo
 REPORT_RULES = {"combined_metrics", "report_build", "report", "exp138_samples", "games_contact_sheet"}
 # Not versioned by design: resume state of a training run (also in .dvcignore).
 SCRATCH = re.compile(r"^results/.*/work/")
+# The stages that read a profile's eval: section (dvc.yaml's params), in the cut smoke profile.
+EVAL_STAGES = {"detectors", "evaluate@full", "evaluate@global_action", "evaluate_seeds@full-s1", "curve@full",
+               "curve@global_action", "evaluate_baseline@pretrained_ar", "evaluate_baseline@static", "evaluate_oracle"}
 
-pytestmark = pytest.mark.slow
+
+def point_vars_at(dvc_yaml: Path, profile: str) -> None:
+    """dvc.yaml's `vars` line (the profile switch) -> params/<profile>.yaml."""
+    dvc_yaml.write_text(re.sub(r"(?m)^  - params/\w+\.yaml$", f"  - params/{profile}.yaml", dvc_yaml.read_text(),
+                               count=1))
+
+
+@pytest.mark.parametrize("name", ["smoke", "tiny", "paper"])
+def test_dvc_reads_each_profile_and_its_base(tmp_path, name):
+    """DVC itself parses dvc.yaml with `vars` at the profile: its per-variant stages are the merged
+    profile's, and every stage's params name the same sections of params/base.yaml and of the
+    profile file, all present in both (DVC refuses a tracked key that a file lacks)."""
+    from dvc.repo import Repo
+    from dvc.dependency.param import ParamsDependency
+
+    from actionparty.config import load_profile
+
+    work = copy_workflow(tmp_path, ("dvc.yaml", "params"))
+    point_vars_at(work / "dvc.yaml", name)
+    Repo.init(str(work), no_scm=True)
+    profile = load_profile(work / f"params/{name}.yaml")
+    with Repo(str(work)) as repo:
+        stages = {stage.name: stage for stage in repo.index.stages}
+        for prefix, runs in [("finetune@", profile.variants), ("finetune_seeds@", profile.seed_runs),
+                             ("rollouts@", profile.variants), ("evaluate@", profile.variants),
+                             ("curve@", profile.finetune.curve_variants)]:
+            assert sorted(s for s in stages if s.startswith(prefix)) == sorted(prefix + r for r in runs)
+        for address, stage in stages.items():
+            tracked = {}
+            for dep in stage.deps:
+                if isinstance(dep, ParamsDependency) and not dep.def_path.startswith("params/variants/"):
+                    tracked[dep.def_path] = sorted(dep.params)
+                    dep.get_hash()  # every tracked section is in the file
+            assert address == "report" or tracked.keys() == {"params/base.yaml", f"params/{name}.yaml"}, address
+            assert len({tuple(keys) for keys in tracked.values()}) <= 1, (address, tracked)
 
 
 def sh(cwd: Path, env: dict, *cmd: str, timeout: int = 600) -> str:
@@ -93,8 +131,7 @@ def project(tmp_path_factory):
     (work / ".dvc").mkdir()
     for name in (".dvc/config", ".dvc/.gitignore"):  # not the cache or local config of the checkout
         shutil.copy(REPO / name, work / name)
-    dvc_yaml = work / "dvc.yaml"
-    dvc_yaml.write_text(re.sub(r"(?m)^  - params/\w+\.yaml$", "  - params/smoke.yaml", dvc_yaml.read_text(), count=1))
+    point_vars_at(work / "dvc.yaml", "smoke")
     profile = work / "params/smoke.yaml"
     profile.write_text(re.sub(r"(?m)^variants: .*$", f"variants: [{', '.join(VARIANTS)}]", profile.read_text()))
     assert yaml.safe_load(profile.read_text())["variants"] == VARIANTS
@@ -112,18 +149,41 @@ def project(tmp_path_factory):
     return work, env
 
 
+def edited_status(work: Path, env: dict, path: str, edit) -> set[str]:
+    """The stages `dvc status` calls stale after ``edit`` of the YAML file ``path``; the file is put back."""
+    original = (work / path).read_text()
+    data = yaml.safe_load(original)
+    edit(data)
+    (work / path).write_text(yaml.safe_dump(data, sort_keys=False))
+    try:
+        return set(dvc_status(work, env))
+    finally:
+        (work / path).write_text(original)
+
+
+@pytest.mark.slow
+def test_an_edit_of_the_base_or_the_profile_makes_the_stages_that_read_it_stale(project):
+    work, env = project
+    base_eval = edited_status(work, env, "params/base.yaml", lambda d: d["eval"].update(psnr_max_db=90.0))
+    assert base_eval == EVAL_STAGES
+    assert edited_status(work, env, "params/smoke.yaml", lambda d: d["eval"].update(lr=0.004)) == EVAL_STAGES
+    assert edited_status(work, env, "params/base.yaml", lambda d: d["pretrain"].update(grad_clip=0.5)) == {"pretrain"}
+    assert dvc_status(work, env) == {}
+
+
 @pytest.fixture(scope="module")
 def variant_rerun(project):
     """Edit a parameter of one variant (a param of its finetune stage); `dvc status`, then `dvc repro`."""
     work, env = project
     path = work / f"params/variants/{EDITED}.yaml"
     variant = yaml.safe_load(path.read_text())
-    variant["spatial_rope"] = not variant.get("spatial_rope", True)
+    variant["conditioning"]["spatial_rope"] = not variant["conditioning"]["spatial_rope"]
     path.write_text(yaml.safe_dump(variant, sort_keys=False))
     status = dvc_status(work, env)
     return work, env, status, sh(work, env, "dvc", "repro")
 
 
+@pytest.mark.slow
 def test_variant_edit_reruns_only_that_variant_and_the_report(variant_rerun):
     work, env, status, out = variant_rerun
     # The variant and its seed run (the smoke profile repeats `full` as full-s1) are stale.
@@ -145,6 +205,7 @@ def test_variant_edit_reruns_only_that_variant_and_the_report(variant_rerun):
     assert f"results/metrics/{EDITED}.json" in sh(work, env, "dvc", "metrics", "diff", "--all")
 
 
+@pytest.mark.slow
 def test_rerun_after_a_parameter_change_starts_training_afresh(variant_rerun):
     work, *_ = variant_rerun
     assert "resuming from" not in (work / f"logs/finetune/{EDITED}.log").read_text()
@@ -166,6 +227,7 @@ def pulled(project, tmp_path_factory):
     return work, env, before, file_hashes(work)
 
 
+@pytest.mark.slow
 def test_pull_restores_data_checkpoints_and_results_byte_identical(pulled):
     work, env, before, after = pulled
     assert any(p.startswith("data/lmdb/train.lmdb/") for p in before)
@@ -176,6 +238,7 @@ def test_pull_restores_data_checkpoints_and_results_byte_identical(pulled):
     assert "Data and pipelines are up to date" in sh(work, env, "dvc", "repro")
 
 
+@pytest.mark.slow
 def test_report_rebuilds_after_pull_without_training(pulled):
     work, env, _, _ = pulled
     out = sh(work, env, "dvc", "repro", "--force", "--single-item", "report")

@@ -62,8 +62,12 @@ def expand_targets(targets: list[str], profile_path: str) -> list[str]:
     profile, or the shortest only: ``rollout.long_horizon_models``) and ``{swap_horizon}`` to the
     shortest."""
     from actionparty.config import load_profile
+    from actionparty.errors import ProfileError
 
-    profile = load_profile(REPO / profile_path)
+    try:  # params/<profile>.yaml merged with its base (params/base.yaml), as every stage reads it
+        profile = load_profile(profile_path)
+    except ProfileError as err:
+        fail(str(err))
     shortest = min(profile.rollout.horizons)
     out = []
     for target in targets:
@@ -128,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     touch.add_argument("--force", action="store_true", help="touch even if dvc status shows changes")
     touch.set_defaults(func=cmd_touch)
     args = parser.parse_args(argv)
+    os.chdir(REPO)  # paths in a profile (its defaults:, the catalogue) are relative to the repository root
     return args.func(args)
 
 

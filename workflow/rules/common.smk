@@ -6,13 +6,9 @@ from actionparty.config import SPLITS, validate_profile
 from actionparty.variants import models_from, split_run, untrained_models
 from actionparty.games import resolve_games
 
-PROFILE = validate_profile(config, source="snakemake config")
-PROFILE_FILE = f"params/{PROFILE.profile}.yaml"
-# Commands read PROFILE_FILE; refuse a config that differs from it (e.g. --config overrides),
-# so that the file stays the one source of truth.
-with open(PROFILE_FILE) as _f:
-    if validate_profile(yaml.safe_load(_f), PROFILE_FILE) != PROFILE:
-        raise ValueError(f"the Snakemake config differs from {PROFILE_FILE}: edit the file instead of overriding")
+# `config` is the merged profile of PROFILE_FILE (the Snakefile), which the commands read
+# themselves: --config overrides are refused there, so that the file stays the one source of truth.
+PROFILE = validate_profile(config, source=PROFILE_FILE)
 
 GAMES = [spec.name for spec in resolve_games(PROFILE)]
 with open(PROFILE.catalogue) as _f:
