@@ -5,8 +5,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU wheel of torch; GPU clusters use environment.yml instead.
+# Which torch build is installed: TORCH_SPEC pins the version and TORCH_INDEX, when set, is the
+# pip index to take it from (PyTorch's CPU wheel index on a laptop, a CUDA one on a GPU machine;
+# GPU clusters may use environment.yml instead). Empty: pip's default index, where this pin
+# resolves to a CPU wheel on the project's CI machines and may be a CUDA build elsewhere.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 MELTINGPOT_VERSION ?= 2.4.1
 PROFILE ?= tiny
 CORES ?= 2
@@ -15,7 +19,7 @@ MELTINGPOT_WHEEL := .wheels/dm_meltingpot-$(MELTINGPOT_VERSION)-py3-none-any.whl
 
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test test-fast data dvc-data repro
+.PHONY: install browser demo test test-fast report data dvc-data repro
 
 install: $(STAMP)
 
@@ -27,9 +31,9 @@ $(MELTINGPOT_WHEEL): tools/build_meltingpot_wheel.py | $(VENV)/bin/python
 	$(BIN)/python tools/build_meltingpot_wheel.py $(MELTINGPOT_VERSION) .wheels
 
 $(STAMP): pyproject.toml $(MELTINGPOT_WHEEL) | $(VENV)/bin/python
-	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet "$(MELTINGPOT_WHEEL)"
-	$(BIN)/pip install --quiet -e ".[hf,test]"
+	$(BIN)/pip install --quiet -e ".[hf,test,play]"
 	touch $(STAMP)
 
 demo: install
@@ -40,7 +44,14 @@ demo: install
 data: install
 	$(BIN)/snakemake data --profile profiles/local --cores $(CORES) --configfile params/$(PROFILE).yaml
 
-test: install
+# The browser tests (report page, play mode) drive Debian's chromium through Playwright (no
+# browser download); installed with apt where we may, else those tests are skipped with a reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+	  || echo "chromium is not installed (needs root and apt): the browser tests will be skipped"
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
 # Unit tests only: not the end-to-end DAG and DVC runs (marker `slow`), not the local SLURM
@@ -56,10 +67,16 @@ SLOW_UNIT_TESTS := \
 	tests/test_train.py::test_context_noise_noises_only_the_contexts_the_model_reads \
 	tests/test_train.py::test_state_first_rollout_cached_equals_uncached_and_snaps_states \
 	tests/test_train.py::test_own_context_frame_is_what_a_rollout_draws \
-	tests/test_codecs.py::test_wan_vae_codec_round_trips_shapes
+	tests/test_codecs.py::test_wan_vae_codec_round_trips_shapes \
+	tests/test_fault_injection.py \
+	tests/test_checkpoint_safety.py \
+	tests/test_play_browser.py
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not slurm" $(addprefix --deselect ,$(SLOW_UNIT_TESTS))
+
+report: install   ## every table and figure of reports/ (index.html) from the committed results/, no GPU, no data
+	$(BIN)/actionparty report --results results --out reports
 
 dvc-data: data   ## the dataset of PROFILE, recorded in data.dvc (commit it, then dvc push)
 	$(BIN)/dvc add data

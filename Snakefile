@@ -57,3 +57,4 @@ rule all:
         rules.rollouts.input,
         rules.evaluate.input,
         rules.report.input,
+        rules.summary_metrics.output,

@@ -29,7 +29,8 @@ EDITED = "full"
 UPSTREAM_RULES = {"episodes", "lmdb", "exp138_train", "finetune_variant", "rollout", "detectors", "metrics",
                   "oracle_metrics"}
 # The report stage forces these and lets Snakemake decide on the contact sheet (dvc.yaml).
-REPORT_RULES = {"combined_metrics", "report_build", "report", "exp138_samples", "games_contact_sheet"}
+REPORT_RULES = {"combined_metrics", "summary_metrics", "report_build", "report", "exp138_samples",
+                "games_contact_sheet"}
 # Not versioned by design: resume state of a training run (also in .dvcignore).
 SCRATCH = re.compile(r"^results/.*/work/")
 # The stages that read a profile's eval: section (dvc.yaml's params), in the cut smoke profile.
