@@ -252,6 +252,14 @@ class Profile(StrictModel):
     eval: EvalConfig
     resources: ResourcesConfig
 
+    @field_validator("profile")
+    @classmethod
+    def _profile_name(cls, name: str) -> str:
+        try:  # it names params/<profile>.yaml in the DAG's shell lines
+            return check_name(name, "profile")
+        except ProfileError as err:
+            raise ValueError(str(err)) from None
+
     @field_validator("variants")
     @classmethod
     def _variants_exist(cls, names: list[str]) -> list[str]:

@@ -3,6 +3,7 @@ the file and the field, exit 2, and nothing runs or is written that should not b
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -123,3 +124,25 @@ def test_a_negative_step_count_is_a_usage_error(world, tmp_path):
                      "--stop-after", -1)
     assert code == 2 and len(err) == 1 and "--stop-after" in err[0] and "not >= 1" in err[0], err
     assert not (tmp_path / "p").exists()
+
+
+def test_a_damaged_resume_state_or_a_cut_log_line_restarts_cleanly(world, tmp_path):
+    """kill -9 mid-write of work/last.pt (a full disk) or of the log's last line: the rerun says
+    so in one line and trains from step 0 (or from the last good state) to the same weights."""
+    root, profile = world
+    args = ("pretrain", "--profile", profile, "--train-lmdb", root / "train.lmdb", "--quiet")
+    code, err = _cli(*args, "--out", tmp_path / "ok")
+    assert code == 0, err
+    run = tmp_path / "cut"
+    code, err = _cli(*args, "--out", run, "--stop-after", 1)
+    assert code == 0 and not (run / "checkpoint.pt").exists()
+    (run / "work").mkdir(exist_ok=True)
+    (run / "work/last.pt").write_bytes((root / "exp-138/checkpoint.pt").read_bytes()[:500])  # cut short
+    with open(run / "work/train_log.jsonl", "a") as log:
+        log.write('{"step": 2, "loss": 0.')  # a line the kill cut short
+    code, err = _cli(*args, "--out", run)
+    assert code == 0, err
+    a, b = load_checkpoint(tmp_path / "ok/checkpoint.pt"), load_checkpoint(run / "checkpoint.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    lines = (run / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(1, a["step"] + 1))

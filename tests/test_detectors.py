@@ -364,3 +364,25 @@ def test_rollout_that_does_not_match_the_test_windows_is_refused(world, tmp_path
     with pytest.raises(UserError, match="rollout of variant 'wrong', not 'other'"):
         evaluate_variant("other", [tmp_path / "wrong/h4.npz"], [], world["test"], world["detectors"], world["cfg"],
                          progress=False)
+
+
+def test_evaluate_refuses_a_subset_or_duplicated_windows_and_a_train_lmdb(world, tmp_path):
+    """With the profile's windows given (as the evaluate command does), a rollout file must
+    cover exactly those test windows; and metrics read the test split only."""
+    rollout, _ = ground_truth_rollout(world, 4, "full")
+    keep = np.arange(rollout.num - 1)  # one window short
+    dup = np.concatenate([np.arange(rollout.num - 1), [0]])  # the first window twice
+    fields = ("frames", "episode", "start", "game", "actions", "present")
+    for name, rows in (("subset", keep), ("duplicated", dup)):
+        part = Rollout(**{**rollout.__dict__, **{k: getattr(rollout, k)[rows] for k in fields}})
+        write_rollout(tmp_path / f"{name}/h4.npz", part)
+        with pytest.raises(UserError, match="are not the profile's 6 test windows per game"):
+            evaluate_variant("full", [tmp_path / f"{name}/h4.npz"], [], world["test"], world["detectors"],
+                             world["cfg"], progress=False, windows=(WINDOWS_PER_GAME, 0))
+    write_rollout(tmp_path / "all/h4.npz", rollout)
+    ok = evaluate_variant("full", [tmp_path / "all/h4.npz"], [], world["test"], world["detectors"], world["cfg"],
+                          progress=False, windows=(WINDOWS_PER_GAME, 0))
+    assert ok["horizons"]["h4"]["overall"]["MA"] >= 0.97
+    with pytest.raises(UserError, match="split 'train'; metrics read the test split only"):
+        evaluate_variant("full", [tmp_path / "all/h4.npz"], [], world["train"], world["detectors"], world["cfg"],
+                         progress=False)

@@ -42,7 +42,9 @@ TextFn = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
-class Rollout:
+class LatentRollout:
+    """What :func:`run` returns (the rollout file, ``rollout_io.Rollout``, holds decoded frames)."""
+
     latents: torch.Tensor  # (B, C, 1 + steps, h, w), frame 0 = the context
     states: torch.Tensor | None  # (B, 1 + steps, S, 6) predicted subject states (state models), frame 0 = context
 
@@ -224,7 +226,7 @@ class Sampler:
 
 @torch.no_grad()
 def run(sampler: Sampler, context: torch.Tensor, steps: int, actions: torch.Tensor | None = None,
-        context_state: torch.Tensor | None = None) -> Rollout:
+        context_state: torch.Tensor | None = None) -> LatentRollout:
     """Feed ``steps`` steps of ``actions`` (B, steps, S) through ``sampler`` from ``context``
     (B, C, 1, h, w) and ``context_state`` (B, 1, S, 6) (models that take actions)."""
     chunk = sampler.model.chunk_frames
@@ -236,11 +238,12 @@ def run(sampler: Sampler, context: torch.Tensor, steps: int, actions: torch.Tens
         x, state = sampler.step(None if actions is None else actions[:, s : s + chunk])
         drawn.append(x)
         states.append(state)
-    return Rollout(torch.cat(drawn, dim=2), torch.cat(states, dim=1) if sampler.has_state else None)
+    return LatentRollout(torch.cat(drawn, dim=2), torch.cat(states, dim=1) if sampler.has_state else None)
 
 
 def rollout(model, context: torch.Tensor, steps: int, text: torch.Tensor, text_mask: torch.Tensor | None, *,
-            actions: torch.Tensor | None = None, context_state: torch.Tensor | None = None, **sampler) -> Rollout:
+            actions: torch.Tensor | None = None, context_state: torch.Tensor | None = None,
+            **sampler) -> LatentRollout:
     """Generate ``steps`` latent frames after ``context`` with a new :class:`Sampler` (its keyword
     arguments in ``sampler``); see :func:`run`."""
     return run(Sampler(model, text, text_mask, **sampler), context, steps, actions, context_state)
