@@ -630,7 +630,8 @@ class WanDiT(nn.Module):
         update_cache: bool = False,
         frame_offset: int | None = None,
     ) -> DiTOutput:
-        """Predict ``out_dim`` values per latent position.
+        """Predict ``out_dim`` values per latent position (the embedding of the inputs is
+        :meth:`_embed`; what remains here is the block loop and the head).
 
         Args:
             x: video latents (B, in_dim, T, H, W).

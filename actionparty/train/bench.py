@@ -29,6 +29,9 @@ def matmul_flops_per_s(m: int, k: int, n: int, repeats: int = 20) -> float:
 
 def bench_model(profile: Profile, steps: int = 5, rollout_steps: int = 20, rollout_batch: int = 4,
                 threads: int | None = None) -> dict:
+    """The training step's tokens/s and FLOP/s against a plain matmul of the model's width, and a
+    rollout with and without the KV cache. One measurement after another, read top to bottom
+    (hence one function)."""
     torch.set_num_threads(threads or profile.resources.train_threads)
     torch.manual_seed(0)
     cfg = profile.pretrain
