@@ -56,9 +56,11 @@ test: install browser
 
 # Unit tests only: not the end-to-end DAG and DVC runs (marker `slow`), not the local SLURM
 # cluster (`slurm`), and not these tests of more than a few seconds each (training runs, the
-# dry runs of every profile, the Wan VAE round trip). `make test` still runs all of them.
+# dry runs of every profile or of a new variant, the Wan VAE round trip). `make test` still
+# runs all of them.
 SLOW_UNIT_TESTS := \
 	tests/test_workflow.py::test_dry_run_of_every_profile_lists_the_data_rules \
+	tests/test_variants.py::test_a_new_variant_is_one_file_and_reaches_the_dag \
 	tests/test_train.py::test_resume_gives_the_same_weights_as_an_uninterrupted_run \
 	tests/test_train.py::test_finetune_snapshots_are_the_learning_curve_points \
 	tests/test_train.py::test_torchrun_two_processes_equal_one_process \
