@@ -86,7 +86,7 @@ def _cmd_curve(args) -> None:
 
 def _cmd_combine_metrics(args) -> None:
     from actionparty.errors import UserError
-    from actionparty.eval.evaluate import combine_metrics, summary_metrics, write_summary, write_table
+    from actionparty.eval.evaluate import SUMMARY_METRICS, combine_metrics, summary_metrics, write_summary, write_table
 
     if (args.out_json is None) != (args.out_csv is None):
         raise UserError("combine-metrics: --out-json and --out-csv go together (the combined table as JSON and CSV)")
@@ -99,7 +99,7 @@ def _cmd_combine_metrics(args) -> None:
     if args.out_summary is not None:
         summary = summary_metrics(args.metrics)
         write_summary(summary, args.out_summary)
-        print(f"{args.out_summary}: {len(summary)} models x horizons x MA, MA_moving, SP, BA")
+        print(f"{args.out_summary}: {len(summary)} models x horizons x {', '.join(SUMMARY_METRICS)}")
 
 
 def add_commands(sub) -> None:
@@ -153,6 +153,6 @@ def add_commands(sub) -> None:
     p.add_argument("--out-json", type=Path, help="combined table, JSON (with --out-csv)")
     p.add_argument("--out-csv", type=Path, help="combined table, CSV (with --out-json)")
     p.add_argument("--out-summary", type=Path,
-                   help="results/metrics/summary.json: model x horizon x MA, MA_moving, SP, BA")
+                   help="results/metrics/summary.json: model x horizon x MA, MA_moving, SP, BA, PSNR")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("metrics", nargs="+", type=Path, help="results/metrics/*.json")

@@ -421,7 +421,9 @@ def write_table(rows: list[dict], json_out: str | Path, csv_out: str | Path) -> 
 # Flat summary (the DVC metric)
 # ---------------------------------------------------------------------------------------------
 
-SUMMARY_METRICS = ("MA", "MA_moving", "SP", "BA")
+# The headline numbers, and PSNR: a continuous one, so that a changed model shows in `dvc metrics diff`
+# even where a small run leaves its counts (MA, SP, BA) as they were.
+SUMMARY_METRICS = ("MA", "MA_moving", "SP", "BA", "PSNR")
 DEFAULT_PROTOCOL = "episodes"  # the test episodes' own policy; a metrics file may name another in 'protocol'
 
 
