@@ -23,7 +23,7 @@ from actionparty.errors import UserError
 from actionparty.eval import metrics as M
 from actionparty.config import EvalConfig
 from actionparty.eval.detectors import Detectors, build_models, load_detectors, save_detectors
-from actionparty.eval.evaluate import METRIC_KEYS, ground_truth
+from actionparty.eval.evaluate import METRIC_KEYS, SUMMARY_METRICS, ground_truth
 from actionparty.eval.metrics_file import MetricsError
 from actionparty.rollout.rollout_io import Rollout, select_windows, write_rollout
 from actionparty.games.actions import FORWARD, NOOP, TURN_RIGHT
@@ -526,7 +526,7 @@ def test_summary_changes_exactly_the_model_whose_metrics_changed(tmp_path):
     before = json.loads(out.read_text())
     assert list(before) == sorted(models) and list(before["full"]) == ["h20", "h4"]
     assert before["full"]["h4"] == {k: metrics_json("full")["horizons"]["h4"]["overall"][k]
-                                    for k in ("BA", "MA", "MA_moving", "SP")}
+                                    for k in SUMMARY_METRICS}
     changed = metrics_json("global_action")
     changed["horizons"]["h20"]["overall"]["MA"] = 0.5
     write_json(metrics / "global_action.json", changed)
