@@ -133,7 +133,7 @@ def concurrent_sessions(app_factory, game: str, model: str, sessions: int, steps
 def bench_play(args) -> None:
     import torch
 
-    from actionparty.play.commands import load_play
+    from actionparty.play.model import load_play
     from actionparty.play.server import PlayConfig, create_app
     from actionparty.play.session import PlaySession
 

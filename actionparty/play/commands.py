@@ -9,29 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def load_play(args):
-    """(profile, {name: GameSpec}, ModelBank, detectors or None) from the command line."""
-    import torch
-
-    from actionparty.config import load_profile
-    from actionparty.games import resolve_games
-    from actionparty.play.model import ModelBank, parse_model_args
-
-    checkpoints = parse_model_args(args.model)
-    torch.set_num_threads(args.threads)
-    profile = load_profile(args.profile)
-    specs = {spec.name: spec for spec in resolve_games(profile)}
-    bank = ModelBank(profile, checkpoints)
-    detectors = None
-    if getattr(args, "detectors", None) is not None:
-        from actionparty.eval.detectors import load_detectors
-
-        detectors = load_detectors(args.detectors)
-    return profile, specs, bank, detectors
-
-
 def _cmd_play(args) -> None:
     from actionparty.errors import UserError
+    from actionparty.play.model import load_play
     from actionparty.play.server import LOOPBACK, PlayConfig, bind, create_app, serve
 
     for name in ("max_sessions", "workers"):

@@ -159,3 +159,23 @@ class ModelPane:
             return 0
         return sum(t.numel() * t.element_size() for t in list(cache.keys or []) + list(cache.values or [])
                    if isinstance(t, torch.Tensor))
+
+
+def load_play(args):
+    """(profile, {name: GameSpec}, ModelBank, detectors or None) from the command line."""
+    import torch
+
+    from actionparty.config import load_profile
+    from actionparty.games import resolve_games
+
+    checkpoints = parse_model_args(args.model)
+    torch.set_num_threads(args.threads)
+    profile = load_profile(args.profile)
+    specs = {spec.name: spec for spec in resolve_games(profile)}
+    bank = ModelBank(profile, checkpoints)
+    detectors = None
+    if getattr(args, "detectors", None) is not None:
+        from actionparty.eval.detectors import load_detectors
+
+        detectors = load_detectors(args.detectors)
+    return profile, specs, bank, detectors
