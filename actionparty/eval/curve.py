@@ -30,7 +30,7 @@ from actionparty.rollout.rollout_io import Rollout, binding_swaps, select_window
 
 def learning_curve(profile: Profile, variant: str, checkpoint: str | Path, test_lmdb: str | Path,
                    detectors: str | Path, progress: bool = True) -> dict:
-    from actionparty.rollout.generate import load_for_rollout, rollout_windows
+    from actionparty.rollout.generate import load_for_rollout, rollout_device, rollout_windows
     from actionparty.model.checkpoint import list_snapshots, load_checkpoint
 
     checkpoint = Path(checkpoint)
@@ -47,7 +47,7 @@ def learning_curve(profile: Profile, variant: str, checkpoint: str | Path, test_
     curve: dict = {"variant": variant, "horizon": horizon, "windows": int(every.sum()),
                    "steps": [], "MA": [], "BA": [], "SP": []}
     for step, path in tqdm(points, desc=f"curve {variant}", unit="checkpoint", disable=not progress):
-        loaded = load_for_rollout(profile, path, stage=variant, games=ds.games)
+        loaded = load_for_rollout(profile, path, rollout_device(), stage=variant, games=ds.games)
         if loaded.state.get("variant") != variant:
             raise UserError(f"{path}: snapshot of '{loaded.state.get('variant')}', not of '{variant}'")
         plain = rollout_windows(loaded, ds, windows, profile, seed=profile.rollout.seed, progress=False)

@@ -37,11 +37,10 @@ def _cmd_sample(args) -> None:
     from actionparty.data.lmdb_dataset import ClipDataset
     from actionparty.rollout.rollout_io import select_windows
     from actionparty.report.samples import side_by_side, write_gif, write_strip
-    from actionparty.rollout.commands import device
-    from actionparty.rollout.generate import load_for_rollout, rollout_windows
+    from actionparty.rollout.generate import load_for_rollout, rollout_device, rollout_windows
 
     profile = load_profile(args.profile)
-    loaded = load_for_rollout(profile, args.checkpoint, device=device())
+    loaded = load_for_rollout(profile, args.checkpoint, device=rollout_device())
     dataset = ClipDataset(args.lmdb, clip_steps=args.steps, expect_canvas_px=profile.canvas_px)
     windows = select_windows(dataset, profile.rollout.sample_clips, profile.rollout.seed)
     result = rollout_windows(loaded, dataset, windows, profile, seed=profile.rollout.seed, progress=False)

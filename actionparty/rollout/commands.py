@@ -10,13 +10,6 @@ from pathlib import Path
 from actionparty.errors import positive_int
 
 
-def device() -> str:
-    """Where rollouts run: the GPU when there is one."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _cmd_rollout(args) -> None:
     """Roll a model out over the profile's test windows (and the swapped-actions binding test)."""
     import numpy as np
@@ -27,7 +20,7 @@ def _cmd_rollout(args) -> None:
     from actionparty.errors import UserError
     from actionparty.model.checkpoint import PRETRAIN_STAGE
     from actionparty.rollout.rollout_io import Rollout, binding_swaps, select_windows, write_rollout
-    from actionparty.rollout.generate import load_for_rollout, rollout_windows
+    from actionparty.rollout.generate import load_for_rollout, rollout_device, rollout_windows
 
     profile = load_profile(args.profile)
     if args.horizon < 1:
@@ -44,7 +37,7 @@ def _cmd_rollout(args) -> None:
     else:
         # A pretrain-source model is the exp-138 checkpoint itself; a finetuned one its own run's.
         stage = PRETRAIN_STAGE if args.model in models_from("pretrain") else args.model
-        loaded = load_for_rollout(profile, args.checkpoint, device=device(), stage=stage, games=dataset.games)
+        loaded = load_for_rollout(profile, args.checkpoint, device=rollout_device(), stage=stage, games=dataset.games)
     windows = select_windows(dataset, profile.rollout.clips_per_game, profile.rollout.seed)
     actions = swap = None
     if args.swap:

@@ -7,6 +7,7 @@ the rollout format of :mod:`actionparty.rollout.rollout_io`.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,11 @@ class LoadedModel:
     @property
     def train_clip_steps(self) -> int:
         return int(self.state["train_clip_steps"])
+
+
+def rollout_device() -> str:
+    """Where rollouts run: the GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_for_rollout(profile: Profile, checkpoint: str | Path, device="cpu", *, stage: str | None = None,
@@ -133,7 +139,10 @@ def _generate(loaded: LoadedModel, dataset, batch, actions, profile, horizon, ge
     sampler = make_sampler(loaded, profile, games, batch["present"].to(device), generator,
                            lambda s, n: actions[:, max(s, 0) : max(s, 0) + n], use_cache)
     context_state = context_states(loaded, batch["position"][:, :1].to(device), batch["facing"][:, :1].to(device))
-    result = run(sampler, codec.encode(batch["frames"][:, :1].to(device)), horizon,
-                 actions if model.takes_actions else None, context_state)
+    # bf16 autocast where the profile trains in bf16 on a GPU (the residual stream stays fp32).
+    bf16 = profile.model.precision == "bf16" and device.type == "cuda"
+    with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext():
+        result = run(sampler, codec.encode(batch["frames"][:, :1].to(device)), horizon,
+                     actions if model.takes_actions else None, context_state)
     frames = codec.decode(result.latents, profile.canvas_px).cpu()
     return frames, None if result.states is None else result.states.cpu()
