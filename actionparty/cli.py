@@ -71,7 +71,7 @@ def _cmd_bench_episodes(args) -> None:
 def _cmd_validate(args) -> None:
     from actionparty.config import load_profile
     from actionparty.games import resolve_games
-    from actionparty.preflight import check_weight_paths
+    from actionparty.weights import check_weight_paths
 
     profile = load_profile(args.profile)
     specs = resolve_games(profile)

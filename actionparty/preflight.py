@@ -14,7 +14,7 @@ One table, one row per need:
   account from ``SBATCH_PARTITION``/``SBATCH_ACCOUNT``, and the estimated training time against
   ``train_runtime_min``.
 
-Each problem is also printed as one line; with any, the command exits 1. :func:`check_weight_paths`
+Each problem is also printed as one line; with any, the command exits 1. :func:`~actionparty.weights.check_weight_paths`
 (used by ``actionparty validate``) only checks that the weight paths exist and imports no torch.
 """
 
@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from actionparty.config import Profile
-from actionparty.errors import ProfileError, UserError
+from actionparty.errors import UserError
+from actionparty.weights import weight_paths
 
 GB = 1e9
 
@@ -37,28 +38,6 @@ class Check:
     item: str  # the profile key or resource the row is about
     status: str  # ok | problem | warn | info
     detail: str
-
-
-def weight_paths(profile: Profile) -> list[tuple[str, str | None, bool]]:
-    """(profile key, path, required) of every local weight path the profile's model reads."""
-    cfg = profile.model
-    out = [("model.init_checkpoint", cfg.init_checkpoint, False)]
-    if cfg.codec == "wan-vae":
-        out.append(("model.vae_path", cfg.vae_path, True))
-    if cfg.text_encoder == "umt5":
-        out.append(("model.text_path", cfg.text_path, True))
-    return out
-
-
-def check_weight_paths(profile: Profile) -> None:
-    """Raise :class:`ProfileError` naming the key and the path of the first missing weight path."""
-    for key, path, required in weight_paths(profile):
-        if path is None and required:
-            raise ProfileError(f"profile '{profile.profile}': {key} must be set for model.codec="
-                               f"{profile.model.codec}, model.text_encoder={profile.model.text_encoder}")
-        if path is not None and not Path(path).exists():
-            raise ProfileError(f"profile '{profile.profile}': {key} = {path} not found "
-                               "(weights cannot be downloaded; see docs/TRAINING.md)")
 
 
 # =============================================================================================

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,7 +130,7 @@ def test_split_and_canvas_mismatch_refused(tmp_path):
         build_lmdb([tmp_path / "a", tmp_path / "c"], tmp_path / "x.lmdb", "train", map_size_mb=16, progress=False)
 
 
-def _copy_with(path, tmp_path, edit) -> "Path":
+def _copy_with(path, tmp_path, edit) -> Path:
     """A copy of the LMDB folder ``path`` whose data.mdb bytes went through ``edit``."""
     copy = tmp_path / "damaged.lmdb"
     copy.mkdir()

@@ -15,7 +15,8 @@ from wan_standins import (
 
 from actionparty.cli import main
 from actionparty.config import load_profile
-from actionparty.preflight import _estimates, check_gpus, check_weight_paths, format_table, preflight
+from actionparty.preflight import _estimates, check_gpus, format_table, preflight
+from actionparty.weights import check_weight_paths
 
 H100S = [("NVIDIA H100 80GB HBM3", 80 * 10**9)] * 8
 

@@ -10,6 +10,7 @@ from actionparty.model.conditioning.text_action import PROMPT_VOCABULARY
 from actionparty.model.text import TextEmbedder, make_text_embedder
 from actionparty.model.world import FrameCodec, WorldModel, build_dit, build_frame_codec
 from actionparty.variants import VariantConfig
+from actionparty.weights import check_weight_paths
 
 
 def game_descriptions(profile) -> dict[str, str]:
@@ -28,28 +29,6 @@ def build_text_embedder(profile, device="cpu") -> TextEmbedder:
         embedder.descriptions = descriptions
         return embedder
     return make_text_embedder("umt5", descriptions, path=cfg.text_path, device=device, max_len=cfg.text_len)
-
-
-def check_weight_paths(profile) -> None:
-    """Refuse, in one line naming the key, a profile whose local weight files are missing
-    (nothing can be downloaded: see docs/TRAINING.md for what to put where)."""
-    from pathlib import Path
-
-    from actionparty.errors import UserError
-
-    cfg = profile.model
-    needed = [("model.init_checkpoint", cfg.init_checkpoint, False)]
-    if cfg.codec == "wan-vae":
-        needed.append(("model.vae_path", cfg.vae_path, True))
-    if cfg.text_encoder == "umt5":
-        needed.append(("model.text_path", cfg.text_path, True))
-    for key, path, required in needed:
-        if path is None and required:
-            raise UserError(f"profile '{profile.profile}': {key} must be set for model.codec={cfg.codec}, "
-                            f"model.text_encoder={cfg.text_encoder}")
-        if path is not None and not Path(path).exists():
-            raise UserError(f"profile '{profile.profile}': {key} = {path} not found "
-                            "(weights cannot be downloaded here; see docs/TRAINING.md)")
 
 
 def build_world_model(profile, device="cpu", variant: VariantConfig | None = None,
