@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from actionparty.errors import ProfileError
+from actionparty.errors import ProfileError, validation_error_text
 from actionparty.variants import VARIANT_DIR, check_name, load_variant, split_run, untrained_models
 
 SPLITS = ("train", "val", "test")
@@ -447,16 +447,8 @@ def _check_missing(merged: dict, chain: list[tuple[str, dict]]) -> None:
 
 
 def _format_error(chain: list[tuple[str, dict]], err: ValidationError) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "<root>"
-    if first["type"] == "extra_forbidden":
-        what = "unknown key"
-    elif first["type"] == "missing":
-        what = "missing key"
-    else:
-        what = first["msg"]
-    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{_origin(chain, tuple(first['loc']))}: {where}: {what}{more}"
+    loc, text = validation_error_text(err)
+    return f"{_origin(chain, loc)}: {text}"
 
 
 def _merged(data: dict, source: str) -> tuple[Profile, dict]:

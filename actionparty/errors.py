@@ -17,6 +17,17 @@ class DatasetError(UserError):
     """Episodes or LMDB files that are missing, mismatched or corrupt."""
 
 
+def validation_error_text(err) -> tuple[tuple, str]:
+    """A pydantic ``ValidationError`` -> (location of its first error, ``"dotted.key: what"``
+    with "unknown key" / "missing key" for those two and "(+N more)" when there are more): the
+    part after the file name of every one-line parameter error."""
+    first = err.errors()[0]
+    loc = tuple(p for p in first["loc"] if not str(p).startswith(("function-after", "tagged-union")))
+    what = {"extra_forbidden": "unknown key", "missing": "missing key"}.get(first["type"], first["msg"])
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return loc, f"{'.'.join(str(p) for p in loc) or '<root>'}: {what}{more}"
+
+
 def positive_int(text: str) -> int:
     """argparse ``type=`` for counts (steps, threads, workers, windows): an integer >= 1, else
     argparse's one-line usage error and exit 2."""

@@ -26,7 +26,7 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from actionparty.errors import ProfileError
+from actionparty.errors import ProfileError, validation_error_text
 
 VARIANT_DIR = "params/variants"
 ROLES = ("paper", "ours", "ablation", "baseline", "reference")
@@ -121,13 +121,6 @@ class VariantConfig(_Strict):
         return c if isinstance(c, SubjectConditioning) else None
 
 
-def _format(path: Path, err: ValidationError) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-after", "tagged-union")))
-    what = {"extra_forbidden": "unknown key", "missing": "missing key"}.get(first["type"], first["msg"])
-    return f"{path}: {where or '<root>'}: {what}"
-
-
 def check_name(name: str, what: str = "model") -> str:
     """``name`` unchanged, or ProfileError: names become file paths and words in shell lines."""
     if not NAME_PATTERN.fullmatch(name):
@@ -153,7 +146,7 @@ def _load(path: Path) -> VariantConfig:
     try:
         variant = VariantConfig.model_validate(data)
     except ValidationError as err:
-        raise ProfileError(_format(path, err)) from None
+        raise ProfileError(f"{path}: {validation_error_text(err)[1]}") from None
     if variant.ablation_of is not None and not (path.parent / f"{variant.ablation_of}.yaml").is_file():
         raise ProfileError(f"{path}: ablation_of: no variant '{variant.ablation_of}'")
     return variant

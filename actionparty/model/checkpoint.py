@@ -29,7 +29,7 @@ def _digest(value, h=None) -> str:
     if torch.is_tensor(value):
         t = value.detach().cpu().contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy of the weights
     elif isinstance(value, dict):
         h.update(b"{")
         for key in sorted(value, key=str):
