@@ -31,10 +31,10 @@ from actionparty.rollout.rollout_io import Rollout, binding_swaps, select_window
 def learning_curve(profile: Profile, variant: str, checkpoint: str | Path, test_lmdb: str | Path,
                    detectors: str | Path, progress: bool = True) -> dict:
     from actionparty.rollout.generate import load_for_rollout, rollout_device, rollout_windows
-    from actionparty.model.checkpoint import list_snapshots, load_checkpoint
+    from actionparty.model.checkpoint import list_snapshots
 
     checkpoint = Path(checkpoint)
-    final_step = int(load_checkpoint(checkpoint, stage=variant)["step"])
+    final_step = profile.finetune.steps  # a finished finetune's last step (checked when it is loaded)
     points = [(s, p) for s, p in list_snapshots(checkpoint.parent) if s < final_step] + [(final_step, checkpoint)]
     ctx = EvalContext(test_lmdb, detectors, profile.eval)
     horizon = min(profile.rollout.horizons)  # the binding test's horizon (workflow: SWAP_HORIZON)
@@ -48,8 +48,9 @@ def learning_curve(profile: Profile, variant: str, checkpoint: str | Path, test_
                    "steps": [], "MA": [], "BA": [], "SP": []}
     for step, path in tqdm(points, desc=f"curve {variant}", unit="checkpoint", disable=not progress):
         loaded = load_for_rollout(profile, path, rollout_device(), stage=variant, games=ds.games)
-        if loaded.state.get("variant") != variant:
-            raise UserError(f"{path}: snapshot of '{loaded.state.get('variant')}', not of '{variant}'")
+        if int(loaded.state["step"]) != step:
+            raise UserError(f"{path}: a checkpoint of step {loaded.state['step']}, expected {step} "
+                            "(finetune.steps, or the snapshot's name)")
         plain = rollout_windows(loaded, ds, windows, profile, seed=profile.rollout.seed, progress=False)
         bound = rollout_windows(loaded, ds, windows, profile, actions=swapped, seed=profile.rollout.seed,
                                 progress=False)
