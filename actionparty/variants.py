@@ -12,6 +12,9 @@ and the tests read this registry; adding a variant is adding one file.
     conditioning.kind
                subject (subject state tokens, model.subjects) | global (all players' actions in
                the frame's adaLN input) | text (actions in the prompt) | video (no actions)
+    recipe     optional: how a trained variant's clips differ from the profile's, where its
+               method prescribes it (the paper's: clips of 4 actions denoised as one chunk);
+               :func:`variant_profile` applies it
 
 Rows are ordered by role, then source, then experiment id (``registry``).
 """
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from actionparty.errors import ProfileError, validation_error_text
 
@@ -53,6 +56,9 @@ class SubjectConditioning(_Strict):
     state_render: bool  # video tokens read the players' states at the cells they put them in
     glimpse: bool  # state tokens read the previous frame's latents around their player's cell
     egocentric: bool  # the state path works in each player's own frame (its previous facing)
+    # The action embedded jointly with the player's previous facing (the move it makes from
+    # there), in the state tokens and MCA's action tokens; else the action alone.
+    action_facing: bool
 
     @model_validator(mode="after")
     def _consistent(self) -> "SubjectConditioning":
@@ -83,6 +89,25 @@ Conditioning = Annotated[Union[SubjectConditioning, GlobalConditioning, TextCond
                          Field(discriminator="kind")]
 
 
+class VariantRecipe(_Strict):
+    """Where a trained variant's clips differ from the profile's (``finetune.clip_steps`` action
+    steps per training clip, ``model.chunk_frames`` latent frames denoised together). The budget
+    stays the profile's: as many steps and as many denoised frames per step, so the batch is
+    scaled by the profile's clip length over the recipe's (:func:`variant_profile`)."""
+
+    clip_steps: PositiveInt  # action steps per training clip
+    chunk_frames: PositiveInt  # latent frames denoised together (block-causal unit; clip-wise MCA's clip)
+    # Share of clips given the model's own context (ours; it draws a 2-frame clip): off for
+    # a method that does not use it.
+    self_context: Annotated[float, Field(ge=0, le=1)] | None = None
+
+    @model_validator(mode="after")
+    def _whole_chunks(self) -> "VariantRecipe":
+        if self.clip_steps % self.chunk_frames:
+            raise ValueError(f"clip_steps {self.clip_steps} is not a whole number of {self.chunk_frames}-frame chunks")
+        return self
+
+
 class VariantConfig(_Strict):
     """One row of the tables (params/variants/<name>.yaml)."""
 
@@ -95,9 +120,12 @@ class VariantConfig(_Strict):
     colour: str  # matplotlib colour of its lines and bars
     source: Literal["finetune", "pretrain", "copy", "ground_truth"]
     conditioning: Conditioning | None  # none for rows without a network (copy, ground truth)
+    recipe: VariantRecipe | None = None  # trained variants only; none: the profile's clips
 
     @model_validator(mode="after")
     def _consistent(self) -> "VariantConfig":
+        if self.recipe is not None and self.source != "finetune":
+            raise ValueError(f"recipe is for trained variants (source finetune), not source {self.source}")
         if (self.role == "ablation") != (self.ablation_of is not None):
             raise ValueError("ablation_of is set for, and only for, role: ablation")
         has_network = self.source in ("finetune", "pretrain")
@@ -119,6 +147,30 @@ class VariantConfig(_Strict):
         """The subject-token switches, for kind subject."""
         c = self.conditioning
         return c if isinstance(c, SubjectConditioning) else None
+
+
+def variant_profile(profile, variant: "VariantConfig | None"):
+    """``profile`` as ``variant`` trains and rolls out (its :class:`VariantRecipe` applied), or
+    ``profile`` itself without a recipe. The finetune stage, rollouts, learning curves and the
+    estimate all read a variant's model through this."""
+    recipe = None if variant is None else variant.recipe
+    if recipe is None:
+        return profile
+    data = profile.model_dump()
+    ft = data["finetune"]
+    frames_per_step = ft["batch_size"] * ft["clip_steps"]
+    if frames_per_step % recipe.clip_steps:
+        raise ProfileError(f"variant '{variant.name}': recipe.clip_steps {recipe.clip_steps} does not divide the "
+                           f"profile's {frames_per_step} denoised frames per step (finetune.batch_size x clip_steps)")
+    ft.update(clip_steps=recipe.clip_steps, batch_size=frames_per_step // recipe.clip_steps)
+    if recipe.self_context is not None:
+        ft["self_context"] = recipe.self_context
+    data["model"]["chunk_frames"] = recipe.chunk_frames
+    try:
+        return type(profile).model_validate(data)
+    except ValidationError as err:
+        raise ProfileError(f"variant '{variant.name}': its recipe gives an invalid profile: "
+                           f"{validation_error_text(err)[1]}") from None
 
 
 def check_name(name: str, what: str = "model") -> str:

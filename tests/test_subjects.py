@@ -30,7 +30,7 @@ GRID = 6  # tokens per side
 # The paper's mechanisms only (the state denoised with the video, spatial RoPE, MSA, frame-wise
 # MCA); each test switches on or off what it is about.
 PAPER_MECHANISMS = dict(kind="subject", state=True, msa=True, mca="framewise", spatial_rope=True, state_first=False,
-                        state_render=False, glimpse=False, egocentric=False)
+                        state_render=False, glimpse=False, egocentric=False, action_facing=True)
 
 
 def subject_model(dit, **flags) -> WorldModel:
@@ -38,9 +38,9 @@ def subject_model(dit, **flags) -> WorldModel:
     return WorldModel(dit, SubjectTokens(dit, SubjectConditioning(**{**PAPER_MECHANISMS, **flags}), grid), grid)
 
 
-def make_model(layers=1, **flags) -> WorldModel:
+def make_model(layers=1, chunk=1, **flags) -> WorldModel:
     torch.manual_seed(0)
-    dit = make_dit("tiny", in_dim=12, out_dim=12, patch_size=(1, 1, 1), num_layers=layers, chunk_frames=1)
+    dit = make_dit("tiny", in_dim=12, out_dim=12, patch_size=(1, 1, 1), num_layers=layers, chunk_frames=chunk)
     model = subject_model(dit, **flags)
     with torch.no_grad():  # random weights everywhere, zero-initialised gates included
         for p in model.parameters():
@@ -126,18 +126,49 @@ def test_without_spatial_rope_the_coordinate_does_not_move_attention(monkeypatch
     monkeypatch.undo()
     b = _state_attention(model, monkeypatch, (3, 4))
     torch.testing.assert_close(a, b)
+    # No spatial position at all: identical video tokens get identical scores wherever they are
+    # (a state token at the grid origin would still favour the tokens near the corner).
+    torch.testing.assert_close(a, a[:, :1, :1].expand_as(a))
 
 
 @pytest.mark.parametrize("mca, independent", [("framewise", True), ("clipwise", False)])
 def test_framewise_mca_keeps_other_steps_actions_out(mca, independent):
-    model = make_model(mca=mca)
+    """In a chunk of two frames (one clip), clip-wise MCA lets the first frame read the second
+    step's actions; frame-wise does not. Block-causal attention lets frame 0 see frame 1 within
+    the chunk, so MSA is off and the state tokens carry no action to isolate the MCA path."""
+    model = make_model(chunk=2, mca=mca)
+    for p in model.conditioning.action_embed.parameters():
+        p.data.zero_()  # the actions reach the video through MCA only
+    model.conditioning.turned_action_embed.weight.data.zero_()
     actions = torch.randint(0, NO_ACTION, (1, 2, S))
     a = call(model, frames=2, actions=actions).x0
     other = actions.clone()
     other[0, 1] = (other[0, 1] + 1) % NO_ACTION  # change only the second step's actions
     b = call(model, frames=2, actions=other).x0
-    assert torch.allclose(a[:, :, 0], b[:, :, 0], atol=1e-6) == independent
+    if independent:  # frame 0's video still sees frame 1's tokens through self-attention in the chunk
+        mask = model.conditioning.mca(actions, torch.ones(1, S, dtype=torch.bool), torch.zeros_like(actions),
+                                      torch.arange(2), *model.dit.rope(torch.zeros(1, 2 * S, 3)),
+                                      model.dit.token_layout((2, GRID, GRID)))["mask"][0]
+        nv = GRID * GRID
+        assert not mask[:nv, S:].any() and mask[:nv, :S].all() and mask[nv:, S:].all() and not mask[nv:, :S].any()
+    else:
+        assert not torch.allclose(a[:, :, 0], b[:, :, 0], atol=1e-6)
     assert not torch.allclose(a[:, :, 1], b[:, :, 1])  # the second step sees its own actions
+
+
+def test_clipwise_mca_never_reads_a_later_chunk_and_is_framewise_in_one_frame_chunks():
+    clip1, frame1 = make_model(mca="clipwise"), make_model(mca="framewise")
+    actions = torch.randint(0, NO_ACTION, (1, 2, S))
+    torch.testing.assert_close(call(clip1, frames=2, actions=actions).x0, call(frame1, frames=2, actions=actions).x0)
+    # Chunks of two: frames 0-1 and 2-3; frame 1's video never reads frame 2's actions.
+    model = make_model(chunk=2, mca="clipwise")
+    layout = model.dit.token_layout((4, GRID, GRID))
+    mask = model.conditioning.mca(torch.randint(0, NO_ACTION, (1, 4, S)), torch.ones(1, S, dtype=torch.bool),
+                                  torch.zeros(1, 4, S, dtype=torch.long), torch.arange(4),
+                                  *model.dit.rope(torch.zeros(1, 4 * S, 3)), layout)["mask"][0]
+    chunk_of_video = layout.q_frames[: layout.num_video] // 2
+    chunk_of_action = torch.arange(4).repeat_interleave(S) // 2
+    torch.testing.assert_close(mask, (chunk_of_video[:, None] == chunk_of_action[None]))
 
 
 def test_no_mca_removes_action_cross_attention_only():

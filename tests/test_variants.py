@@ -14,12 +14,13 @@ from actionparty.variants import SubjectConditioning, load_variant, models_from,
 from conftest import REPO, copy_workflow, job_counts
 
 VARIANTS = REPO / "params/variants"
-SWITCHES = ("state", "msa", "mca", "spatial_rope", "state_first", "state_render", "glimpse", "egocentric")
+SWITCHES = ("state", "msa", "mca", "spatial_rope", "state_first", "state_render", "glimpse", "egocentric",
+            "action_facing")
 
 
 def test_registry_orders_rows_by_role_source_and_experiment():
     names = list(registry(VARIANTS))
-    assert names[0] == "full" and names[-2:] == ["static", "oracle"]
+    assert names[:2] == ["paper", "full"] and names[-2:] == ["static", "oracle"]
     roles = [registry(VARIANTS)[n].role for n in names]
     assert roles == sorted(roles, key=("paper", "ours", "ablation", "baseline", "reference").index)
     assert untrained_models(VARIANTS) == ("pretrained_ar", "static")

@@ -10,7 +10,7 @@ Per horizon H, ``results/metrics/{variant}.json`` holds (see docs/EVALUATION.md)
                                        {"MA", "player_steps"}},
                          "ma_curve": [H values], "sp_curve": [...], "ba_curve": [...] | null}}}
 
-{metrics} = MA, MA_moving, MA_static, SP, DR, duplicated, vanished, EA, BA, BA_other, ST_l1,
+{metrics} = MA, MA_changing, MA_static, SP, DR, duplicated, vanished, EA, BA, BA_other, ST_l1,
 ST_exact, ST_facing, MA_given_ST, PSNR, SSIM, FD, FVD_I3D, rules_agreement, and the counts behind them
 (windows, player_steps, player_frames, interact_steps, binding_steps). A metric that does not apply
 (no INTERACT steps, no swap rollout, no predicted state, no I3D checkpoint) is null.
@@ -50,7 +50,7 @@ from actionparty.rollout.rollout_io import (
 )
 from actionparty.games.actions import CANONICAL_ACTIONS, INTERACT
 
-METRIC_KEYS = ("MA", "MA_moving", "MA_static", "SP", "DR", "duplicated", "vanished", "EA", "BA", "BA_other",
+METRIC_KEYS = ("MA", "MA_changing", "MA_static", "SP", "DR", "duplicated", "vanished", "EA", "BA", "BA_other",
                "ST_l1", "ST_exact", "ST_facing", "MA_given_ST", "PSNR", "SSIM", "FD", "FVD_I3D", "rules_agreement")
 
 
@@ -199,7 +199,7 @@ def summarise(main: Outcomes | None, binding: Outcomes | None, rows: np.ndarray 
         a = {k: v[rows] for k, v in main.arrays.items()}
         sv, fv = a["step_valid"], a["frame_valid"]
         out.update(
-            MA=M.share(a["motion"], sv), MA_moving=M.share(a["motion"], sv & a["moving"]),
+            MA=M.share(a["motion"], sv), MA_changing=M.share(a["motion"], sv & a["moving"]),
             MA_static=M.share(a["motion"], sv & ~a["moving"]), SP=M.share(a["once"], fv), DR=M.share(a["seen"], fv),
             duplicated=M.share(a["duplicated"], fv), vanished=M.share(a["vanished"], fv),
             EA=M.share(a["ea_hit"], a["ea_counted"]), rules_agreement=M.share(a["rules"], sv),
@@ -387,7 +387,7 @@ def evaluate_oracle(test_lmdb: str | Path, detectors_path: str | Path, cfg: Eval
 # Combined table
 # ---------------------------------------------------------------------------------------------
 
-TABLE_COLUMNS = ("variant", "kind", "horizon", "game", "MA", "MA_moving", "MA_static", "SP", "DR", "EA", "BA",
+TABLE_COLUMNS = ("variant", "kind", "horizon", "game", "MA", "MA_changing", "MA_static", "SP", "DR", "EA", "BA",
                  "ST_l1", "ST_exact", "PSNR", "SSIM", "FD", "FVD_I3D", "rules_agreement", "windows", "player_steps")
 
 
@@ -423,7 +423,7 @@ def write_table(rows: list[dict], json_out: str | Path, csv_out: str | Path) -> 
 
 # The headline numbers, and PSNR: a continuous one, so that a changed model shows in `dvc metrics diff`
 # even where a small run leaves its counts (MA, SP, BA) as they were.
-SUMMARY_METRICS = ("MA", "MA_moving", "SP", "BA", "PSNR")
+SUMMARY_METRICS = ("MA", "MA_changing", "SP", "BA", "PSNR")
 DEFAULT_PROTOCOL = "episodes"  # the test episodes' own policy; a metrics file may name another in 'protocol'
 
 

@@ -98,7 +98,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     """Multi-head attention.
 
     Args:
-        q: (B, Nq, H, D); k, v: (B, Nk, H, D), all in the same dtype.
+        q: (B, Nq, H, D); k, v: (B, Nk, H, D), all in the same dtype (q and k may be wider
+            than v: position-free token pairs, ``dit.unplaced_pairs``; SDPA then, whatever the backend).
         mask: boolean, broadcastable to (B, Nq, Nk); True where attention is allowed.
             A query whose row is all False gets a zero output (instead of NaN).
 
@@ -107,7 +108,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     """
     if mask is not None and mask.dtype != torch.bool:
         raise TypeError(f"attention mask must be boolean, got {mask.dtype}")
-    backend = select_backend(q, mask)
+    backend = select_backend(q, mask) if q.shape[-1] == v.shape[-1] else "sdpa"
     if backend == "flash":
         return _flash_attn_func(q, k, v)
     q, k, v = (u.transpose(1, 2) for u in (q, k, v))  # (B, H, N, D)

@@ -94,10 +94,11 @@ def load_checkpoint(path: str | Path, map_location="cpu", *, stage: str | None =
     return state
 
 
-def check_compatible(path: str | Path, state: dict, profile_model: dict) -> None:
-    """Refuse a checkpoint whose model section differs from the profile's (one line)."""
+def check_compatible(path: str | Path, state: dict, profile_model: dict, ignore: tuple[str, ...] = ()) -> None:
+    """Refuse a checkpoint whose model section differs from the profile's (one line), but for
+    the keys ``ignore``."""
     saved = state.get("profile", {}).get("model", {})
-    for key in sorted(set(saved) | set(profile_model)):
+    for key in sorted((set(saved) | set(profile_model)) - set(ignore)):
         if saved.get(key) != profile_model.get(key):
             raise UserError(f"{path}: checkpoint was trained with model.{key}={saved.get(key)!r}, "
                             f"the profile has {profile_model.get(key)!r}")

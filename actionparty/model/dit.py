@@ -205,6 +205,9 @@ class ExtraTokens:
     cond:      optional (B, M, dim) added to the token's timestep embedding (adaLN input).
     tags:      optional (M,) long >= 0 (default 0) kept in TokenLayout / KVCache, so that masks can
                tell tokens apart (e.g. player slot for subject isolation).
+    placed:    False: the tokens have no spatial position (only ``positions``' t is used): in
+               self-attention, every score between one of them and any token compares the two
+               tokens' time only (:func:`unplaced_pairs`); True: the full rotary (t, y, x).
     """
 
     tokens: torch.Tensor
@@ -213,6 +216,7 @@ class ExtraTokens:
     frames: torch.Tensor
     cond: torch.Tensor | None = None
     tags: torch.Tensor | None = None
+    placed: bool = True
 
     @property
     def num_tokens(self) -> int:
@@ -310,6 +314,38 @@ class _Attention(nn.Module):
         return x.unflatten(-1, (self.num_heads, -1))  # (B, N, H, D)
 
 
+@dataclass
+class Unplaced:
+    """Tokens without a spatial position in self-attention (``ExtraTokens.placed`` False):
+    ``free`` (N,) bool marks them among the call's tokens; ``cos``/``sin`` (B|1, N, D/2) are
+    every token's temporal-only rotary angles (the spatial pairs unrotated)."""
+
+    free: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+
+def unplaced_pairs(q: torch.Tensor, k: torch.Tensor, rope_cos: torch.Tensor, rope_sin: torch.Tensor,
+                   unplaced: Unplaced) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotated queries and keys (B, N, H, 4D) whose dot product is, for every pair of tokens,
+    the full rotary score between two placed tokens and the temporal-only one (spatial channels
+    compared unrotated: no spatial position at all) wherever one of the two is unplaced.
+
+    Four channel groups [placed.placed | placed q.free k | free q.placed k | free.free]: a
+    placed token writes its fully rotated q/k into group 1 and its time-rotated q/k into the
+    group of the pairs it meets an unplaced token in, an unplaced token its time-rotated q/k
+    into the groups of its own pairs; every other group is zero. q is scaled by 2 so that
+    attention's 1/sqrt(4D) is the usual 1/sqrt(D)."""
+    q_full, k_full = apply_rope(q, rope_cos, rope_sin), apply_rope(k, rope_cos, rope_sin)
+    q_t, k_t = apply_rope(q, unplaced.cos, unplaced.sin), apply_rope(k, unplaced.cos, unplaced.sin)
+    free = unplaced.free.view(1, -1, 1, 1)
+    zero = torch.zeros_like(q_t)
+    pick = lambda on, t: torch.where(on, t, zero)  # noqa: E731
+    q_out = torch.cat([pick(~free, q_full), pick(~free, q_t), pick(free, q_t), pick(free, q_t)], dim=-1)
+    k_out = torch.cat([pick(~free, k_full), pick(free, k_t), pick(~free, k_t), pick(free, k_t)], dim=-1)
+    return 2.0 * q_out, k_out
+
+
 class SelfAttention(_Attention):
     def forward(
         self,
@@ -318,13 +354,18 @@ class SelfAttention(_Attention):
         rope_sin: torch.Tensor,
         mask: torch.Tensor | None = None,
         past_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        unplaced: Unplaced | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """x (B, N, C); rope (B|1, N, D/2); mask over keys [past; x].
+        """x (B, N, C); rope (B|1, N, D/2); mask over keys [past; x]; ``unplaced``: tokens
+        without a spatial position (:func:`unplaced_pairs`; keys then have 4D channels).
 
         Returns the output (B, N, C) and this call's (k, v), each (B, N, H, D) with RoPE on k.
         """
-        q = apply_rope(self._heads(self.norm_q(self.q(x))), rope_cos, rope_sin)
-        k = apply_rope(self._heads(self.norm_k(self.k(x))), rope_cos, rope_sin)
+        q, k = self._heads(self.norm_q(self.q(x))), self._heads(self.norm_k(self.k(x)))
+        if unplaced is None:
+            q, k = apply_rope(q, rope_cos, rope_sin), apply_rope(k, rope_cos, rope_sin)
+        else:
+            q, k = unplaced_pairs(q, k, rope_cos, rope_sin, unplaced)
         v = self._heads(self.v(x))
         k_all, v_all = (k, v) if past_kv is None else (torch.cat([past_kv[0], k], 1), torch.cat([past_kv[1], v], 1))
         out = attention(q, k_all, v_all, mask)
@@ -368,11 +409,13 @@ class WanBlock(nn.Module):
         attn_mask: torch.Tensor | None,
         past_kv: tuple[torch.Tensor, torch.Tensor] | None,
         hook_ctx: BlockContext | None,
+        unplaced: Unplaced | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """x (B, N, C) fp32 residual stream -> (x, this call's self-attention (k, v))."""
         dtype = self.ffn[0].weight.dtype  # sublayers compute in the parameters' dtype
         m = mod.plus(self.modulation)  # chunks: 0 shift, 1 scale, 2 gate (attn); 3, 4, 5 (ffn)
-        y, kv = self.self_attn(m.modulate(self.norm1(x), 0, 1).to(dtype), rope_cos, rope_sin, attn_mask, past_kv)
+        y, kv = self.self_attn(m.modulate(self.norm1(x), 0, 1).to(dtype), rope_cos, rope_sin, attn_mask, past_kv,
+                               unplaced)
         x = m.gated_residual(x, y, 2)
         if self.extra_cross_attn is not None:
             x = x + self.extra_cross_attn(x, hook_ctx).float()
@@ -655,6 +698,7 @@ class WanDiT(nn.Module):
         cond = cond or DiTConditioning()
         layout = self.token_layout(tuple(x.shape[2:]), cond.extra, kv_cache, frame_offset, x.device)
         tokens, e_video, mod, rope_cos, rope_sin = self._embed(x, t, cond, layout)
+        unplaced = self._unplaced(cond.extra, layout, rope_cos, rope_sin)
         context, context_mask = self.embed_text(text, text_mask)
         attn_mask = cond.attn_mask
         if attn_mask is None:
@@ -664,7 +708,7 @@ class WanDiT(nn.Module):
 
         for i, block in enumerate(self.blocks):
             args = (tokens, mod, rope_cos, rope_sin, context, context_mask, attn_mask,
-                    kv_cache.layer(i) if kv_cache is not None else None, hook_ctx)
+                    kv_cache.layer(i) if kv_cache is not None else None, hook_ctx, unplaced)
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 tokens, kv = checkpoint(block, *args, use_reentrant=False)
             else:
@@ -682,6 +726,18 @@ class WanDiT(nn.Module):
         video = rearrange(out, "b (t h w) (pt ph pw c) -> b c (t pt) (h ph) (w pw)",
                           t=num_frames, h=height, w=width, pt=pt, ph=ph, pw=pw)
         return DiTOutput(video.float(), tokens[:, layout.num_video :] if cond.extra is not None else None)
+
+    def _unplaced(self, extra: ExtraTokens | None, layout: TokenLayout, rope_cos: torch.Tensor,
+                  rope_sin: torch.Tensor) -> Unplaced | None:
+        """The :class:`Unplaced` of a call whose extra tokens have no spatial position, else None."""
+        if extra is None or extra.placed:
+            return None
+        free = torch.zeros(rope_cos.shape[1], dtype=torch.bool, device=rope_cos.device)
+        free[layout.num_video :] = True
+        time_pairs = self.rope.axis_dims[0] // 2  # the temporal pairs come first (Rope3D)
+        cos, sin = rope_cos.clone(), rope_sin.clone()
+        cos[..., time_pairs:], sin[..., time_pairs:] = 1.0, 0.0
+        return Unplaced(free, cos, sin)
 
     def _embed(self, x: torch.Tensor, t: torch.Tensor, cond: DiTConditioning, layout: TokenLayout):
         """The block input: tokens [video; extra] (B, N, dim) fp32, the video's per-frame time

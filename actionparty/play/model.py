@@ -75,19 +75,19 @@ class ModelBank:
     """Every model the server offers, loaded once; sessions only read them."""
 
     def __init__(self, profile: Profile, checkpoints: dict[str, Path], device: str = "cpu"):
-        if profile.model.chunk_frames != 1:
-            raise PlayError(f"profile '{profile.profile}': model.chunk_frames is {profile.model.chunk_frames}; "
-                            "play steps the model one game step at a time (chunk_frames: 1)")
         self.profile = profile
         self.models: dict[str, PlayModel] = {}
         for name, path in checkpoints.items():
             loaded = load_for_rollout(profile, path, device=device)
+            if loaded.model.chunk_frames != 1:
+                raise PlayError(f"{path}: model '{name}' draws chunks of {loaded.model.chunk_frames} frames; "
+                                "play steps a model one game step at a time (chunks of one frame)")
             variant = loaded.state.get("variant")
             base = name.split("-s")[0]
             if variant is not None and variant.split("-s")[0] != base:
                 raise PlayError(f"{path}: checkpoint of '{variant}', not of model '{name}'")
             loaded.model.requires_grad_(False)
-            self.models[name] = PlayModel(name, loaded, window_frames(profile, loaded.train_clip_steps))
+            self.models[name] = PlayModel(name, loaded, window_frames(profile, loaded))
 
     def names(self) -> list[str]:
         return list(self.models)

@@ -20,7 +20,7 @@ from actionparty.data.lmdb_dataset import ClipDataset
 from actionparty.model.checkpoint import check_compatible, load_checkpoint, load_model_weights
 from actionparty.model.factory import build_world_model
 from actionparty.rollout.sampler import Sampler, run
-from actionparty.variants import VariantConfig
+from actionparty.variants import VariantConfig, variant_profile
 
 @dataclass
 class LoadedModel:
@@ -41,21 +41,23 @@ def rollout_device() -> str:
 
 def load_for_rollout(profile: Profile, checkpoint: str | Path, device="cpu", *, stage: str | None = None,
                      games: list[str] | None = None) -> LoadedModel:
-    """Build the model a checkpoint was trained as (video-only or its variant) with its EMA weights;
-    ``stage`` and ``games``: refuse a checkpoint of another stage or other games."""
+    """Build the model a checkpoint was trained as (video-only or its variant, with the variant's
+    recipe) with its EMA weights; ``stage`` and ``games``: refuse a checkpoint of another stage
+    or other games."""
     state = load_checkpoint(checkpoint, stage=stage, games=games)
-    check_compatible(checkpoint, state, profile.model.model_dump())
     variant = VariantConfig.model_validate(state["variant_config"]) if state.get("variant_config") else None
+    profile = variant_profile(profile, variant)
+    check_compatible(checkpoint, state, profile.model.model_dump())
     model, codec, text = build_world_model(profile, device, variant)
     load_model_weights(model, state, use_ema=True, strict=True)
     return LoadedModel(model.eval(), codec, text, state)
 
 
-def window_frames(profile: Profile, train_clip_steps: int) -> int:
+def window_frames(profile: Profile, loaded: LoadedModel) -> int:
     """Earlier frames a chunk may see: as many as the last chunk of a training clip saw."""
     if profile.rollout.window_frames is not None:
         return profile.rollout.window_frames
-    return train_clip_steps + 1 - profile.model.chunk_frames
+    return loaded.train_clip_steps + 1 - loaded.model.chunk_frames
 
 
 @torch.no_grad()
@@ -120,7 +122,7 @@ def make_sampler(loaded: LoadedModel, profile: Profile, games: list[str], presen
     r = profile.rollout
     return Sampler(model, emb, mask, sampling_steps=r.sampling_steps, state_sampling_steps=r.state_sampling_steps,
                    context_noise=r.context_noise, shift=r.timestep_shift,
-                   window_frames=window_frames(profile, loaded.train_clip_steps), generator=generator,
+                   window_frames=window_frames(profile, loaded), generator=generator,
                    present=present if model.takes_actions else None, text_fn=text_fn, use_cache=use_cache)
 
 

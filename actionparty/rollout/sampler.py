@@ -5,6 +5,10 @@ Euler steps of the flow ODE (sigma from 1 to 0 with Wan's shift), each a forward
 *reads* the KV cache of the clean earlier frames; once the chunk is finished, one more pass at
 sigma = 0 over it *appends* its keys/values to the cache (as Self-Forcing does), just before the
 next chunk is drawn (so the last chunk of a rollout, which nothing reads, is never appended).
+That pass conditions the finished frames exactly as training conditions its clean context
+frame: no action led into them (NO_ACTION), each is its own residual anchor and reference
+state, and the prompt is that of the chunk about to be drawn (the text-action baseline's clip
+prompt names the actions that follow its context).
 The cache keeps at most ``window_frames`` earlier frames, so rollouts longer than the training
 clips slide a window.
 
@@ -109,6 +113,7 @@ class Sampler:
         subjects = self._subjects(actions, context_state, context_state if self.has_state else None)
         text = self.text_fn(-1, 1) if self.text_fn else self.text
         context_chunk = _Chunk(context, context_state, actions, subjects, context, text, self.model.context_frame)
+        self._no_action = actions
         self.history = [context_chunk]  # every chunk (uncached), or the last one (cached)
         self._pending = context_chunk if self.use_cache else None  # read by the next chunk: append to the cache
 
@@ -141,6 +146,11 @@ class Sampler:
             noise = torch.randn(x.shape, generator=self.generator).to(self.device)
             x = add_noise(x, noise, torch.tensor(self.context_noise, device=self.device))
         done = _Chunk(x, state, actions, self._subjects(actions, prev_state, state), anchor, text, offset)
+        if self.takes_actions:  # as a context: no action led into it, its own state is the reference
+            own = state if self.has_state else prev_state
+            done.subjects = self._subjects(self._no_action.expand(-1, self.chunk, -1), own,
+                                           state if self.has_state else None)
+        done.anchor = x  # each finished frame is its own anchor as a context, like training's
         self.history = self.history + [done] if not self.use_cache else [done]
         self._pending = done if self.use_cache else None
         self.steps_done += self.chunk
@@ -192,8 +202,9 @@ class Sampler:
         done, self._pending = self._pending, None
         if done is None:
             return
+        text = self.text_fn(self.steps_done, self.chunk) if self.text_fn else done.text  # the next chunk's prompt
         self.model(done.latents, torch.zeros(done.latents.shape[0], done.latents.shape[2], device=self.device),
-                   done.anchor, *done.text, frame_offset=done.offset, subjects=done.subjects, kv_cache=self.cache,
+                   done.anchor, *text, frame_offset=done.offset, subjects=done.subjects, kv_cache=self.cache,
                    update_cache=True)
 
     def _uncached(self, chunk: _Chunk, x, sigma, subjects: SubjectInputs | None):
@@ -201,8 +212,8 @@ class Sampler:
         clean = torch.cat([h.latents for h in self.history], dim=2)
         n_clean, n = clean.shape[2], x.shape[2]
         zeros = torch.zeros_like(sigma[:, :1]).expand(-1, n_clean)
-        # Each clean frame's anchor is the frame before it (the context is its own anchor).
-        anchors = torch.cat([clean[:, :, :1], clean[:, :, :-1], chunk.anchor], dim=2)
+        # Every clean frame is conditioned as a context (see the cache-update pass): its own anchor.
+        anchors = torch.cat([clean, chunk.anchor], dim=2)
         seq_subjects = None
         if subjects is not None:
             done = [h.subjects for h in self.history]
@@ -211,7 +222,7 @@ class Sampler:
             if self.has_state:
                 states = torch.cat([h.state for h in self.history], dim=1)
                 state = torch.cat([states, subjects.state], dim=1)
-                prev = torch.cat([states[:, :1], states[:, :-1], subjects.prev_state], dim=1)
+                prev = torch.cat([states, subjects.prev_state], dim=1)
             else:
                 prev = self.context_state.expand(-1, n_clean + n, -1, -1)
             level = sigma if subjects.state_sigma is None else subjects.state_sigma

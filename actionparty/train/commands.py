@@ -23,13 +23,13 @@ def _cmd_pretrain(args) -> None:
 
 def _cmd_finetune(args) -> None:
     from actionparty.config import load_profile
-    from actionparty.variants import load_variant, split_run
+    from actionparty.variants import load_variant, split_run, variant_profile
     from actionparty.model.factory import build_world_model
     from actionparty.train.trainer import TrainJob, train
 
-    profile = load_profile(args.profile)
     name, offset = split_run(args.variant)  # 'full-s1': variant `full`, training seed finetune.seed + 1
     variant = load_variant(name)
+    profile = variant_profile(load_profile(args.profile), variant)  # its recipe's clips, if it has one
     cfg = profile.finetune.model_copy(update={"seed": profile.finetune.seed + offset})
     job = TrainJob(profile, cfg, args.train_lmdb, args.out, args.variant,
                    lambda p, device: build_world_model(p, device, variant), init_from=args.init,

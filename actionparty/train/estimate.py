@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from actionparty.config import Profile
-from actionparty.variants import VariantConfig
+from actionparty.variants import VariantConfig, variant_profile
 from actionparty.games.actions import PLAYER_SLOTS
 
 GB = 1e9
@@ -64,6 +64,7 @@ def build_on_meta(profile: Profile, variant: VariantConfig | None = None):
 
 
 def estimate(profile: Profile, variant: VariantConfig | None = None) -> TrainingEstimate:
+    profile = variant_profile(profile, variant)  # a variant's recipe (its clips) where it has one
     train = profile.pretrain if variant is None else profile.finetune
     model, side = build_on_meta(profile, variant)
     d = model.dit.config

@@ -179,7 +179,8 @@ def _initialise(job: TrainJob, model, run: _Run, info: DistInfo) -> None:
     if job.init_from is not None:
         # A finetune starts from exp-138 of the same games, never from another finetune.
         init_state = load_checkpoint(job.init_from, stage=PRETRAIN_STAGE, games=run.meta["games"])
-        check_compatible(job.init_from, init_state, profile.model.model_dump())
+        # A recipe's chunk length is attention's unit, not a weight: any exp-138 chunking initialises it.
+        check_compatible(job.init_from, init_state, profile.model.model_dump(), ignore=("chunk_frames",))
         report = load_model_weights(model, init_state, strict=False)
         if info.is_main and (report.missing_keys or report.unexpected_keys):
             print(f"init from {job.init_from}: new {len(report.missing_keys)} tensors "

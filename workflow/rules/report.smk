@@ -70,11 +70,12 @@ rule report_build:
         " --rollout-models {params.rollout_models:q} --threads {threads} > {log:q} 2>&1"
 
 
-# The flat summary metric (model x horizon x MA, MA_moving, SP, BA) that `dvc metrics show/diff`
+# The flat summary metric (model x horizon x MA, MA_changing, SP, BA) that `dvc metrics show/diff`
 # reads; the per-model files stay the detailed outputs.
 rule summary_metrics:
     input:
         expand("results/metrics/{model}.json", model=MODELS + ["oracle"]),
+        PROTOCOL_METRICS,  # results/metrics/<protocol>/<model>.json (evaluate.smk)
     output:
         "results/metrics/summary.json",
     log:

@@ -3,9 +3,12 @@
 A cross-attention added to every DiT block (``blocks.i.extra_cross_attn``, between self- and
 text cross-attention), from video tokens to the action tokens of the call: embed(action,
 previous facing) + embed(slot), with spatial RoPE on both sides (the action token sits at its
-player's reference position). Frame-wise, video tokens of step t see the actions of step t only;
-clip-wise they see every action of the call (ablation ``clipwise_mca``); ablation ``no_mca``
-has none. The output projection starts at zero so that the pretrained video model is unchanged.
+player's reference position). Clip-wise (the paper's), video tokens of a step see the actions
+of every step of their clip, the chunk of ``chunk_frames`` frames denoised together (never a
+later chunk's: a rollout does not know them yet); frame-wise (``full``, and ablation
+``framewise_mca`` of ``paper``), those of their own step only. With one-frame chunks the two are
+the same computation. Ablation ``no_mca`` has none. The output projection starts at zero so that
+the pretrained video model is unchanged.
 """
 
 from __future__ import annotations
@@ -53,10 +56,12 @@ class ActionTokens(nn.Module):
     Installs an :class:`ActionCrossAttention` into every block of ``dit`` (its parameters are
     ``dit.blocks.i.extra_cross_attn.*``, reported as new when official weights are loaded)."""
 
-    def __init__(self, dit, slots: int, clipwise: bool):
+    def __init__(self, dit, slots: int, clipwise: bool, action_facing: bool = True):
         super().__init__()
         dim = dit.config.dim
         self.clipwise = clipwise
+        self.chunk = dit.config.chunk_frames or 1
+        self.action_facing = action_facing  # embed (action, previous facing); else the action alone
         self.action_embed = nn.Embedding((NO_ACTION + 1) * 4, dim)  # per (action, previous facing)
         self.slot_embed = nn.Embedding(slots, dim)
         dit.install_extra_cross_attn(lambda i, cfg: ActionCrossAttention(cfg.dim, cfg.num_heads, cfg.eps))
@@ -67,12 +72,15 @@ class ActionTokens(nn.Module):
         the players' reference positions -> the blocks' payload."""
         b, t, s = actions.shape
         slots = torch.arange(s, device=actions.device)
-        tokens = (self.action_embed(actions * 4 + facing) + self.slot_embed(slots)[None, None]).flatten(1, 2)
+        joint = actions * 4 + (facing if self.action_facing else 0)
+        tokens = (self.action_embed(joint) + self.slot_embed(slots)[None, None]).flatten(1, 2)
         key_ok = present[:, None, :].expand(b, t, s).flatten(1)  # (B, T*S)
-        if self.clipwise:  # every action of the call
-            mask = key_ok[:, None, :].expand(b, layout.num_video, t * s)
+        video_frames = layout.q_frames[: layout.num_video, None]
+        action_frames = frames.repeat_interleave(s)[None, :]
+        if self.clipwise:  # every action of the video token's chunk
+            same = torch.div(video_frames, self.chunk, rounding_mode="floor") == torch.div(
+                action_frames, self.chunk, rounding_mode="floor")
         else:
-            video_frames = layout.q_frames[: layout.num_video]
-            same = video_frames[:, None] == frames.repeat_interleave(s)[None, :]  # (Nv, T*S)
-            mask = same[None] & key_ok[:, None, :]
+            same = video_frames == action_frames  # (Nv, T*S)
+        mask = same[None] & key_ok[:, None, :]
         return {"tokens": tokens, "cos": cos, "sin": sin, "mask": mask}

@@ -4,11 +4,13 @@ For each player slot p (8 slots; absent players masked) and latent frame t, a to
 player's state s(t, p) (:mod:`.state`), denoised with the video:
 
 * ``input`` = embed(action a(t, p)) + embed(slot p) + embed(the clean previous facing)
-  + embed(action, previous facing) [ours: the joint embedding hands the network the move an
-  action makes from that facing] + the glimpse [ours, :mod:`.glimpse`] + embed(noisy state -
-  previous state), turned into the player's own frame with ``egocentric`` [ours];
+  + embed(action, previous facing) [ours, ``action_facing``: the joint embedding hands the
+  network the move an action makes from that facing] + the glimpse [ours, :mod:`.glimpse`] +
+  embed(noisy state - previous state), turned into the player's own frame with ``egocentric`` [ours];
 * ``spatial RoPE`` (the paper's): the token's rotary position is (t, y_ref, x_ref), its player's
-  previous position (:meth:`SubjectTokens.positions`); ablation ``no_rope_sa``;
+  previous position (:meth:`SubjectTokens.positions`); ablation ``no_rope_sa``: the tokens have
+  no spatial position at all (``ExtraTokens.placed``: every self-attention score involving one
+  compares time only);
 * ``subject-isolated self-attention`` (MSA, the paper's): a state token of player p sees the
   video and p's own state tokens; video tokens see everything (:meth:`SubjectTokens.isolation_mask`);
   ablation ``no_msa``;
@@ -54,7 +56,8 @@ class SubjectTokens(nn.Module):
         self.action_embed = nn.Embedding(NO_ACTION + 1, dim)
         self.slot_embed = nn.Embedding(PLAYER_SLOTS, dim)
         self.facing_embed = nn.Embedding(4, dim)
-        self.turned_action_embed = nn.Embedding((NO_ACTION + 1) * 4, dim)  # per (action, previous facing)
+        if config.action_facing:
+            self.turned_action_embed = nn.Embedding((NO_ACTION + 1) * 4, dim)  # per (action, previous facing)
         # Built in this order so that a seed gives the same initial weights as it always did.
         self.render = StateRender(PLAYER_SLOTS, cfg.in_dim, dim, StateRender.head_out(cfg)) if config.state_render else None
         self.glimpse = Glimpse(cfg.in_dim, dim) if config.glimpse else None
@@ -63,7 +66,8 @@ class SubjectTokens(nn.Module):
             self.state_head = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, STATE_DIM))
             nn.init.zeros_(self.state_head[1].weight)  # residual prior: "stays where it was"
             nn.init.zeros_(self.state_head[1].bias)
-        self.mca = ActionTokens(dit, PLAYER_SLOTS, config.mca == "clipwise") if config.mca != "none" else None
+        self.mca = (ActionTokens(dit, PLAYER_SLOTS, config.mca == "clipwise", config.action_facing)
+                    if config.mca != "none" else None)
 
     @property
     def has_state(self) -> bool:
@@ -77,7 +81,8 @@ class SubjectTokens(nn.Module):
 
     def positions(self, frames: torch.Tensor, prev_state: torch.Tensor, spatial: bool) -> torch.Tensor:
         """(B, T, S, 3) rotary positions (t, y, x) of per-(frame, slot) tokens: at the player's
-        reference position, or at (0, 0) without spatial RoPE."""
+        reference position, or (t, 0, 0) without spatial RoPE (their spatial part is then unused:
+        the tokens are passed as not ``placed``)."""
         b, t, s = prev_state.shape[:3]
         pos_t = frames.float().view(1, t, 1, 1).expand(b, t, s, 1)
         yx = self.grid.grid_position(prev_state) if spatial else torch.zeros(b, t, s, 2, device=prev_state.device)
@@ -98,7 +103,9 @@ class SubjectTokens(nn.Module):
         """(B, T, S, dim) the state tokens' embedded inputs."""
         c, actions = self.config, subjects.actions
         tokens = (self.action_embed(actions) + self.slot_embed(torch.arange(actions.shape[2], device=actions.device))
-                  [None, None] + self.facing_embed(facing) + self.turned_action_embed(actions * 4 + facing))
+                  [None, None] + self.facing_embed(facing))
+        if c.action_facing:
+            tokens = tokens + self.turned_action_embed(actions * 4 + facing)
         if self.glimpse is not None:
             tokens = tokens + self.glimpse(seen)
         if c.state:
@@ -129,6 +136,7 @@ class SubjectTokens(nn.Module):
             timesteps=(state_sigma[:, :, None].expand(b, t, s) * TIMESTEP_SCALE).flatten(1, 2),
             frames=frames.repeat_interleave(s),
             tags=slots.repeat(t),
+            placed=c.spatial_rope,
         )
         layout = dit.token_layout(call.latent_shape, extra, call.kv_cache, call.frame_offset)
         mask = and_masks(dit.default_attn_mask(layout, *call.window), self.isolation_mask(layout, subjects.present))
