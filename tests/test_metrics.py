@@ -520,3 +520,20 @@ def test_commands_register_and_run(tmp_path):
                               "--detectors", "y", "--out", "z"])
     with pytest.raises(ProfileError, match="none.yaml: profile not found"):
         args.func(args)
+
+
+def test_bootstrap_interval_over_windows_holds_the_share_and_narrows_with_more_windows():
+    from actionparty.eval.evaluate import bootstrap_share_ci
+
+    rng = np.random.default_rng(0)
+    small = rng.random((20, 4, 3)) < 0.7
+    large = rng.random((400, 4, 3)) < 0.7
+    mask_s, mask_l = np.ones_like(small), np.ones_like(large)
+    low, high = bootstrap_share_ci(small, mask_s)
+    assert low < small.mean() < high and (low, high) == bootstrap_share_ci(small, mask_s)  # seeded
+    low_l, high_l = bootstrap_share_ci(large, mask_l)
+    assert low_l < large.mean() < high_l and high_l - low_l < (high - low) / 2
+    assert bootstrap_share_ci(small[:1], mask_s[:1]) == (None, None)  # one window: no interval
+    # A window with nothing counted adds nothing: the interval of the counted ones is unchanged.
+    padded, pad_mask = np.concatenate([small, small[:1]]), np.concatenate([mask_s, np.zeros_like(mask_s[:1])])
+    assert bootstrap_share_ci(padded, pad_mask)[0] == pytest.approx(low, abs=0.03)

@@ -37,7 +37,7 @@ from conftest import write_synthetic_episodes
 GAMES = {"alpha": 2, "beta": 3}  # game -> players
 CANVAS = 6
 # MA at h4 of each model with a metrics file (pretrained_ar, no_mca, ... have none).
-BASE = {"full": 0.77912, "no_msa": 0.61234, "text_action": 0.15833, "global_action": 0.21011, "static": 0.37601,
+BASE = {"full": 0.77912, "no_glimpse": 0.61234, "text_action": 0.15833, "global_action": 0.21011, "static": 0.37601,
         "oracle": 0.99512}
 HORIZONS = (4, 20)
 
@@ -56,8 +56,8 @@ def _metrics_values(model: str, base: float) -> dict:
     for j, key in enumerate(METRIC_KEYS):
         values[key] = round(min(base + 0.001 * j, 0.99999), 5)
     values.update(PSNR=round(20 + 10 * base, 5), FD=round(5 * (1 - base), 5), FVD_I3D=None,
-                  ST_l1=round(2 * (1 - base), 5) if model in ("full", "no_msa") else None)
-    if model not in ("full", "no_msa"):
+                  ST_l1=round(2 * (1 - base), 5) if model in ("full", "no_glimpse") else None)
+    if model not in ("full", "no_glimpse"):
         values.update(ST_exact=None, ST_facing=None, MA_given_ST=None)
     if model == "text_action":
         values["EA"] = None
@@ -210,10 +210,10 @@ def test_main_table_csv_has_full_precision_and_the_seed_mean(built):
 
 def test_shown_tables_round_and_show_mean_and_sd(built):
     md = (built["out"] / "tables" / "main.md").read_text()
-    full = next(line for line in md.splitlines() if line.startswith("| ActionParty (exp-139), 3 seeds"))
+    full = next(line for line in md.splitlines() if line.startswith("| ActionParty+ (ours) (exp-139), 3 seeds"))
     assert "**0.799 ± 0.020**" in full  # mean 0.79912, sd 0.02, 3 decimals
     static = md_cells(next(line for line in md.splitlines() if line.startswith("| Static")))
-    assert static[1] == f"{metrics_json('static')['horizons']['h4']['overall']['MA']:.3f}" == "0.376"
+    assert static[1 + T.MAIN_METRICS.index("MA")] == f"{metrics_json('static')['horizons']['h4']['overall']['MA']:.3f}" == "0.376"
     assert "0.37601" not in md and "mean ± sample standard deviation" in md
     assert "95% CI: not shown" in md  # the synthetic metrics carry no interval
     tex = (built["out"] / "tables" / "main.tex").read_text()
@@ -239,38 +239,49 @@ def test_best_is_not_bold_on_all_equal_columns_or_shared_zeros():
 
 def test_ablation_and_breakdown_tables(built):
     ablation = read_csv(built["out"] / "tables" / "ablation.csv")
-    assert [r["model"] for r in ablation] == ["full", "no_msa"]
+    assert [r["model"] for r in ablation] == ["full", "no_glimpse"]
     assert float(ablation[0]["h4/ST_l1"]) == _mean_sd("full", 4, "ST_l1")[0]
-    assert ablation[1]["h4/ST_l1"] == repr(metrics_json("no_msa")["horizons"]["h4"]["overall"]["ST_l1"])
+    assert ablation[1]["h4/ST_l1"] == repr(metrics_json("no_glimpse")["horizons"]["h4"]["overall"]["ST_l1"])
     md = (built["out"] / "tables" / "ablation.md").read_text()
     assert "no_mca" in md and "no_state" in md  # reported as missing, not dropped silently
     per_game = read_csv(built["out"] / "tables" / "per_game.csv")
     assert list(per_game[0])[4:8] == ["alpha/MA", "alpha/SP", "beta/MA", "beta/SP"]
-    assert [r["model"] for r in per_game] == ["full", "no_msa", "text_action", "global_action", "static", "oracle"]
-    assert per_game[1]["beta/SP"] == repr(metrics_json("no_msa")["horizons"]["h4"]["per_game"]["beta"]["SP"])
+    assert [r["model"] for r in per_game] == ["full", "no_glimpse", "text_action", "global_action", "static", "oracle"]
+    assert per_game[1]["beta/SP"] == repr(metrics_json("no_glimpse")["horizons"]["h4"]["per_game"]["beta"]["SP"])
     counts = read_csv(built["out"] / "tables" / "per_player_count.csv")
     assert list(counts[0])[4:8] == ["2 players/MA", "2 players/SP", "3 players/MA", "3 players/SP"]
-    assert counts[1]["3 players/MA"] == repr(metrics_json("no_msa")["horizons"]["h4"]["per_player_count"]["3"]["MA"])
+    assert counts[1]["3 players/MA"] == repr(metrics_json("no_glimpse")["horizons"]["h4"]["per_player_count"]["3"]["MA"])
 
 
 
 def test_targets_are_checked_from_the_metrics(built):
     from actionparty.report.targets import check_targets
 
-    targets = {t.name: t for t in check_targets(T.load_metrics(built["results"] / "metrics"))}
-    full, glob = BASE["full"], BASE["global_action"]
-    assert targets["MA h4, alpha"].met is False and targets["MA h4, alpha"].measured == f"{full + 0.01:.3f}"
-    best = targets[f"MA h4 vs best baseline (global_action {glob:.3f})"]
-    assert best.met is True and best.measured == f"{full / glob:.2f}x"  # 0.779 >= 3 x 0.210
-    assert targets["MA h20"].met is (full - 0.1 >= 0.6)
+    metrics = T.load_metrics(built["results"] / "metrics")
+    targets = {t.name: t for t in check_targets(metrics)}
+    changing = metrics_json("full")["horizons"]["h4"]["per_game"]["alpha"]["MA_changing"]
+    assert targets["MA_changing h4, alpha"].met is (changing >= 0.85)
+    assert targets["MA_changing h4, alpha"].measured == f"{changing:.3f}"
+    assert targets["MA_changing h4, alpha, uniform protocol"].met is None  # no protocol metrics: not measured
+    assert targets["baselines' MA_changing fall, one_mover -> uniform"].met is None
+    assert targets["MA_changing h20"].measured == f"{metrics_json('full')['horizons']['h20']['overall']['MA_changing']:.3f}"
+    assert targets["MA_changing h4 95% CI half-width"].met is None  # the synthetic files carry no interval
     assert "## Targets" in (built["out"] / "index.md").read_text()
-    assert "3 of 7 met" in (built["out"] / "targets.md").read_text()  # 2 games + 5 overall targets
+    assert f"of {len(targets)} met" in (built["out"] / "targets.md").read_text()
+    # The protocols' fall: a baseline that loses its control when everyone moves, ours that keeps it.
+    def protocol(values):
+        return T.MetricsSet(Path("p"), {m: {"variant": m, "horizons": {"h4": {"overall": {"MA_changing": v}}}}
+                                         for m, v in values.items()}, {}, {})
+    claim = check_targets(metrics, protocols={"one_mover": protocol({"full": 0.9, "global_action": 0.8}),
+                                              "uniform": protocol({"full": 0.85, "global_action": 0.3})})
+    fall = next(t for t in claim if t.name.startswith("MA_changing fall one_mover -> uniform, global_action"))
+    assert fall.met is True and fall.measured == "0.500"
 
 
 def test_per_cause_and_seed_tables(built):
     causes = read_csv(built["out"] / "tables" / "per_cause.csv")
     assert list(causes[0])[4:4 + len(M.CAUSES)] == [f"{c}/MA" for c in M.CAUSES]
-    assert causes[1]["blocked_wall/MA"] == repr(metrics_json("no_msa")["horizons"]["h4"]["per_cause"]["blocked_wall"]["MA"])
+    assert causes[1]["blocked_wall/MA"] == repr(metrics_json("no_glimpse")["horizons"]["h4"]["per_cause"]["blocked_wall"]["MA"])
     seeds = read_csv(built["out"] / "tables" / "seeds.csv")
     assert [r["model"] for r in seeds] == ["full"] and "3 seeds" in seeds[0]["label"]
     ma = [metrics_json(m)["horizons"]["h4"]["overall"]["MA"] for m in ("full", "full-s1", "full-s2")]
@@ -413,7 +424,7 @@ def test_pick_windows_spreads_over_games():
 
 
 def test_latex_escapes_and_formats():
-    assert T.latex_escape("no_msa 5% & #1") == r"no\_msa 5\% \& \#1"
+    assert T.latex_escape("no_glimpse 5% & #1") == r"no\_glimpse 5\% \& \#1"
     assert T.format_value(0.1) == "0.1" and T.format_value(None) == "" and T.format_value(12) == "12"
     assert T.format_number(0.12345) == "0.123" and T.format_number(None) == "–" and T.format_number(36) == "36"
     assert T.format_cell(0.5, 0.01234, (0.4, 0.6)) == "0.500 ± 0.012 [0.400, 0.600]"
@@ -439,18 +450,19 @@ def variant_fields(like: str, repo: Path, **changes) -> dict:
 
 def test_the_registry_gives_the_rows_of_every_table(repo):
     lineup = Lineup.from_registry(repo / "params" / "variants")
-    ablations = ("no_msa", "no_mca", "clipwise_mca", "no_rope_sa", "no_state", "no_state_render", "no_glimpse",
-                 "no_egocentric")
-    assert lineup.main == ("full", "text_action", "global_action", "pretrained_ar", "static", "oracle")
-    assert lineup.ablation == ("full", *ablations)
-    assert lineup.names == ("full", *ablations, "text_action", "global_action", "pretrained_ar", "static", "oracle")
-    assert lineup.trained == ("full", *ablations, "text_action", "global_action")
+    of_paper = ("no_msa", "no_mca", "framewise_mca", "no_rope_sa")
+    of_full = ("no_state", "no_state_render", "no_glimpse", "no_egocentric")
+    assert lineup.main == ("paper", "full", "text_action", "global_action", "pretrained_ar", "static", "oracle")
+    assert lineup.ablation == ("paper", *of_paper, "full", *of_full)
+    assert lineup.names == ("paper", "full", *of_paper, *of_full, "text_action", "global_action", "pretrained_ar",
+                            "static", "oracle")
+    assert lineup.trained == ("paper", "full", *of_paper, *of_full, "text_action", "global_action")
     assert lineup.baselines == ("text_action", "global_action", "pretrained_ar") and lineup.floors == ("static",)
-    assert lineup.label("full") == "ActionParty (exp-139)" and lineup.label("oracle") == "Oracle (ground truth)"
+    assert lineup.label("full") == "ActionParty+ (ours) (exp-139)" and lineup.label("oracle") == "Oracle (ground truth)"
     assert lineup.label("full-s1") == "full-s1" and lineup.experiment("static") == ""
     assert [m for m in lineup.names if lineup.bounds(m)] == ["oracle"]
     assert lineup.style("full") == dict(color="tab:blue", linestyle="-", linewidth=2.4)
-    assert lineup.style("no_msa")["linestyle"] == "--" and lineup.style("static")["linestyle"] == ":"
+    assert lineup.style("no_glimpse")["linestyle"] == "--" and lineup.style("static")["linestyle"] == ":"
     assert lineup.style("oracle") == dict(color="black", linestyle="-.", linewidth=1.3)
     assert lineup.style("full-s1")["color"] == "tab:gray"  # not a registry row
 
@@ -460,9 +472,9 @@ def test_ablations_follow_the_row_they_descend_from(tmp_path, repo):
                             no_msa_no_mca=variant_fields("no_msa", repo, name="w/o MSA, MCA", ablation_of="no_msa",
                                                          experiment="exp-151"),
                             text_no_names=variant_fields("no_msa", repo, name="Text w/o names",
-                                                         ablation_of="text_action", experiment="exp-150"))
+                                                         ablation_of="text_action", experiment="exp-152"))
     lineup = Lineup.from_registry(folder)
-    assert lineup.ablation[:3] == ("full", "no_msa", "no_msa_no_mca")  # depth first under its parent
+    assert lineup.ablation[:3] == ("paper", "no_msa", "no_msa_no_mca")  # depth first under its parent
     assert lineup.ablation[-2:] == ("text_action", "text_no_names")  # a baseline with an ablation
     assert "text_no_names" not in lineup.main and "text_no_names" in lineup.names
 
@@ -471,7 +483,7 @@ def test_ablations_follow_the_row_they_descend_from(tmp_path, repo):
 def test_a_new_variant_file_is_a_new_row_and_line(tmp_path, repo, role):
     """One new params/variants file, no code change: its row in the tables, its line in the figures."""
     if role == "ablation":
-        fields = variant_fields("no_msa", repo, name="w/o binding", experiment="exp-150", colour="crimson")
+        fields = variant_fields("no_glimpse", repo, name="w/o binding", experiment="exp-150", colour="crimson")
         table, after = "ablation", "no_egocentric"  # the ablations' last experiment id before exp-150
     else:
         fields = variant_fields("global_action", repo, name="Slot-Action", experiment="exp-150", colour="crimson")
@@ -479,7 +491,7 @@ def test_a_new_variant_file_is_a_new_row_and_line(tmp_path, repo, role):
     lineup = Lineup.from_registry(write_registry(tmp_path / "variants", repo, new_one=fields))
     metrics_dir = tmp_path / "metrics"
     for model in ("full", "no_egocentric", "global_action", "oracle", "new_one"):
-        write_json(metrics_dir / f"{model}.json", dict(metrics_json("no_msa"), variant=model))
+        write_json(metrics_dir / f"{model}.json", dict(metrics_json("no_glimpse"), variant=model))
     metrics = T.load_metrics(metrics_dir, lineup.names)
     tables = {t.name: t for t in T.build_tables(metrics, lineup)}
     rows = [r.model for r in tables[table].rows]
@@ -563,11 +575,12 @@ def test_the_page_reads_top_to_bottom_with_the_gallery(built):
     assert "0.779" in page and "0.158" in page and "third-party summary" in page and "95% CI: not shown" in page
     assert "<strong>0.799 ± 0.020</strong>" in page and "http" not in page and "<script" not in page
     gallery = built["with_truth"].gallery
-    assert gallery.horizons == [4, 20] and [c for c, _ in gallery.columns] == ["real", "full", "global_action",
+    assert gallery.horizons == [4, 20] and [c for c, _ in gallery.columns] == ["real", "full", "paper", "global_action",
                                                                                  "text_action"]
-    assert "Not in the variant registry, so no column: paper." in page
+    assert "Not in the variant registry" not in page
     row = gallery.rows[20][0]
     assert row["game"] == "alpha" and row["cells"]["text_action"] is None  # no rollouts of text_action
+    assert row["cells"]["paper"] is None
     import imageio.v2 as imageio
 
     real, full = (imageio.mimread(row["cells"][c]) for c in ("real", "full"))

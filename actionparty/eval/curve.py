@@ -1,13 +1,15 @@
-"""Learning curves: MA and BA of a finetuning run at its snapshots, on a cheap test subset.
+"""Learning curves: MA_changing, BA, MA and SP of a finetuning run at its snapshots, on val windows.
 
 A finetune of a variant in ``finetune.curve_variants`` (with ``curve_every > 0``) leaves EMA
-snapshots ``snapshots/step_NNNNNN.pt`` next to its checkpoint. :func:`learning_curve` rolls every snapshot and the final checkpoint out over the
-first ``windows_per_game`` test windows per game at the binding-test horizon, once with the
-recorded actions and once with two players' actions swapped, and scores them with the evaluation
-detectors exactly as :mod:`actionparty.eval.evaluate` does. The result
-(``results/finetune/{variant}/curve.json``)::
+snapshots ``snapshots/step_NNNNNN.pt`` next to its checkpoint. :func:`learning_curve` rolls every
+snapshot and the final checkpoint out over ``curve_windows_per_game`` windows per game of the
+**val** split at the binding-test horizon, once with the recorded actions and once with two
+players' actions swapped, and scores them with the evaluation detectors exactly as
+:mod:`actionparty.eval.evaluate` does. Curves are what recipes and budgets are chosen on, so
+they never read the test split. The result (``results/finetune/{variant}/curve.json``)::
 
-    {"variant": ..., "horizon": 4, "windows": 12, "steps": [...], "MA": [...], "BA": [...], "SP": [...]}
+    {"variant": ..., "split": "val", "horizon": 4, "windows": 12, "steps": [...],
+     "MA_changing": [...], "BA": [...], "MA": [...], "SP": [...]}
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from actionparty.eval.evaluate import (
 )
 from actionparty.rollout.rollout_io import Rollout, binding_swaps, select_windows
 
-def learning_curve(profile: Profile, variant: str, checkpoint: str | Path, test_lmdb: str | Path,
+CURVE_KEYS = ("MA_changing", "BA", "MA", "SP")
+
+def learning_curve(profile: Profile, variant: str, checkpoint: str | Path, val_lmdb: str | Path,
                    detectors: str | Path, progress: bool = True) -> dict:
     from actionparty.rollout.generate import load_for_rollout, rollout_device, rollout_windows
     from actionparty.model.checkpoint import list_snapshots
@@ -36,16 +40,16 @@ def learning_curve(profile: Profile, variant: str, checkpoint: str | Path, test_
     checkpoint = Path(checkpoint)
     final_step = profile.finetune.steps  # a finished finetune's last step (checked when it is loaded)
     points = [(s, p) for s, p in list_snapshots(checkpoint.parent) if s < final_step] + [(final_step, checkpoint)]
-    ctx = EvalContext(test_lmdb, detectors, profile.eval)
+    ctx = EvalContext(val_lmdb, detectors, profile.eval, split="val")
     horizon = min(profile.rollout.horizons)  # the binding test's horizon (workflow: SWAP_HORIZON)
     ds = ctx.dataset(horizon)
     windows = select_windows(ds, profile.rollout.curve_windows_per_game, profile.rollout.seed)
-    gt = ground_truth(ds, windows["episode"], windows["start"], str(test_lmdb))
+    gt = ground_truth(ds, windows["episode"], windows["start"], str(val_lmdb))
     swap, swapped = binding_swaps(gt["present"], gt["visible"][:, 0], gt["actions"], profile.rollout.seed)
     det_game, walk = ctx.mapping(ds, windows["game"])
     every = np.ones(len(windows["game"]), bool)
-    curve: dict = {"variant": variant, "horizon": horizon, "windows": int(every.sum()),
-                   "steps": [], "MA": [], "BA": [], "SP": []}
+    curve: dict = {"variant": variant, "split": "val", "horizon": horizon, "windows": int(every.sum()),
+                   "steps": [], **{key: [] for key in CURVE_KEYS}}
     for step, path in tqdm(points, desc=f"curve {variant}", unit="checkpoint", disable=not progress):
         loaded = load_for_rollout(profile, path, rollout_device(), stage=variant, games=ds.games)
         if int(loaded.state["step"]) != step:
@@ -59,6 +63,6 @@ def learning_curve(profile: Profile, variant: str, checkpoint: str | Path, test_
                                            profile.eval)
         summary = summarise(main, binding, every, every)
         curve["steps"].append(step)
-        for key in ("MA", "BA", "SP"):
+        for key in CURVE_KEYS:
             curve[key].append(summary[key])
     return curve

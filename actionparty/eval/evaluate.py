@@ -11,8 +11,10 @@ Per horizon H, ``results/metrics/{variant}.json`` holds (see docs/EVALUATION.md)
                          "ma_curve": [H values], "sp_curve": [...], "ba_curve": [...] | null}}}
 
 {metrics} = MA, MA_changing, MA_static, SP, DR, duplicated, vanished, EA, BA, BA_other, ST_l1,
-ST_exact, ST_facing, MA_given_ST, PSNR, SSIM, FD, FVD_I3D, rules_agreement, and the counts behind them
-(windows, player_steps, player_frames, interact_steps, binding_steps). A metric that does not apply
+ST_exact, ST_facing, MA_given_ST, PSNR, SSIM, FD, FVD_I3D, rules_agreement; the 95% bootstrap
+interval over windows of MA, MA_changing, SP and BA (``<metric>_ci_low``, ``<metric>_ci_high``);
+and the counts behind them (windows, player_steps, changing_steps, player_frames, interact_steps,
+binding_steps). A metric that does not apply
 (no INTERACT steps, no swap rollout, no predicted state, no I3D checkpoint) is null.
 """
 
@@ -52,6 +54,11 @@ from actionparty.games.actions import CANONICAL_ACTIONS, INTERACT
 
 METRIC_KEYS = ("MA", "MA_changing", "MA_static", "SP", "DR", "duplicated", "vanished", "EA", "BA", "BA_other",
                "ST_l1", "ST_exact", "ST_facing", "MA_given_ST", "PSNR", "SSIM", "FD", "FVD_I3D", "rules_agreement")
+# Shares that get a 95% percentile-bootstrap interval over windows (``<metric>_ci_low``/``_ci_high``):
+# the windows are the independent units (a window's player-steps are not), so they are resampled.
+CI_METRICS = ("MA", "MA_changing", "SP", "BA")
+BOOTSTRAP_SAMPLES = 2000
+BOOTSTRAP_SEED = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,11 +197,32 @@ def _fd(a: np.ndarray, b: np.ndarray) -> float | None:
     return M.frechet_distance(a, b) if min(len(a), len(b)) >= 2 else None
 
 
+def bootstrap_share_ci(outcome: np.ndarray, mask: np.ndarray, samples: int = BOOTSTRAP_SAMPLES,
+                       seed: int = BOOTSTRAP_SEED) -> tuple[float | None, float | None]:
+    """95% percentile-bootstrap interval of ``share(outcome, mask)`` with windows (axis 0 of the
+    (N, ...) arrays) resampled with replacement; (None, None) with fewer than 2 counted windows.
+    Seeded: the same outcomes give the same interval."""
+    hits = (outcome & mask).reshape(len(mask), -1).sum(1).astype(np.float64)
+    counted = mask.reshape(len(mask), -1).sum(1).astype(np.float64)
+    if int((counted > 0).sum()) < 2:
+        return None, None
+    pick = np.random.default_rng(seed).integers(0, len(counted), (samples, len(counted)))
+    n = counted[pick].sum(1)
+    shares = hits[pick].sum(1)[n > 0] / n[n > 0]
+    low, high = np.percentile(shares, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _with_ci(out: dict, metric: str, outcome: np.ndarray, mask: np.ndarray) -> None:
+    out[f"{metric}_ci_low"], out[f"{metric}_ci_high"] = bootstrap_share_ci(outcome, mask)
+
+
 def summarise(main: Outcomes | None, binding: Outcomes | None, rows: np.ndarray | None,
               rows_binding: np.ndarray | None) -> dict:
     """The metrics dict of the windows ``rows`` (bool (N,)) of ``main`` and ``rows_binding`` of
-    ``binding`` (either may be None)."""
+    ``binding`` (either may be None), with 95% bootstrap intervals of :data:`CI_METRICS`."""
     out: dict = {k: None for k in METRIC_KEYS}
+    out.update({f"{m}_ci_{end}": None for m in CI_METRICS for end in ("low", "high")})
     if main is not None:
         a = {k: v[rows] for k, v in main.arrays.items()}
         sv, fv = a["step_valid"], a["frame_valid"]
@@ -215,12 +243,16 @@ def summarise(main: Outcomes | None, binding: Outcomes | None, rows: np.ndarray 
             out["MA_given_ST"] = M.share(a["motion"], sv & a["st_right"])
         if "i3d_gen" in main.features:
             out["FVD_I3D"] = _fd(main.features["i3d_gen"][rows], main.features["i3d_real"][rows])
+        _with_ci(out, "MA", a["motion"], sv)
+        _with_ci(out, "MA_changing", a["motion"], sv & a["moving"])
+        _with_ci(out, "SP", a["once"], fv)
         out.update(windows=int(rows.sum()), player_steps=int(sv.sum()), player_frames=int(fv.sum()),
-                   interact_steps=int(a["ea_counted"].sum()))
+                   changing_steps=int((sv & a["moving"]).sum()), interact_steps=int(a["ea_counted"].sum()))
     if binding is not None:
         b = {k: v[rows_binding] for k, v in binding.arrays.items()}
         out.update(BA=M.share(b["ba_own"], b["ba_counted"]), BA_other=M.share(b["ba_other"], b["ba_counted"]),
                    binding_steps=int(b["ba_counted"].sum()))
+        _with_ci(out, "BA", b["ba_own"], b["ba_counted"])
     return {k: (_r(v) if isinstance(v, float) or v is None else v) for k, v in out.items()}
 
 
@@ -266,11 +298,12 @@ def horizon_report(main: Outcomes | None, binding: Outcomes | None, games: list[
 
 
 class EvalContext:
-    """The test LMDB (a ClipDataset per horizon), the detectors and their game mapping."""
+    """The LMDB scored (a ClipDataset per horizon), the detectors and their game mapping. The
+    metrics read the test split; learning curves the val split (``split``)."""
 
     def __init__(self, test_lmdb: str | Path, detectors_path: str | Path, cfg: EvalConfig,
-                 windows: tuple[int, int] | None = None):
-        self.test_lmdb, self.cfg = Path(test_lmdb), cfg
+                 windows: tuple[int, int] | None = None, split: str = "test"):
+        self.test_lmdb, self.cfg, self.split = Path(test_lmdb), cfg, split
         self.windows = windows  # (windows per game, seed): rollouts must cover exactly those
         self.detectors_path = str(detectors_path)
         self.detectors = load_detectors(detectors_path)
@@ -280,9 +313,10 @@ class EvalContext:
     def dataset(self, horizon: int) -> ClipDataset:
         if horizon not in self._datasets:
             ds = ClipDataset(self.test_lmdb, clip_steps=horizon)
-            if ds.meta.get("split") != "test":
-                raise DetectorError(f"{self.test_lmdb}: an LMDB of split '{ds.meta.get('split')}'; metrics read "
-                                    "the test split only")
+            if ds.meta.get("split") != self.split:
+                what = "metrics read" if self.split == "test" else "learning curves read"
+                raise DetectorError(f"{self.test_lmdb}: an LMDB of split '{ds.meta.get('split')}'; {what} "
+                                    f"the {self.split} split only")
             if ds.canvas_px != self.detectors.canvas_px:
                 raise DetectorError(f"{self.test_lmdb}: frames are {ds.canvas_px} px, the detectors were trained "
                                     f"on {self.detectors.canvas_px} px")

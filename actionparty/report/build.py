@@ -34,12 +34,12 @@ from actionparty.report.gallery import GALLERY_MODELS, Gallery, build_gallery
 from actionparty.report.lineup import Lineup
 from actionparty.report.page import targets_html, write_gallery_page, write_page
 from actionparty.report.plots import write_plot_data
-from actionparty.report.targets import check_targets, targets_markdown
+from actionparty.report.targets import check_targets, load_protocols, targets_markdown
 from actionparty.variants import VARIANT_DIR
 
 # One sentence per output; the owner may reuse them for workflow/report/*.rst captions.
 CAPTIONS = {
-    "main": "ActionParty (exp-139) against the Text-Action, Global-Action and Pretrained-AR baselines, the "
+    "main": "The paper's method (ActionParty (paper), exp-150) and ours (ActionParty+, exp-139) against the Text-Action, Global-Action and Pretrained-AR baselines, the "
             "copy-the-context floor and the oracle (ground-truth frames through the same detectors), on action "
             "following (MA), subject preservation (SP), detection rate (DR), Interact effect (EA), binding (BA), "
             "PSNR, SSIM and the Fréchet distance of detector features (FD, not an FVD) at horizons 4 and 20.",
@@ -140,7 +140,8 @@ def build_report(results: str | Path = "results", out: str | Path = "reports", t
         summary.tables[table.name] = T.write_table(table, out / "tables")
         summary.captions[table.name] = CAPTIONS[table.name]
         bar.update()
-    targets = check_targets(metrics, lineup) if "full" in metrics.models else None
+    targets = (check_targets(metrics, lineup, load_protocols(results / "metrics", lineup.names))
+               if "full" in metrics.models else None)
     if targets is not None:
         write_text(out / "targets.md", targets_markdown(targets))
         write_text(out / "targets.html", T.standalone_html("ActionParty against its targets", targets_html(targets)))

@@ -84,7 +84,7 @@ class Lineup:
         return (v.experiment or "") if v else ""
 
     def label(self, name: str) -> str:
-        """'ActionParty (exp-139)'; a name the registry does not hold is its own label."""
+        """'ActionParty+ (ours) (exp-139)'; a name the registry does not hold is its own label."""
         v = self.variants.get(name)
         if v is None:
             return name
