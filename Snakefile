@@ -56,5 +56,6 @@ rule all:
         rules.finetune.input,
         rules.rollouts.input,
         rules.evaluate.input,
+        rules.protocols.input,
         rules.report.input,
         rules.summary_metrics.output,

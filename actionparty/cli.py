@@ -1,6 +1,8 @@
 """Command line: every pipeline stage is a subcommand with explicit inputs and outputs.
 
     actionparty episodes --profile params/tiny.yaml --game coins --split train --out data/episodes/train/coins
+    actionparty episodes --profile params/tiny.yaml --game coins --split test --protocol uniform \
+        --out data/episodes/test_uniform/coins
     actionparty lmdb --profile params/tiny.yaml --split train --out data/lmdb/train.lmdb data/episodes/train/*
     actionparty verify-lmdb data/lmdb/train.lmdb
     actionparty contact-sheet --catalogue params/games.yaml --out reports/figures/games.png
@@ -28,7 +30,8 @@ def _cmd_episodes(args) -> None:
 
     profile = load_profile(args.profile)
     (spec,) = resolve_games(profile, [args.game])
-    generate_episodes(spec, args.split, profile, args.out, workers=args.workers, progress=not args.quiet)
+    generate_episodes(spec, args.split, profile, args.out, workers=args.workers, progress=not args.quiet,
+                      protocol=args.protocol)
 
 
 def _cmd_lmdb(args) -> None:
@@ -123,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", required=True)
     p.add_argument("--game", required=True)
     p.add_argument("--split", required=True, choices=["train", "val", "test"])
+    p.add_argument("--protocol", default="episodes", choices=["episodes", "one_mover", "uniform"],
+                   help="the policy (docs/EVALUATION.md, Protocols); another than episodes replays the test seeds")
     p.add_argument("--out", required=True, type=Path, help="episode folder to create")
     p.add_argument("--workers", type=positive_int, default=1)
     p.add_argument("--quiet", action="store_true")

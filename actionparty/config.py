@@ -23,6 +23,12 @@ from actionparty.errors import ProfileError, validation_error_text
 from actionparty.variants import VARIANT_DIR, check_name, load_variant, split_run, untrained_models
 
 SPLITS = ("train", "val", "test")
+# Evaluation protocols: the policy that plays the test episodes the models are rolled out on.
+# "episodes" is the test split itself (its sticky policy); the others replay the test split's
+# seeds (the same engine starts) with another policy (actionparty.data.episodes.protocol_actions).
+DEFAULT_PROTOCOL = "episodes"
+EXTRA_PROTOCOLS = ("one_mover", "uniform")
+PROTOCOLS = (DEFAULT_PROTOCOL, *EXTRA_PROTOCOLS)
 # Episode seeds of different splits never overlap: seed = base + SPLIT_SEED_STRIDE * split + index.
 SPLIT_SEED_STRIDE = 1_000_000
 
@@ -234,6 +240,44 @@ class RolloutConfig(StrictModel):
     seed: Annotated[int, Field(ge=0)]
 
 
+class ProtocolsConfig(StrictModel):
+    """Extra evaluation protocols (``protocols:``): the test split's episodes played again, from
+    the same seeds, by another policy (docs/EVALUATION.md, Protocols). Their models are rolled
+    out at the shortest horizon on ``rollout.clips_per_game`` windows per game and scored
+    against what the game recorded."""
+
+    names: list[str]  # of EXTRA_PROTOCOLS; the test split's own ("episodes") always runs
+    models: list[str]  # models rolled out under each of them (of the profile's models)
+
+    @field_validator("names")
+    @classmethod
+    def _known_protocols(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if name not in EXTRA_PROTOCOLS:
+                also = " (the test split's own protocol, always run)" if name == DEFAULT_PROTOCOL else ""
+                raise ValueError(f"unknown protocol {name!r}{also}; known: {', '.join(EXTRA_PROTOCOLS)}")
+        if len(set(names)) != len(names):
+            raise ValueError("a protocol is listed twice")
+        return names
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, names: list[str]) -> list[str]:
+        from actionparty.variants import registry
+
+        known = registry()
+        for name in names:
+            check_name(split_run(name)[0], "model")
+            model = known.get(split_run(name)[0])
+            if model is None:
+                raise ValueError(f"unknown model {name!r} (no {VARIANT_DIR}/{split_run(name)[0]}.yaml)")
+            if model.source == "ground_truth":
+                raise ValueError(f"{name!r} is not rolled out (source ground_truth)")
+        if len(set(names)) != len(names):
+            raise ValueError("a model is listed twice")
+        return names
+
+
 class Profile(StrictModel):
     profile: str
     catalogue: str  # path of the games catalogue
@@ -251,6 +295,7 @@ class Profile(StrictModel):
     rollout: RolloutConfig
     eval: EvalConfig
     resources: ResourcesConfig
+    protocols: ProtocolsConfig
 
     @field_validator("profile")
     @classmethod
@@ -287,6 +332,12 @@ class Profile(StrictModel):
             if name not in self.variants + untrained:
                 raise ValueError(f"rollout.long_horizon_models: {name!r} is not a variant of 'variants' "
                                  f"nor one of {', '.join(untrained)}")
+        for name in self.protocols.models:
+            if name not in self.variants + self.seed_runs + untrained:
+                raise ValueError(f"protocols.models: {name!r} is not a model of this profile (its variants, "
+                                 f"seed_runs, {', '.join(untrained)})")
+        if bool(self.protocols.names) != bool(self.protocols.models):
+            raise ValueError("protocols: names and models are both empty (no extra protocol) or both set")
         return self
 
     def horizons_of(self, model: str) -> list[int]:

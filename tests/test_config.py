@@ -17,8 +17,9 @@ from actionparty.errors import ProfileError
 from conftest import copy_workflow
 
 PROFILES = ("smoke", "tiny", "paper")
-ELEVEN = ["full", "no_msa", "no_mca", "clipwise_mca", "no_rope_sa", "no_state", "no_state_render", "no_glimpse",
+TWELVE = ["full", "paper", "no_msa", "no_mca", "framewise_mca", "no_rope_sa", "no_state", "no_state_render", "no_glimpse",
           "no_egocentric", "text_action", "global_action"]
+HEADLINE_SEEDS = ["full-s1", "paper-s1", "global_action-s1", "text_action-s1"]
 # Every value of the three profiles as they were written out in full, before they had a base:
 # the merged profiles must stay exactly these. A deliberate change of a profile's value changes
 # its entry here too.
@@ -99,16 +100,16 @@ EXPANDED = {  # dotted key: (smoke, tiny, paper)
     "finetune.state_clean_fraction": (0.5, 0.65, 0.5),
     "finetune.state_timestep_shift": (20.0, 20.0, 20.0),
     "finetune.curve_every": (2, 100, 2000),
-    "finetune.curve_variants": (["full", "global_action"], ["full", "text_action", "global_action"], ELEVEN),
-    "variants": (ELEVEN, ELEVEN, ELEVEN),
-    "seed_runs": (["full-s1"], ["full-s1"], ["full-s1", "global_action-s1", "text_action-s1"]),
+    "finetune.curve_variants": (["full", "global_action"], ["full", "paper", "text_action", "global_action"], TWELVE),
+    "variants": (TWELVE, TWELVE, TWELVE),
+    "seed_runs": (["full-s1"], HEADLINE_SEEDS, HEADLINE_SEEDS),
     "rollout.sampling_steps": (2, 4, 20),
     "rollout.state_sampling_steps": (1, 1, 1),
     "rollout.timestep_shift": (3.0, 3.0, 5.0),
-    "rollout.context_noise": (0.05, 0.075, 0.0),
+    "rollout.context_noise": (0.05, 0.0, 0.0),
     "rollout.window_frames": (None, None, None),
     "rollout.horizons": ([4], [4, 20], [4, 20]),
-    "rollout.long_horizon_models": (None, ["full", "text_action", "global_action", "pretrained_ar", "static"],
+    "rollout.long_horizon_models": (None, ["full", "paper", "text_action", "global_action", "pretrained_ar", "static"],
                                     None),
     "rollout.clips_per_game": (2, 12, 64),
     "rollout.sample_clips": (1, 4, 4),
@@ -139,6 +140,9 @@ EXPANDED = {  # dotted key: (smoke, tiny, paper)
     "resources.train_threads": (2, 1, 8),
     "resources.train_mem_mb": (4000, 8000, 256000),
     "resources.train_runtime_min": (30, 120, 2880),
+    "protocols.names": (["one_mover", "uniform"], ["one_mover", "uniform"], ["one_mover", "uniform"]),
+    "protocols.models": (["full", "static"], ["full", "paper", "global_action", "text_action", "static"],
+                         ["full", "paper", "global_action", "text_action", "static"]),
 }
 
 

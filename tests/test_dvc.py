@@ -27,7 +27,8 @@ VARIANTS = ["full", "global_action"]
 EDITED = "full"
 # Everything upstream of the report: data generation, training, rollouts, evaluation.
 UPSTREAM_RULES = {"episodes", "lmdb", "exp138_train", "finetune_variant", "rollout", "detectors", "metrics",
-                  "oracle_metrics"}
+                  "oracle_metrics", "protocol_episodes", "protocol_lmdb", "protocol_rollout", "protocol_metrics",
+                  "protocol_oracle_metrics"}
 # The report stage forces these and lets Snakemake decide on the contact sheet (dvc.yaml).
 REPORT_RULES = {"combined_metrics", "summary_metrics", "report_build", "report", "exp138_samples",
                 "games_contact_sheet"}
@@ -35,7 +36,11 @@ REPORT_RULES = {"combined_metrics", "summary_metrics", "report_build", "report",
 SCRATCH = re.compile(r"^results/.*/work/")
 # The stages that read a profile's eval: section (dvc.yaml's params), in the cut smoke profile.
 EVAL_STAGES = {"detectors", "evaluate@full", "evaluate@global_action", "evaluate_seeds@full-s1", "curve@full",
-               "curve@global_action", "evaluate_baseline@pretrained_ar", "evaluate_baseline@static", "evaluate_oracle"}
+               "curve@global_action", "evaluate_baseline@pretrained_ar", "evaluate_baseline@static", "evaluate_oracle",
+               # the extra protocols (smoke: one_mover and uniform, models full and static)
+               "protocol_evaluate@one_mover-full", "protocol_evaluate@one_mover-static",
+               "protocol_evaluate@uniform-full", "protocol_evaluate@uniform-static",
+               "protocol_oracle@one_mover", "protocol_oracle@uniform"}
 
 
 def point_vars_at(dvc_yaml: Path, profile: str) -> None:
@@ -192,13 +197,16 @@ def test_variant_edit_reruns_only_that_variant_and_the_report(variant_rerun):
     assert set(status) == {f"finetune@{EDITED}", f"finetune_seeds@{seed_run}"}
     assert sorted(stages_run(out)) == sorted([
         f"finetune@{EDITED}", f"rollouts@{EDITED}", f"evaluate@{EDITED}", f"curve@{EDITED}",
-        f"finetune_seeds@{seed_run}", f"rollouts_seeds@{seed_run}", f"evaluate_seeds@{seed_run}", "report"])
+        f"finetune_seeds@{seed_run}", f"rollouts_seeds@{seed_run}", f"evaluate_seeds@{seed_run}", "report",
+        *(f"protocol_{stage}@{protocol}-{EDITED}" for stage in ("rollouts", "evaluate")
+          for protocol in ("one_mover", "uniform"))])
     jobs = snakemake_jobs(out)
     rules = {rule for rule, _ in jobs}
-    assert rules - REPORT_RULES == {"finetune_variant", "rollout", "metrics", "curve"}, rules
+    assert rules - REPORT_RULES == {"finetune_variant", "rollout", "metrics", "curve", "protocol_rollout",
+                                    "protocol_metrics"}, rules
     assert "games_contact_sheet" not in rules  # params/games.yaml did not change
     for rule, wildcards in jobs:
-        if rule in {"finetune_variant", "rollout", "metrics", "curve"}:
+        if rule in {"finetune_variant", "rollout", "metrics", "curve", "protocol_rollout", "protocol_metrics"}:
             assert wildcards.get("variant", wildcards.get("model")) in (EDITED, seed_run), (rule, wildcards)
     assert sum(rule == "rollout" for rule, _ in jobs) == 4  # h4 and h4_swap of the variant and its seed run
     assert dvc_status(work, env) == {}

@@ -83,14 +83,16 @@ def test_rerun_is_a_no_op_and_game_edit_reruns_only_that_game(smoke_data):
     work, env, _ = smoke_data
     dry = snakemake(work, env, "data", "-n")
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
-    # Editing one game's catalogue entry reruns that game's episodes (3 splits) and the LMDBs only.
+    # Editing one game's catalogue entry reruns that game's episodes (3 splits and the test split
+    # again under each extra protocol) and the LMDBs only.
     cat = work / "params/games.yaml"
     data = yaml.safe_load(cat.read_text())
     data["games"]["coins"]["description"] += " Edited."
     cat.write_text(yaml.safe_dump(data, sort_keys=False))
     dry = snakemake(work, env, "data", "-n")
     assert dry.returncode == 0, dry.stderr[-2000:]
-    assert job_counts(dry.stdout + dry.stderr) == {"data": 1, "episodes": 3, "lmdb": 3, "total": 7}
+    assert job_counts(dry.stdout + dry.stderr) == {"data": 1, "episodes": 3, "lmdb": 3, "protocol_episodes": 2,
+                                                   "protocol_lmdb": 2, "total": 11}
 
 
 def test_dry_run_of_every_profile_lists_the_data_rules(repo, venv_env, tmp_path):

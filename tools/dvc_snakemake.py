@@ -19,8 +19,9 @@ RULES is comma-separated. ``--if-changed RULES`` adds rules that may run but are
 Snakemake reruns them only if it sees their inputs change. Meant for a rule whose only inputs are
 git-tracked files (the games contact sheet: params/games.yaml), where Snakemake's check (mtime,
 then the checksum it recorded) is reliable and a forced rebuild would be wasted. A TARGET may
-contain ``{horizon}`` (one target per ``rollout.horizons`` of the profile) and ``{swap_horizon}``
-(the shortest horizon, the one the swapped rollouts use). ``CORES`` sets ``--cores`` (default 2);
+contain ``{horizon}`` (one target per ``rollout.horizons`` of the profile), ``{swap_horizon}``
+(the shortest horizon, the one the swapped rollouts use) and ``{protocol_horizon}`` (the shortest
+too: the horizon of the extra evaluation protocols' rollouts). ``CORES`` sets ``--cores`` (default 2);
 ``SNAKEMAKE_PROFILE`` (read by Snakemake itself) picks an executor profile, e.g.
 ``SNAKEMAKE_PROFILE=profiles/slurm dvc repro``.
 
@@ -59,8 +60,8 @@ def profile_file(profile: str) -> str:
 
 def expand_targets(targets: list[str], profile_path: str) -> list[str]:
     """Expand ``{horizon}`` over the rollout horizons of the target's model (every horizon of the
-    profile, or the shortest only: ``rollout.long_horizon_models``) and ``{swap_horizon}`` to the
-    shortest."""
+    profile, or the shortest only: ``rollout.long_horizon_models``), ``{swap_horizon}`` and
+    ``{protocol_horizon}`` to the shortest."""
     from actionparty.config import load_profile
     from actionparty.errors import ProfileError
 
@@ -71,7 +72,7 @@ def expand_targets(targets: list[str], profile_path: str) -> list[str]:
     shortest = min(profile.rollout.horizons)
     out = []
     for target in targets:
-        target = target.replace("{swap_horizon}", str(shortest))
+        target = target.replace("{swap_horizon}", str(shortest)).replace("{protocol_horizon}", str(shortest))
         model = re.search(r"results/rollouts/([^/]+)/", target)
         horizons = profile.horizons_of(model.group(1)) if model else sorted(profile.rollout.horizons)
         out += [target.replace("{horizon}", str(h)) for h in horizons] if "{horizon}" in target else [target]

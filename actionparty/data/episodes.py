@@ -1,4 +1,4 @@
-"""Episode generation: seeded sticky random players in a real Melting Pot substrate.
+"""Episode generation: seeded random players in a real Melting Pot substrate.
 
 One episode file (``ep_00000.npz``) holds, for T actions and P players:
 
@@ -13,8 +13,13 @@ visible            bool  (T+1, P)          the avatar is drawn in that frame
 interact_effect    bool  (T, P)            the step's INTERACT had an effect (see games.env)
 =================  ======================  ==================================================
 
-Frames t and t+1 bracket action t. The policy does not look at observations, so each
-player's whole action sequence is drawn up front from its own seeded stream.
+Frames t and t+1 bracket action t. The policy does not look at observations, so the
+episode's whole action sequence is drawn up front from its own seeded stream.
+
+The policy is the evaluation protocol's (:func:`protocol_actions`): the train, val and test
+splits are played by the profile's sticky policy (protocol ``episodes``); an extra protocol
+(``one_mover``, ``uniform``) replays the test split's seeds, hence its engine starts, with its
+own policy (``data/episodes/test_<protocol>/<game>``, manifest field ``protocol``).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from actionparty.atomic import atomic_path, remove_stale_temporaries, write_json
-from actionparty.config import SPLIT_SEED_STRIDE, SPLITS, Profile
+from actionparty.config import DEFAULT_PROTOCOL, PROTOCOLS, SPLIT_SEED_STRIDE, SPLITS, Profile
 from actionparty.data.npz import save_npz
 from actionparty.errors import UserError
 from actionparty.games import CELL_PX, GameEnv, GameSpec
@@ -59,6 +64,40 @@ def sticky_actions(rng: np.random.Generator, steps: int, players: int, probs, st
     return actions
 
 
+def one_mover_actions(rng: np.random.Generator, steps: int, players: int) -> np.ndarray:
+    """(steps, players) int8: at every step one player, drawn uniformly, takes an action drawn
+    uniformly from the non-NOOP actions; every other player does NOOP (protocol ``one_mover``)."""
+    from actionparty.games.actions import CANONICAL_ACTIONS, NOOP
+
+    moves = np.array([a for a in range(len(CANONICAL_ACTIONS)) if a != NOOP], np.int8)
+    mover = rng.integers(players, size=steps)
+    action = moves[rng.integers(len(moves), size=steps)]
+    actions = np.full((steps, players), NOOP, np.int8)
+    actions[np.arange(steps), mover] = action
+    return actions
+
+
+def uniform_actions(rng: np.random.Generator, steps: int, players: int) -> np.ndarray:
+    """(steps, players) int8: every player draws every step uniformly from all actions, no
+    stickiness (protocol ``uniform``)."""
+    from actionparty.games.actions import CANONICAL_ACTIONS
+
+    return rng.integers(len(CANONICAL_ACTIONS), size=(steps, players)).astype(np.int8)
+
+
+def protocol_actions(protocol: str, rng: np.random.Generator, steps: int, players: int, probs,
+                     stickiness: float) -> np.ndarray:
+    """The episode's (steps, players) actions under ``protocol`` (``probs`` and ``stickiness``:
+    the profile's sticky policy, protocol ``episodes``)."""
+    if protocol == DEFAULT_PROTOCOL:
+        return sticky_actions(rng, steps, players, probs, stickiness)
+    if protocol == "one_mover":
+        return one_mover_actions(rng, steps, players)
+    if protocol == "uniform":
+        return uniform_actions(rng, steps, players)
+    raise UserError(f"unknown protocol '{protocol}'; known: {', '.join(PROTOCOLS)}")
+
+
 def map_offset(spec: GameSpec, canvas_cells: int) -> tuple[int, int]:
     """(x, y) cell at which the mini map's top-left corner sits on the canvas (centred)."""
     if spec.width_cells > canvas_cells or spec.height_cells > canvas_cells:
@@ -79,6 +118,7 @@ class EpisodeTask:
     stickiness: float
     path: str
     zlib_level: int = 1
+    protocol: str = DEFAULT_PROTOCOL  # the policy (protocol_actions)
 
 
 def run_episode(task: EpisodeTask) -> dict[str, np.ndarray]:
@@ -88,7 +128,7 @@ def run_episode(task: EpisodeTask) -> dict[str, np.ndarray]:
     ox, oy = map_offset(spec, task.canvas_cells)
     canvas_px = task.canvas_cells * CELL_PX
     policy_rng = np.random.default_rng([task.seed, zlib.crc32(spec.name.encode())])
-    actions = sticky_actions(policy_rng, steps, players, task.probs, task.stickiness)
+    actions = protocol_actions(task.protocol, policy_rng, steps, players, task.probs, task.stickiness)
 
     frames = np.zeros((steps + 1, canvas_px, canvas_px, 3), np.uint8)
     position = np.zeros((steps + 1, players, 2), np.int16)
@@ -115,13 +155,14 @@ def run_episode(task: EpisodeTask) -> dict[str, np.ndarray]:
                 interact_effect=effect)
 
 
-def episode_tasks(spec: GameSpec, split: str, profile: Profile, folder: str | Path, count: int) -> list[EpisodeTask]:
+def episode_tasks(spec: GameSpec, split: str, profile: Profile, folder: str | Path, count: int,
+                  protocol: str = DEFAULT_PROTOCOL) -> list[EpisodeTask]:
     """The first ``count`` episodes of ``spec`` in ``split``, to be written into ``folder``."""
     cfg = profile.episodes
     return [
         EpisodeTask(spec, episode_seed(cfg.seed, split, i), cfg.steps, profile.canvas_cells,
                     tuple(cfg.policy.probabilities()), cfg.policy.stickiness, str(Path(folder) / f"ep_{i:05d}.npz"),
-                    profile.lmdb.zlib_level)
+                    profile.lmdb.zlib_level, protocol)
         for i in range(count)
     ]
 
@@ -237,13 +278,21 @@ def check_replaceable(out_dir: str | Path) -> None:
 
 
 def generate_episodes(
-    spec: GameSpec, split: str, profile: Profile, out_dir: str | Path, workers: int = 1, progress: bool = True
+    spec: GameSpec, split: str, profile: Profile, out_dir: str | Path, workers: int = 1, progress: bool = True,
+    protocol: str = DEFAULT_PROTOCOL,
 ) -> dict:
     """Write ``per_split[split]`` episodes of ``spec`` into ``out_dir`` (created atomically,
     with a manifest of seeds and sha256 checksums); return the manifest. An existing
-    ``out_dir`` is replaced only if a previous run wrote it (:func:`check_replaceable`)."""
+    ``out_dir`` is replaced only if a previous run wrote it (:func:`check_replaceable`).
+
+    ``protocol`` other than ``episodes``: the test split's episodes (same seeds, same engine
+    starts) played by that protocol's policy; the manifest names it (field ``protocol``)."""
     if split not in SPLITS:
         raise UserError(f"unknown split '{split}'; known: {', '.join(SPLITS)}")
+    if protocol not in PROTOCOLS:
+        raise UserError(f"unknown protocol '{protocol}'; known: {', '.join(PROTOCOLS)}")
+    if protocol != DEFAULT_PROTOCOL and split != "test":
+        raise UserError(f"protocol '{protocol}' replays the test split's episodes (--split test), not {split}'s")
     if workers < 1:
         raise UserError(f"--workers {workers}: must be at least 1")
     check_replaceable(out_dir)
@@ -254,8 +303,9 @@ def generate_episodes(
     GameEnv(spec, 0).close()  # the game's settings, built once here and inherited by every child
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        tasks = episode_tasks(spec, split, profile, tmp, count)
-        bar = tqdm(total=count, desc=f"episodes {spec.name}/{split}", unit="ep", disable=not progress)
+        tasks = episode_tasks(spec, split, profile, tmp, count, protocol)
+        label = split if protocol == DEFAULT_PROTOCOL else f"{split}_{protocol}"
+        bar = tqdm(total=count, desc=f"episodes {spec.name}/{label}", unit="ep", disable=not progress)
         digests: dict[str, str] = {}
         replaced: dict[str, int] = {}  # file -> the seed it was first played with
         spare = count  # index of the split's next unused seed
@@ -294,6 +344,8 @@ def generate_episodes(
             "game": spec.name,
             "substrate": spec.substrate,
             "split": split,
+            # Only an extra protocol is named: the test split's own manifests stay as they were.
+            **({"protocol": protocol} if protocol != DEFAULT_PROTOCOL else {}),
             "num_players": spec.num_players,
             "steps": cfg.steps,
             "canvas_cells": profile.canvas_cells,
@@ -307,7 +359,7 @@ def generate_episodes(
         }
         write_json(tmp / MANIFEST_NAME, manifest)
     elapsed = time.perf_counter() - start
-    print(f"{spec.name}/{split}: {count} episodes, {count * (cfg.steps + 1) / elapsed:.0f} frames/s "
+    print(f"{spec.name}/{label}: {count} episodes, {count * (cfg.steps + 1) / elapsed:.0f} frames/s "
           f"({elapsed:.1f} s, {workers} workers)")
     return manifest
 

@@ -129,11 +129,17 @@ def build_lmdb(episode_dirs: list[str | Path], out_path: str | Path, split: str,
     games = [m["game"] for _, m in manifests]
     if len(set(games)) != len(games):
         raise DatasetError(f"{out_path}: a game appears twice among the episode folders")
+    # An extra evaluation protocol's episodes (manifest field 'protocol'; none: the split's own).
+    protocols = {m.get("protocol") for _, m in manifests}
+    if len(protocols) != 1:
+        raise DatasetError(f"{out_path}: episode folders of different protocols "
+                           f"{sorted(p or 'episodes' for p in protocols)}")
+    (protocol,) = protocols
 
     check_replaceable(out_path)
 
-    meta = {"schema_version": LMDB_SCHEMA_VERSION, "split": split, "player_slots": PLAYER_SLOTS,
-            "games": games, "episodes": []}
+    meta = {"schema_version": LMDB_SCHEMA_VERSION, "split": split, **({"protocol": protocol} if protocol else {}),
+            "player_slots": PLAYER_SLOTS, "games": games, "episodes": []}
     total = sum(len(m["episodes"]) for _, m in manifests)
     with atomic_path(out_path) as tmp, lmdb_errors(out_path):
         # meminit: LMDB zeroes the unused part of every page it writes; without it, whatever

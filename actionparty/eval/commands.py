@@ -5,10 +5,13 @@
     actionparty evaluate --profile P --variant full --test-lmdb data/lmdb/test.lmdb \
         --detectors results/detectors/detectors.pt --rollouts results/rollouts/full/h4.npz ... \
         [--swap-rollouts results/rollouts/full/h4_swap.npz ...] --out results/metrics/full.json
-    actionparty evaluate-oracle --profile P --test-lmdb data/lmdb/test.lmdb \
+    actionparty evaluate --profile P --variant full --protocol uniform --test-lmdb data/lmdb/test_uniform.lmdb \
+        --detectors results/detectors/detectors.pt --rollouts results/rollouts/uniform/full/h4.npz \
+        --out results/metrics/uniform/full.json
+    actionparty evaluate-oracle --profile P [--protocol uniform] --test-lmdb data/lmdb/test.lmdb \
         --detectors results/detectors/detectors.pt --out results/metrics/oracle.json
     actionparty curve --profile P --variant full --checkpoint results/finetune/full/checkpoint.pt \
-        --test-lmdb data/lmdb/test.lmdb --detectors results/detectors/detectors.pt --out results/finetune/full/curve.json
+        --val-lmdb data/lmdb/val.lmdb --detectors results/detectors/detectors.pt --out results/finetune/full/curve.json
     actionparty combine-metrics [--out-json results/metrics/combined.json --out-csv results/metrics/combined.csv] \
         [--out-summary results/metrics/summary.json] results/metrics/*.json
 """
@@ -40,16 +43,43 @@ def _cmd_train_detectors(args) -> None:
               f"background {o['background_accuracy']}; inverse dynamics {o['idm_accuracy']} (val)")
 
 
+def _check_protocol(args) -> None:
+    """``--protocol`` is the one the test LMDB (field 'protocol'; none: the test split's own) and
+    every rollout file were made under."""
+    from actionparty.config import DEFAULT_PROTOCOL
+    from actionparty.data.lmdb_dataset import ClipDataset
+    from actionparty.errors import UserError
+    from actionparty.rollout.rollout_io import read_rollout_meta
+
+    found = ClipDataset(args.test_lmdb, clip_steps=1).meta.get("protocol", DEFAULT_PROTOCOL)
+    if found != args.protocol:
+        raise UserError(f"{args.test_lmdb}: test episodes of protocol '{found}', not --protocol {args.protocol} "
+                        f"(an extra protocol's are data/lmdb/test_<protocol>.lmdb)")
+    for path in [*getattr(args, "rollouts", []), *(getattr(args, "swap_rollouts", None) or [])]:
+        found = read_rollout_meta(path).get("protocol", DEFAULT_PROTOCOL)
+        if found != args.protocol:
+            raise UserError(f"{path}: a rollout of protocol '{found}', not --protocol {args.protocol}")
+
+
+def _tag_protocol(result: dict, protocol: str) -> dict:
+    """The metrics of an extra protocol name it (field 'protocol'); the test split's own do not."""
+    from actionparty.config import DEFAULT_PROTOCOL
+
+    return result if protocol == DEFAULT_PROTOCOL else {**result, "protocol": protocol}
+
+
 def _cmd_evaluate(args) -> None:
     from actionparty.config import load_profile
     from actionparty.eval import metrics_file
     from actionparty.eval.evaluate import evaluate_variant
 
     profile = load_profile(args.profile)
+    _check_protocol(args)
     _threads(args)
     result = evaluate_variant(args.variant, args.rollouts, args.swap_rollouts or [], args.test_lmdb, args.detectors,
                               profile.eval, progress=not args.quiet,
                               windows=(profile.rollout.clips_per_game, profile.rollout.seed))
+    result = _tag_protocol(result, args.protocol)
     metrics_file.write(args.out, result)
     summary = ", ".join(f"{h}: MA {e['overall']['MA']} SP {e['overall']['SP']} BA {e['overall']['BA']}"
                         for h, e in result["horizons"].items())
@@ -57,15 +87,19 @@ def _cmd_evaluate(args) -> None:
 
 
 def _cmd_evaluate_oracle(args) -> None:
-    from actionparty.config import load_profile
+    from actionparty.config import DEFAULT_PROTOCOL, load_profile
     from actionparty.eval import metrics_file
     from actionparty.eval.evaluate import evaluate_oracle
 
     profile = load_profile(args.profile)
+    _check_protocol(args)
     _threads(args)
     r = profile.rollout
-    result = evaluate_oracle(args.test_lmdb, args.detectors, profile.eval, r.horizons, r.clips_per_game, r.seed,
+    # Under an extra protocol the models are rolled out at the shortest horizon only; so is its oracle.
+    horizons = r.horizons if args.protocol == DEFAULT_PROTOCOL else [min(r.horizons)]
+    result = evaluate_oracle(args.test_lmdb, args.detectors, profile.eval, horizons, r.clips_per_game, r.seed,
                              progress=not args.quiet)
+    result = _tag_protocol(result, args.protocol)
     metrics_file.write(args.out, result)
     summary = ", ".join(f"{h}: MA {e['overall']['MA']} SP {e['overall']['SP']}" for h, e in result["horizons"].items())
     print(f"{args.out}: oracle {summary}")
@@ -77,10 +111,11 @@ def _cmd_curve(args) -> None:
     from actionparty.eval.curve import learning_curve
 
     _threads(args)
-    curve = learning_curve(load_profile(args.profile), args.variant, args.checkpoint, args.test_lmdb, args.detectors,
+    curve = learning_curve(load_profile(args.profile), args.variant, args.checkpoint, args.val_lmdb, args.detectors,
                            progress=not args.quiet)
     write_json(args.out, curve)
-    points = ", ".join(f"{s}: MA {m} BA {b}" for s, m, b in zip(curve["steps"], curve["MA"], curve["BA"]))
+    points = ", ".join(f"{s}: MA_changing {m} BA {b}"
+                       for s, m, b in zip(curve["steps"], curve["MA_changing"], curve["BA"]))
     print(f"{args.out}: {points}")
 
 
@@ -104,6 +139,7 @@ def _cmd_combine_metrics(args) -> None:
 
 def add_commands(sub) -> None:
     """Register the evaluation subcommands on an argparse subparsers object."""
+    from actionparty.config import DEFAULT_PROTOCOL, PROTOCOLS
 
     def add(name, func, help):
         p = sub.add_parser(name, help=help, description=help)
@@ -116,6 +152,11 @@ def add_commands(sub) -> None:
             p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
         p.add_argument("--quiet", action="store_true")
 
+    def protocol(p):
+        p.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=PROTOCOLS,
+                       help="the test episodes' protocol (docs/EVALUATION.md, Protocols); the test LMDB's and "
+                            "the rollouts' must be it; another than episodes is named in the metrics file")
+
     p = add("train-detectors", _cmd_train_detectors,
             "train the tile and inverse-dynamics classifiers on ground truth; held-out accuracy on val")
     common(p)
@@ -127,24 +168,28 @@ def add_commands(sub) -> None:
 
     p = add("evaluate", _cmd_evaluate, "metrics of one model variant from its rollout files")
     common(p)
+    protocol(p)
     p.add_argument("--variant", required=True)
     p.add_argument("--test-lmdb", required=True, type=Path)
     p.add_argument("--detectors", required=True, type=Path)
     p.add_argument("--rollouts", nargs="+", required=True, type=Path, help="h{H}.npz files, one per horizon")
     p.add_argument("--swap-rollouts", nargs="*", type=Path, help="h{H}_swap.npz files (BA), one per horizon")
-    p.add_argument("--out", required=True, type=Path, help="results/metrics/{variant}.json")
+    p.add_argument("--out", required=True, type=Path,
+                   help="results/metrics/{variant}.json (an extra protocol's: results/metrics/{protocol}/{variant}.json)")
 
     p = add("evaluate-oracle", _cmd_evaluate_oracle, "the oracle row: ground-truth frames through the same metrics")
     common(p)
+    protocol(p)
     p.add_argument("--test-lmdb", required=True, type=Path)
     p.add_argument("--detectors", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="results/metrics/oracle.json")
 
-    p = add("curve", _cmd_curve, "learning curve of a finetune: MA and BA of its snapshots on a test subset")
+    p = add("curve", _cmd_curve, "learning curve of a finetune: MA_changing, BA, MA, SP of its snapshots on val windows")
     common(p)
     p.add_argument("--variant", required=True)
     p.add_argument("--checkpoint", required=True, type=Path, help="the final checkpoint; its snapshots/ are read too")
-    p.add_argument("--test-lmdb", required=True, type=Path)
+    p.add_argument("--val-lmdb", required=True, type=Path,
+                   help="data/lmdb/val.lmdb: curves tune recipes and budgets, so they never read the test split")
     p.add_argument("--detectors", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="results/finetune/{variant}/curve.json")
 
@@ -153,6 +198,6 @@ def add_commands(sub) -> None:
     p.add_argument("--out-json", type=Path, help="combined table, JSON (with --out-csv)")
     p.add_argument("--out-csv", type=Path, help="combined table, CSV (with --out-json)")
     p.add_argument("--out-summary", type=Path,
-                   help="results/metrics/summary.json: model x horizon x MA, MA_moving, SP, BA, PSNR")
+                   help="results/metrics/summary.json: model x horizon x MA, MA_changing, SP, BA, PSNR")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("metrics", nargs="+", type=Path, help="results/metrics/*.json")

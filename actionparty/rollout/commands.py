@@ -1,6 +1,9 @@
 """CLI command of the rollout stage (registered by actionparty.cli through add_commands).
 
     actionparty rollout --profile P --model M [--checkpoint C] --lmdb test.lmdb --horizon H [--swap] --out O
+
+An LMDB of an extra evaluation protocol (data/lmdb/test_<protocol>.lmdb: split test, field
+'protocol') is rolled out the same way; the rollout's metadata then names the protocol.
 """
 
 from __future__ import annotations
@@ -53,9 +56,11 @@ def _cmd_rollout(args) -> None:
         arrays["swap"] = swap
     meta = {"variant": args.model, "horizon": args.horizon, "split": "test",
             "sampling_steps": profile.rollout.sampling_steps, "seed": seed}
+    if "protocol" in dataset.meta:  # an extra protocol's test episodes (the test split's own: no field)
+        meta["protocol"] = dataset.meta["protocol"]
     write_rollout(args.out, Rollout(**arrays, meta=meta))
     print(f"{args.out}: {len(windows['episode'])} rollouts of {args.horizon} steps ({args.model}"
-          f"{', swapped actions' if args.swap else ''})")
+          f"{', swapped actions' if args.swap else ''}{', protocol ' + meta['protocol'] if 'protocol' in meta else ''})")
 
 
 def add_commands(sub) -> None:
@@ -64,7 +69,8 @@ def add_commands(sub) -> None:
     p.add_argument("--profile", required=True)
     p.add_argument("--model", required=True, help="a variant (or seed run <variant>-s<k>), pretrained_ar or static")
     p.add_argument("--checkpoint", type=Path, help="the model's checkpoint (none for static)")
-    p.add_argument("--lmdb", required=True, type=Path, help="test-split LMDB")
+    p.add_argument("--lmdb", required=True, type=Path,
+                   help="test-split LMDB (data/lmdb/test.lmdb, or test_<protocol>.lmdb)")
     p.add_argument("--horizon", required=True, type=positive_int)
     p.add_argument("--swap", action="store_true", help="exchange two players' action sequences (binding test)")
     p.add_argument("--out", required=True, type=Path, help="results/rollouts/<model>/h<H>.npz")

@@ -2,7 +2,7 @@
 import os
 import yaml
 
-from actionparty.config import SPLITS, validate_profile
+from actionparty.config import EXTRA_PROTOCOLS, SPLITS, validate_profile
 from actionparty.variants import models_from, split_run, untrained_models
 from actionparty.games import resolve_games
 
@@ -11,6 +11,10 @@ from actionparty.games import resolve_games
 PROFILE = validate_profile(config, source=PROFILE_FILE)
 
 GAMES = [spec.name for spec in resolve_games(PROFILE)]
+# Extra evaluation protocols (profile key protocols): the test split's seeds played by another
+# policy, and the models rolled out under each (docs/EVALUATION.md, Protocols).
+PROTOCOL_NAMES = list(PROFILE.protocols.names)
+PROTOCOL_MODELS = list(PROFILE.protocols.models)
 with open(PROFILE.catalogue) as _f:
     _CATALOGUE_ENTRIES = yaml.safe_load(_f)["games"]
 
@@ -23,3 +27,4 @@ def game_entry(wildcards):
 wildcard_constraints:
     split="|".join(SPLITS),
     game="|".join(GAMES),
+    protocol="|".join(EXTRA_PROTOCOLS),

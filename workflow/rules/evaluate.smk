@@ -75,11 +75,11 @@ rule oracle_metrics:
 
 
 rule curve:
-    """Learning curve of a finetune: MA and BA of its EMA snapshots on a few test windows."""
+    """Learning curve of a finetune: MA_changing, BA, MA, SP of its EMA snapshots on val windows."""
     input:
         checkpoint="results/finetune/{variant}/checkpoint.pt",
         snapshots="results/finetune/{variant}/snapshots",
-        test="data/lmdb/test.lmdb",
+        val="data/lmdb/val.lmdb",
         detectors="results/detectors/detectors.pt",
     output:
         "results/finetune/{variant}/curve.json",
@@ -97,7 +97,7 @@ rule curve:
         "benchmarks/runs/curve/{variant}.tsv"
     shell:
         "actionparty curve --profile {params.profile:q} --variant {wildcards.variant:q} --checkpoint {input.checkpoint:q}"
-        " --test-lmdb {input.test:q} --detectors {input.detectors:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
+        " --val-lmdb {input.val:q} --detectors {input.detectors:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 # Learning curves of finetune.curve_variants (none when the profile keeps no snapshots).
@@ -124,3 +124,87 @@ rule evaluate:
     input:
         rules.combined_metrics.output,
         "results/detectors/accuracy.json",
+
+
+# Extra evaluation protocols (protocols.names): the models of protocols.models rolled out at the
+# shortest horizon on the protocol's test episodes (the recorded actions, the same windows as the
+# test split's), scored against what the game recorded; the oracle bounds each protocol's numbers.
+PROTOCOL_HORIZON = min(HORIZONS)
+PROTOCOL_METRICS = expand("results/metrics/{protocol}/{model}.json", protocol=PROTOCOL_NAMES,
+                          model=PROTOCOL_MODELS + ["oracle"])
+
+
+rule protocol_rollout:
+    input:
+        checkpoint=model_checkpoint,
+        test="data/lmdb/test_{protocol}.lmdb",
+    output:
+        rollout="results/rollouts/{protocol}/{model}/h{horizon}.npz",
+        meta="results/rollouts/{protocol}/{model}/h{horizon}.json",
+    params:
+        profile=PROFILE_FILE,
+        rollout=config["rollout"],
+        checkpoint=lambda wc, input: f"--checkpoint {shlex.quote(str(input.checkpoint[0]))}" if input.checkpoint else "",
+    threads: config["resources"]["train_threads"]
+    resources:
+        mem_mb=config["resources"]["train_mem_mb"],
+        runtime=120,
+        gpu=min(config["resources"]["train_gpus"], 1),
+    log:
+        "logs/rollout/{protocol}/{model}/h{horizon}.log",
+    benchmark:
+        "benchmarks/runs/rollout/{protocol}/{model}/h{horizon}.tsv"
+    shell:
+        "actionparty rollout --profile {params.profile:q} --model {wildcards.model:q} {params.checkpoint}"
+        " --lmdb {input.test:q} --horizon {wildcards.horizon:q} --out {output.rollout:q} > {log:q} 2>&1"
+
+
+rule protocol_metrics:
+    input:
+        test="data/lmdb/test_{protocol}.lmdb",
+        detectors="results/detectors/detectors.pt",
+        rollouts=f"results/rollouts/{{protocol}}/{{model}}/h{PROTOCOL_HORIZON}.npz",
+    output:
+        "results/metrics/{protocol}/{model}.json",
+    params:
+        profile=PROFILE_FILE,
+        eval=config["eval"],
+    threads: 1
+    resources:
+        mem_mb=config["resources"]["train_mem_mb"],
+        runtime=60,
+    log:
+        "logs/metrics/{protocol}/{model}.log",
+    benchmark:
+        "benchmarks/runs/metrics/{protocol}/{model}.tsv"
+    shell:
+        "actionparty evaluate --profile {params.profile:q} --variant {wildcards.model:q} --protocol {wildcards.protocol:q}"
+        " --test-lmdb {input.test:q} --detectors {input.detectors:q} --rollouts {input.rollouts:q}"
+        " --out {output:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule protocol_oracle_metrics:
+    input:
+        test="data/lmdb/test_{protocol}.lmdb",
+        detectors="results/detectors/detectors.pt",
+    output:
+        "results/metrics/{protocol}/oracle.json",
+    params:
+        profile=PROFILE_FILE,
+        eval=config["eval"],
+    threads: 1
+    resources:
+        mem_mb=config["resources"]["train_mem_mb"],
+        runtime=60,
+    log:
+        "logs/metrics/{protocol}/oracle.log",
+    benchmark:
+        "benchmarks/runs/metrics/{protocol}/oracle.tsv"
+    shell:
+        "actionparty evaluate-oracle --profile {params.profile:q} --protocol {wildcards.protocol:q}"
+        " --test-lmdb {input.test:q} --detectors {input.detectors:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
+
+
+rule protocols:
+    input:
+        PROTOCOL_METRICS,
