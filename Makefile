@@ -78,7 +78,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not slurm" $(addprefix --deselect ,$(SLOW_UNIT_TESTS))
 
 report: install   ## every table and figure of reports/ (index.html) from the committed results/, no GPU, no data
-	$(BIN)/actionparty report --results results --out reports
+	$(BIN)/actionparty report --results results --out reports --profile params/$(PROFILE).yaml
 
 dvc-data: data   ## the dataset of PROFILE, recorded in data.dvc (commit it, then dvc push)
 	$(BIN)/dvc add data

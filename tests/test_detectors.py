@@ -386,3 +386,31 @@ def test_evaluate_refuses_a_subset_or_duplicated_windows_and_a_train_lmdb(world,
     with pytest.raises(UserError, match="split 'train'; metrics read the test split only"):
         evaluate_variant("full", [tmp_path / "all/h4.npz"], [], world["train"], world["detectors"], world["cfg"],
                          progress=False)
+
+
+def test_detector_robustness_finds_real_players_and_measures_erased_ones(world):
+    """On clean frames the detectors find the players and report none where they were erased;
+    heavy noise is measured, not assumed (the rates are shares of the shown players)."""
+    from actionparty.eval.robustness import degrade, detector_robustness, erase_players
+
+    ds = ClipDataset(world["val"], clip_steps=1)
+    labels = ds.labels(0)
+    t = 0
+    (x, y), shown = labels["position"][t, 0], labels["visible"][t, :1]
+    clip = ds.clip(0, t)
+    frame = clip["frames"][0].permute(1, 2, 0).numpy()
+    out = erase_players(ds, 0, t, frame, labels["position"][t, :1], shown)
+    cell = (slice(y * 8, y * 8 + 8), slice(x * 8, x * 8 + 8))
+    assert shown[0] and not np.array_equal(out[cell], frame[cell])  # the player's cell is redrawn
+    outside = np.ones(frame.shape[:2], bool)
+    outside[cell] = False
+    assert np.array_equal(out[outside], frame[outside])  # nothing else changes
+    g = torch.Generator().manual_seed(0)
+    x = torch.full((1, 3, 8, 8), 100, dtype=torch.uint8)
+    assert torch.equal(degrade(x, 0.0, 2, g), x) and not torch.equal(degrade(x, 32.0, 0, g), x)
+    result = detector_robustness(world["val"], world["detectors"], world["cfg"], frames_per_game=8,
+                                 noise_levels=(0.0, 96.0), blur_radii=(0,), progress=False)
+    clean, noisy = result["levels"]
+    assert result["players"] > 0 and clean["detected"] >= 0.95 and clean["exact"] >= 0.9
+    assert clean["false_positive_same_cell"] <= 0.05
+    assert 0.0 <= noisy["false_positive"] <= 1.0 and noisy["noise_sigma"] == 96.0

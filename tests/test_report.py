@@ -623,3 +623,39 @@ def test_the_page_loads_in_a_headless_browser(built):
                 page.close()
         finally:
             browser.close()
+
+
+def test_protocol_table_and_parameter_counts(built, repo):
+    from actionparty.config import load_profile
+    from actionparty.model.factory import build_world_model
+    from actionparty.report.build import parameter_counts
+    from actionparty.variants import load_variant, variant_profile
+
+    lineup = Lineup.from_registry(repo / "params" / "variants")
+    metrics = T.load_metrics(built["results"] / "metrics", lineup.names)
+
+    def protocol(name, values):
+        return T.MetricsSet(Path(name), {m: {"variant": m, "protocol": name, "horizons": {"h4": {"overall": {
+            "MA_changing": v, "MA_changing_ci_low": v - 0.05, "MA_changing_ci_high": v + 0.05, "MA": v, "SP": 0.9}}}}
+            for m, v in values.items()}, {}, {})
+
+    protocols = {"one_mover": protocol("one_mover", {"full": 0.9, "global_action": 0.8}),
+                 "uniform": protocol("uniform", {"full": 0.85, "global_action": 0.3})}
+    profile = load_profile(repo / "params" / "smoke.yaml")
+    counts = parameter_counts(profile, lineup)
+    full, _, _ = build_world_model(profile, "cpu", load_variant("full", repo / "params" / "variants"))
+    assert counts["full"] == sum(p.numel() for p in full.parameters())
+    assert counts["paper"] < counts["full"] and "static" not in counts and counts["pretrained_ar"] < counts["paper"]
+    paper, _, _ = build_world_model(variant_profile(profile, lineup.variants["paper"]), "cpu", lineup.variants["paper"])
+    assert counts["paper"] == sum(p.numel() for p in paper.parameters())
+    tables = {t.name: t for t in T.build_tables(metrics, lineup, protocols, counts)}
+    table = tables["protocols"]
+    assert [r.model for r in table.rows] == ["full", "global_action"]
+    assert [c.key for c in table.columns][:4] == ["episodes/MA_changing", "episodes/MA", "episodes/SP",
+                                                 "one_mover/MA_changing"]
+    md = T.to_markdown(table)
+    assert "0.300 [0.250, 0.350]" in md and "0.850 [0.800, 0.900]" in md
+    main = T.to_markdown(tables["main"])
+    assert f"{counts['full'] / 1e6:.2f} M" in main and "parameters" in main
+    assert T.frame(tables["main"])["parameters"].tolist()[0] == counts.get(tables["main"].rows[0].model)
+    assert "<strong>" in T.to_html(tables["main"])

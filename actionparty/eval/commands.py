@@ -137,6 +137,19 @@ def _cmd_combine_metrics(args) -> None:
         print(f"{args.out_summary}: {len(summary)} models x horizons x {', '.join(SUMMARY_METRICS)}")
 
 
+def _cmd_detector_robustness(args) -> None:
+    from actionparty.atomic import write_json
+    from actionparty.config import load_profile
+    from actionparty.eval.robustness import detector_robustness, robustness_markdown
+
+    _threads(args)
+    result = detector_robustness(args.lmdb, args.detectors, load_profile(args.profile).eval, args.frames_per_game,
+                                 progress=not args.quiet)
+    if args.out is not None:
+        write_json(args.out, result)
+    print(robustness_markdown(result), end="")
+
+
 def add_commands(sub) -> None:
     """Register the evaluation subcommands on an argparse subparsers object."""
     from actionparty.config import DEFAULT_PROTOCOL, PROTOCOLS
@@ -192,6 +205,14 @@ def add_commands(sub) -> None:
                    help="data/lmdb/val.lmdb: curves tune recipes and budgets, so they never read the test split")
     p.add_argument("--detectors", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="results/finetune/{variant}/curve.json")
+
+    p = add("detector-robustness", _cmd_detector_robustness,
+            "detection and false-positive rates of the detectors on degraded real frames (noise, blur, players erased)")
+    common(p)
+    p.add_argument("--lmdb", required=True, type=Path, help="a split the detectors were not trained on (val)")
+    p.add_argument("--detectors", required=True, type=Path)
+    p.add_argument("--frames-per-game", type=positive_int, default=64)
+    p.add_argument("--out", type=Path, help="also write the rates as JSON")
 
     p = add("combine-metrics", _cmd_combine_metrics,
             "one table (JSON + CSV) of every variant's metrics, and/or the flat summary (the DVC metric)")

@@ -43,7 +43,8 @@ CAPTIONS = {
             "copy-the-context floor and the oracle (ground-truth frames through the same detectors), on action "
             "following (MA), subject preservation (SP), detection rate (DR), Interact effect (EA), binding (BA), "
             "PSNR, SSIM and the Fréchet distance of detector features (FD, not an FVD) at horizons 4 and 20.",
-    "ablation": "ActionParty against its ablations (w/o MSA, w/o MCA, clip-wise MCA, no RoPE in SA, w/o state) on "
+    "ablation": "The paper's method against its four ablations (w/o MSA, w/o MCA, frame-wise MCA, no RoPE in SA) and "
+                "ours against the ablations of its extensions (w/o state, state render, glimpse, own frame) on "
                 "the same metrics plus state tracking of the model's own predicted coordinates (ST_l1 in cells, "
                 "ST_exact share of exact cells) and MA where that predicted state is right (MA_given_ST: how "
                 "faithfully the video draws the model's own state).",
@@ -53,6 +54,10 @@ CAPTIONS = {
     "per_cause": "MA of every model by what really happened to the player at that step: it moved, turned, tried "
                  "to move into a wall, tried to move into a free cell that another player held or took, or stayed "
                  "(no-op, Interact), at the shortest horizon.",
+    "protocols": "MA_changing, MA and SP of the headline rows under each test-split protocol: the test episodes' "
+                 "own sticky policy, one player acting at a time with everyone else still (one_mover: control "
+                 "without binding), every player acting uniformly at random (uniform: the nearest to the paper's "
+                 "protocol); all scored against what the real game recorded.",
     "seeds": "Mean and sample standard deviation of MA, SP and BA over the seeds of the models that were repeated "
              "with another training and sampling seed (same test windows).",
     "fig_per_player_count": "MA and SP against the number of players in the scene, one line per model (ActionParty "
@@ -115,10 +120,29 @@ def _training_inputs(results: Path, lineup: Lineup, summary: ReportSummary) -> t
     return pretrain, finetune, curves
 
 
+def parameter_counts(profile, lineup: Lineup) -> dict[str, int]:
+    """Every network row's parameter count, built on the meta device (no weights, no memory):
+    the exp-138 video model for source pretrain, each trained variant as its recipe builds it."""
+    from actionparty.train.estimate import build_on_meta
+    from actionparty.variants import variant_profile
+
+    out = {}
+    for name, v in lineup.variants.items():
+        if v.source == "finetune":
+            model, _ = build_on_meta(variant_profile(profile, v), v)
+        elif v.source == "pretrain":
+            model, _ = build_on_meta(profile)
+        else:
+            continue
+        out[name] = sum(p.numel() for p in model.parameters())
+    return out
+
+
 def build_report(results: str | Path = "results", out: str | Path = "reports", test_lmdb: str | Path | None = None,
                  rollout_models: tuple[str, ...] = ("full", "global_action"), windows: int = 3,
                  rollout_horizon: int = 4, progress: bool = True, variant_dir: str | Path = VARIANT_DIR,
-                 gallery_models: tuple[str, ...] = GALLERY_MODELS, gallery_games: int = 8) -> ReportSummary:
+                 gallery_models: tuple[str, ...] = GALLERY_MODELS, gallery_games: int = 8,
+                 profile=None) -> ReportSummary:
     """Write every table, figure and GIF that ``results`` allows under ``out``, then ``index.md``
     and ``index.html``. Rows and lines: every model of the variant registry ``variant_dir``
     (:mod:`.lineup`).
@@ -126,7 +150,8 @@ def build_report(results: str | Path = "results", out: str | Path = "reports", t
     rollout_horizon: the horizon of the rollout figures (columns = steps; the nearest available
     file is used if that one is missing); GIFs use each model's longest rollout. The gallery
     (:mod:`.gallery`): ``gallery_models`` side by side on one window of each of up to
-    ``gallery_games`` games, at every horizon their rollouts hold.
+    ``gallery_games`` games, at every horizon their rollouts hold. ``profile`` (optional): the
+    profile the results were made with, for each model's parameter count in the main table.
     """
     results, out = Path(results), Path(out)
     summary = ReportSummary()
@@ -134,14 +159,15 @@ def build_report(results: str | Path = "results", out: str | Path = "reports", t
     metrics = T.load_metrics(results / "metrics", lineup.names)
     summary.missing += [f"metrics of {m} ({p})" for m, p in metrics.missing.items()]
 
-    tables = {t.name: t for t in T.build_tables(metrics, lineup)}
+    protocols = load_protocols(results / "metrics", lineup.names)
+    parameters = None if profile is None else parameter_counts(profile, lineup)
+    tables = {t.name: t for t in T.build_tables(metrics, lineup, protocols, parameters)}
     bar = tqdm(total=len(tables) + 3 + len(rollout_models), desc="report", unit="part", disable=not progress)
     for table in tables.values():
         summary.tables[table.name] = T.write_table(table, out / "tables")
         summary.captions[table.name] = CAPTIONS[table.name]
         bar.update()
-    targets = (check_targets(metrics, lineup, load_protocols(results / "metrics", lineup.names))
-               if "full" in metrics.models else None)
+    targets = check_targets(metrics, lineup, protocols) if "full" in metrics.models else None
     if targets is not None:
         write_text(out / "targets.md", targets_markdown(targets))
         write_text(out / "targets.html", T.standalone_html("ActionParty against its targets", targets_html(targets)))

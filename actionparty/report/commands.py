@@ -20,9 +20,15 @@ def _cmd_report(args) -> None:
     from actionparty.report.build import build_report
 
     torch.set_num_threads(args.threads)
+    profile = None
+    if args.profile is not None:
+        from actionparty.config import load_profile
+
+        profile = load_profile(args.profile)
     summary = build_report(args.results, args.out, args.test_lmdb, tuple(args.rollout_models), args.windows,
                            args.rollout_horizon, progress=not args.quiet, variant_dir=args.variants,
-                           gallery_models=tuple(args.gallery_models), gallery_games=args.gallery_games)
+                           gallery_models=tuple(args.gallery_models), gallery_games=args.gallery_games,
+                           profile=profile)
     files = sum(len(p) for kind in (summary.tables, summary.figures, summary.gifs) for p in kind.values())
     print(f"{args.out}: {len(summary.tables)} tables, {len(summary.figures)} figures, "
           f"{sum(len(p) for p in summary.gifs.values())} GIFs ({files} files), "
@@ -85,6 +91,8 @@ def add_commands(sub) -> None:
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder (metrics/, rollouts/, ...)")
     p.add_argument("--out", type=Path, default=Path("reports"), help="report folder to write")
     p.add_argument("--test-lmdb", type=Path, help="test LMDB: adds the ground-truth rows to rollout figures/GIFs")
+    p.add_argument("--profile", type=Path,
+                   help="the profile the results were made with: each model's parameter count in the main table")
     p.add_argument("--rollout-models", nargs="+", default=["full", "global_action"],
                    help="models drawn in rollout figures and GIFs")
     p.add_argument("--windows", type=positive_int, default=3, help="test windows per rollout figure")

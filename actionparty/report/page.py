@@ -172,6 +172,8 @@ def write_page(out: Path, summary, tables: dict[str, Table], metrics: MetricsSet
         add("per-cause", "Per cause of the real step", table("per_cause"))
     if "seeds" in tables:
         add("seeds", "Over seeds", table("seeds"))
+    if "protocols" in tables:
+        add("protocols", "Test protocols", table("protocols"))
     curves = figure("training_curves") + figure("learning_curves")
     if summary.plots:
         kinds = {}

@@ -161,6 +161,12 @@ class Table:
     columns: list[Column]
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
+    parameters: dict[str, int] | None = None  # model -> parameter count, a column before the metrics
+
+    @property
+    def shown_columns(self) -> int:
+        """Columns a reader sees after the labels: the parameters (if any) and the metrics."""
+        return len(self.columns) + (1 if self.parameters else 0)
 
     def best(self) -> list[set[int]]:
         """Per column, the indices of the rows holding the best value of the competing rows,
@@ -292,12 +298,52 @@ def _spread_note(table: Table) -> list[str]:
             "the other rows are one run."]
 
 
-def main_table(metrics: MetricsSet, lineup: Lineup) -> Table:
+def main_table(metrics: MetricsSet, lineup: Lineup, parameters: dict[str, int] | None = None) -> Table:
+    """The methods, baselines and references; ``parameters``: each model's parameter count
+    (``parameter_counts``), shown in its own column."""
     columns = _horizon_columns(metrics, MAIN_METRICS)
-    table = Table("main", "Main results: ActionParty against the baselines, the copy floor and the oracle",
-                  columns, _rows(metrics, lineup.main, columns, lineup, _overall, _overall_ci),
+    table = Table("main", "Main results: the paper's method and ours against the baselines, the copy floor and "
+                  "the oracle", columns, _rows(metrics, lineup.main, columns, lineup, _overall, _overall_ci),
                   _missing_note(metrics, lineup.main))
+    table.parameters = parameters
     table.notes = _spread_note(table) + _ci_note(table) + table.notes
+    if parameters:
+        table.notes.append("parameters: every weight of the model as it is trained (the DiT, its action modules and "
+                           "embedders; not the frozen text encoder or codec); every trained row had the same steps "
+                           "and denoised frames per step.")
+    return table
+
+
+PROTOCOL_METRICS = ("MA_changing", "MA", "SP")
+PROTOCOL_ORDER = ("episodes", "one_mover", "uniform")
+
+
+def protocol_table(metrics: MetricsSet, protocols: dict[str, MetricsSet], lineup: Lineup) -> Table | None:
+    """MA_changing, MA and SP at the shortest horizon under each test protocol (``episodes``:
+    the test split's own policy; ``one_mover``, ``uniform``: results/metrics/<protocol>/), one
+    row per model evaluated under an extra protocol. None without protocol metrics."""
+    if not protocols:
+        return None
+    sets = {"episodes": metrics, **protocols}
+    names = [p for p in PROTOCOL_ORDER if p in sets]
+    horizon = min(h for m in sets.values() for h in m.horizons())
+    columns = [Column(p, metric, p) for p in names for metric in PROTOCOL_METRICS]
+    models = tuple(m for m in lineup.names if any(m in sets[p].models for p in names if p != "episodes"))
+
+    def value(model, col):
+        data = sets[col.source].models.get(model)
+        return None if data is None else _overall_values(data, Column(col.group, col.metric, str(horizon))).get(col.metric)
+
+    def ci(model, col):
+        data = sets[col.source].models.get(model)
+        return None if data is None else _overall_ci(data, Column(col.group, col.metric, str(horizon)))
+
+    rows = [Row(m, lineup.label(m), lineup.experiment(m), [value(m, c) for c in columns],
+                bounds=lineup.bounds(m), ci=[ci(m, c) for c in columns]) for m in models]
+    table = Table("protocols", f"Test protocols, horizon {horizon}: the test episodes' own sticky policy, one "
+                  "player acting at a time (one_mover: control without binding) and every player acting "
+                  "uniformly at random (uniform)", columns, rows, [])
+    table.notes = _ci_note(table)
     return table
 
 
@@ -354,13 +400,17 @@ def seeds_table(metrics: MetricsSet, lineup: Lineup) -> Table:
     return Table("seeds", "Headline models over seeds: mean and sample standard deviation", columns, rows)
 
 
-def build_tables(metrics: MetricsSet, lineup: Lineup) -> list[Table]:
-    tables = [main_table(metrics, lineup), ablation_table(metrics, lineup),
+def build_tables(metrics: MetricsSet, lineup: Lineup, protocols: dict[str, MetricsSet] | None = None,
+                 parameters: dict[str, int] | None = None) -> list[Table]:
+    tables = [main_table(metrics, lineup, parameters), ablation_table(metrics, lineup),
               breakdown_table(metrics, lineup, "per_game"), breakdown_table(metrics, lineup, "per_player_count")]
     if metrics.groups("per_cause", metrics.horizons()[0]):
         tables.append(breakdown_table(metrics, lineup, "per_cause"))
     if metrics.seeds:
         tables.append(seeds_table(metrics, lineup))
+    by_protocol = protocol_table(metrics, protocols or {}, lineup)
+    if by_protocol is not None:
+        tables.append(by_protocol)
     return tables
 
 
@@ -376,6 +426,8 @@ def frame(table: Table) -> pd.DataFrame:
     an int), None where not measured."""
     data = {"model": [r.model for r in table.rows], "experiment": [r.experiment for r in table.rows],
             "label": [r.label for r in table.rows], "runs": [r.runs for r in table.rows]}
+    if table.parameters:
+        data["parameters"] = [table.parameters.get(r.model) for r in table.rows]
     for c, col in enumerate(table.columns):
         data[col.key] = [r.values[c] for r in table.rows]
     if table.has_spread:
@@ -394,8 +446,19 @@ def shown(table: Table, bold=lambda text: text) -> pd.DataFrame:
     best = table.best()
     cells = [[bold(text) if i in best[c] else text for c, text in enumerate(_row_texts(r))]
              for i, r in enumerate(table.rows)]
-    columns = pd.MultiIndex.from_tuples([(c.group, c.metric) for c in table.columns], names=["", ""])
+    keys = [(c.group, c.metric) for c in table.columns]
+    if table.parameters:
+        cells = [[format_parameters(table.parameters.get(r.model)), *row] for r, row in zip(table.rows, cells)]
+        keys = [("", "parameters"), *keys]
+    columns = pd.MultiIndex.from_tuples(keys, names=["", ""])
     return pd.DataFrame(cells, index=pd.Index([r.label for r in table.rows]), columns=columns, dtype=object)
+
+
+def format_parameters(count: int | None) -> str:
+    """1330048 -> '1.33 M'; None -> the dash."""
+    if count is None:
+        return _DASH
+    return f"{count / 1e9:.2f} B" if count >= 1e9 else f"{count / 1e6:.2f} M"
 
 
 def _row_texts(row: Row) -> list[str]:
@@ -421,7 +484,7 @@ def to_markdown(table: Table) -> str:
         df.columns = [f"{g} {m}" for g, m in df.columns]
         df.index.name = "method"
         lines.append(df.to_markdown(tablefmt="pipe", disable_numparse=True,
-                                    colalign=("left",) + ("right",) * len(table.columns)))
+                                    colalign=("left",) + ("right",) * table.shown_columns))
     else:
         lines.append("(no model of this table has a metrics file)")
     lines += [""] + [f"_{note}_" for note in table.notes]
@@ -448,7 +511,7 @@ def to_latex(table: Table) -> str:
     df = shown(table, bold=lambda text: rf"\textbf{{{text}}}")
     df = df.map(lambda text: text.replace(" ± ", r" $\pm$ ").replace(_DASH, "--"))
     styler = df.style.format_index(latex_escape, axis=0).format_index(latex_escape, axis=1)
-    body = styler.to_latex(hrules=True, multicol_align="c", column_format="l" + "r" * len(table.columns))
+    body = styler.to_latex(hrules=True, multicol_align="c", column_format="l" + "r" * table.shown_columns)
     body_lines = body.strip().splitlines()
     out = []
     header_done = False
@@ -486,7 +549,7 @@ def to_html(table: Table, notes: bool = True) -> str:
     oracle = [i for i, r in enumerate(table.rows) if r.bounds]
     if oracle:
         styler = styler.set_td_classes(pd.DataFrame(
-            [["bounds" if i in oracle else "" for _ in table.columns] for i in range(len(table.rows))],
+            [["bounds" if i in oracle else "" for _ in df.columns] for i in range(len(table.rows))],
             index=df.index, columns=df.columns))
     text = re.sub(r'<style type="text/css">\s*</style>\n', "", styler.to_html(doctype_html=False))
     if notes:

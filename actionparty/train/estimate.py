@@ -55,7 +55,7 @@ def build_on_meta(profile: Profile, variant: VariantConfig | None = None):
         dit = make_dit(cfg.size, in_dim=latent_channels, out_dim=latent_channels, text_dim=text_dim,
                        text_len=cfg.text_len, patch_size=patch, chunk_frames=cfg.chunk_frames)
         if variant is None:
-            model = WorldModel(dit, cfg.prediction, cfg.residual_prior)
+            model = WorldModel(dit, None, None, cfg.prediction, cfg.residual_prior)
         else:
             grid = StateGrid(profile.canvas_cells, side // patch[1])
             model = WorldModel(dit, build_conditioning(variant.conditioning, dit, grid), grid,

@@ -1,7 +1,8 @@
 # The paper's tables and figures, rebuilt from results/ alone (plus the test LMDB for the
 # ground-truth rows of the rollout figures and the real game's column of the gallery).
 
-REPORT_TABLES = ["main", "ablation", "per_game", "per_player_count", "per_cause"] + (["seeds"] if SEED_RUNS else [])
+REPORT_TABLES = (["main", "ablation", "per_game", "per_player_count", "per_cause"] + (["seeds"] if SEED_RUNS else [])
+                 + (["protocols"] if PROTOCOL_NAMES else []))
 # Rollout figures: ActionParty against the global-action baseline when the profile runs them.
 ROLLOUT_FIGURE_MODELS = [m for m in ("full", "global_action") if m in VARIANTS] or VARIANTS[:1]
 REPORT_FIGURES = ["per_player_count", "ma_curve", "training_curves"] + [f"rollout_{m}" for m in ROLLOUT_FIGURE_MODELS]
@@ -14,6 +15,7 @@ rule report_build:
     input:
         combined="results/metrics/combined.json",
         metrics=expand("results/metrics/{model}.json", model=MODELS + ["oracle"]),
+        protocols=PROTOCOL_METRICS,
         logs=["results/exp-138/train_log.jsonl"] + expand("results/finetune/{variant}/train_log.jsonl", variant=VARIANTS),
         curves=CURVES,
         rollouts=rollout_files(MODELS),
@@ -38,6 +40,8 @@ rule report_build:
                          labels={"table": "per cause"}),
         seeds=report(["reports/tables/seeds.html"] if SEED_RUNS else [],
                      caption="../report/seeds.rst", category="Tables", labels={"table": "seeds"}),
+        protocols=report(["reports/tables/protocols.html"] if PROTOCOL_NAMES else [],
+                         caption="../report/protocols.rst", category="Tables", labels={"table": "protocols"}),
         figures=expand("reports/figures/{figure}.pdf", figure=REPORT_FIGURES),
         player_count=report("reports/figures/per_player_count.png", caption="../report/per_player_count.rst",
                             category="Figures"),
@@ -57,6 +61,7 @@ rule report_build:
         results=lambda wc, input: os.path.dirname(os.path.dirname(input.combined)),
         out=lambda wc, output: os.path.dirname(output.index),
         rollout_models=ROLLOUT_FIGURE_MODELS,  # a list: `:q` quotes each name on its own
+        profile=PROFILE_FILE,
     threads: 1
     resources:
         mem_mb=4000,
@@ -67,7 +72,7 @@ rule report_build:
         "benchmarks/runs/report.tsv"
     shell:
         "actionparty report --results {params.results:q} --out {params.out:q} --test-lmdb {input.test:q}"
-        " --rollout-models {params.rollout_models:q} --threads {threads} > {log:q} 2>&1"
+        " --profile {params.profile:q} --rollout-models {params.rollout_models:q} --threads {threads} > {log:q} 2>&1"
 
 
 # The flat summary metric (model x horizon x MA, MA_changing, SP, BA) that `dvc metrics show/diff`
