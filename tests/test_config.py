@@ -111,7 +111,7 @@ EXPANDED = {  # dotted key: (smoke, tiny, paper)
     "rollout.horizons": ([4], [4, 20], [4, 20]),
     "rollout.long_horizon_models": (None, ["full", "paper", "text_action", "global_action", "pretrained_ar", "static"],
                                     None),
-    "rollout.clips_per_game": (2, 12, 64),
+    "rollout.clips_per_game": (2, 24, 64),
     "rollout.sample_clips": (1, 4, 4),
     "rollout.curve_windows_per_game": (1, 4, 16),
     "rollout.seed": (0, 0, 0),
