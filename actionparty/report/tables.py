@@ -327,19 +327,15 @@ def protocol_table(metrics: MetricsSet, protocols: dict[str, MetricsSet], lineup
     sets = {"episodes": metrics, **protocols}
     names = [p for p in PROTOCOL_ORDER if p in sets]
     horizon = min(h for m in sets.values() for h in m.horizons())
-    columns = [Column(p, metric, p) for p in names for metric in PROTOCOL_METRICS]
+    columns = [Column(p, metric, str(horizon)) for p in names for metric in PROTOCOL_METRICS]  # group: protocol
     models = tuple(m for m in lineup.names if any(m in sets[p].models for p in names if p != "episodes"))
 
-    def value(model, col):
-        data = sets[col.source].models.get(model)
-        return None if data is None else _overall_values(data, Column(col.group, col.metric, str(horizon))).get(col.metric)
+    def cells(model, lookup):
+        data = [sets[c.group].models.get(model) for c in columns]
+        return [None if d is None else lookup(d, c) for d, c in zip(data, columns)]
 
-    def ci(model, col):
-        data = sets[col.source].models.get(model)
-        return None if data is None else _overall_ci(data, Column(col.group, col.metric, str(horizon)))
-
-    rows = [Row(m, lineup.label(m), lineup.experiment(m), [value(m, c) for c in columns],
-                bounds=lineup.bounds(m), ci=[ci(m, c) for c in columns]) for m in models]
+    rows = [Row(m, lineup.label(m), lineup.experiment(m), cells(m, _overall), bounds=lineup.bounds(m),
+                ci=cells(m, _overall_ci)) for m in models]
     table = Table("protocols", f"Test protocols, horizon {horizon}: the test episodes' own sticky policy, one "
                   "player acting at a time (one_mover: control without binding) and every player acting "
                   "uniformly at random (uniform)", columns, rows, [])

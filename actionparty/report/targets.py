@@ -23,8 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from actionparty.eval.metrics_file import MetricsError
 from actionparty.report.lineup import Lineup
-from actionparty.report.tables import MetricsSet
+from actionparty.report.tables import MetricsSet, load_metrics
 
 OURS = "full"
 CONTROL_MIN = 0.85  # MA_changing and BA, per game
@@ -117,9 +118,6 @@ def _claim(lineup: Lineup, protocols: dict[str, MetricsSet], horizon: int) -> li
 
 def load_protocols(metrics_dir: str | Path, models: tuple[str, ...]) -> dict[str, MetricsSet]:
     """The protocols' metrics that exist under ``metrics_dir``/<protocol>/ (none: {})."""
-    from actionparty.eval.metrics_file import MetricsError
-    from actionparty.report.tables import load_metrics
-
     out = {}
     for protocol in PROTOCOLS:
         folder = Path(metrics_dir) / protocol

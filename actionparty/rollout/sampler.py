@@ -55,14 +55,14 @@ class LatentRollout:
 
 @dataclass
 class _Chunk:
-    """A finished chunk, as the next chunks read it."""
+    """A chunk: the one being drawn, or a finished one as the next chunks read it (a context)."""
 
-    latents: torch.Tensor  # (B, C, chunk, h, w), context-noised
-    state: torch.Tensor | None  # (B, chunk, S, 6) finished states (state models)
+    latents: torch.Tensor  # (B, C, chunk, h, w); once finished, context-noised
+    state: torch.Tensor | None  # (B, chunk, S, 6) its states (state models)
     actions: torch.Tensor | None  # (B, chunk, S) the actions that led into its frames
-    subjects: SubjectInputs | None  # the inputs it was drawn with
-    anchor: torch.Tensor  # (B, C, chunk, h, w) the latents its frames started from
-    text: tuple[torch.Tensor, torch.Tensor | None]
+    subjects: SubjectInputs | None  # once finished: its inputs as a context (Sampler._context_subjects)
+    anchor: torch.Tensor  # (B, C, chunk, h, w) residual anchor: the last finished frame; once finished, itself
+    text: tuple[torch.Tensor, torch.Tensor | None]  # the prompt it is drawn with
     offset: int  # latent frame of its first frame
 
 
@@ -106,14 +106,12 @@ class Sampler:
         self.takes_actions = self.model.takes_actions and context_state is not None
         self.cache = self.model.dit.new_kv_cache(window_frames=self.window_frames) if self.use_cache else None
         self.steps_done = 0
-        actions = None
+        self._no_action = None  # (B, 1, S) NO_ACTION: what led into a frame read as a context
         if self.takes_actions:
-            actions = torch.full((context.shape[0], 1, context_state.shape[2]), NO_ACTION, dtype=torch.long,
-                                 device=self.device)
-        subjects = self._subjects(actions, context_state, context_state if self.has_state else None)
-        text = self.text_fn(-1, 1) if self.text_fn else self.text
-        context_chunk = _Chunk(context, context_state, actions, subjects, context, text, self.model.context_frame)
-        self._no_action = actions
+            self._no_action = torch.full((context.shape[0], 1, context_state.shape[2]), NO_ACTION, dtype=torch.long,
+                                         device=self.device)
+        context_chunk = _Chunk(context, context_state, self._no_action, self._context_subjects(context_state),
+                               context, self.text, self.model.context_frame)
         self.history = [context_chunk]  # every chunk (uncached), or the last one (cached)
         self._pending = context_chunk if self.use_cache else None  # read by the next chunk: append to the cache
 
@@ -145,12 +143,9 @@ class Sampler:
         if self.context_noise > 0:
             noise = torch.randn(x.shape, generator=self.generator).to(self.device)
             x = add_noise(x, noise, torch.tensor(self.context_noise, device=self.device))
-        done = _Chunk(x, state, actions, self._subjects(actions, prev_state, state), anchor, text, offset)
-        if self.takes_actions:  # as a context: no action led into it, its own state is the reference
-            own = state if self.has_state else prev_state
-            done.subjects = self._subjects(self._no_action.expand(-1, self.chunk, -1), own,
-                                           state if self.has_state else None)
-        done.anchor = x  # each finished frame is its own anchor as a context, like training's
+        # Read from now on as a context, like training's: its own anchor, no action, its own state.
+        done = _Chunk(x, state, actions, self._context_subjects(state if self.has_state else prev_state), x, text,
+                      offset)
         self.history = self.history + [done] if not self.use_cache else [done]
         self._pending = done if self.use_cache else None
         self.steps_done += self.chunk
@@ -184,6 +179,14 @@ class Sampler:
     def _sigma(self, value) -> torch.Tensor:
         return torch.full((self.latent_shape[0], self.chunk), float(value), device=self.device)
 
+    def _context_subjects(self, ref: torch.Tensor | None) -> SubjectInputs | None:
+        """The inputs of finished frames read as a context, as training gives its context frame:
+        no action led into them, ``ref`` (B, T, S, 6) is their reference state and, for state
+        models, their own clean state (the context's, for models without states)."""
+        if not self.takes_actions:
+            return None
+        return self._subjects(self._no_action.expand(-1, ref.shape[1], -1), ref, ref if self.has_state else None)
+
     def _subjects(self, actions, prev_state, state, state_sigma=None) -> SubjectInputs | None:
         if not self.takes_actions:
             return None
@@ -202,7 +205,7 @@ class Sampler:
         done, self._pending = self._pending, None
         if done is None:
             return
-        text = self.text_fn(self.steps_done, self.chunk) if self.text_fn else done.text  # the next chunk's prompt
+        text = self.text_fn(self.steps_done, self.chunk) if self.text_fn else self.text  # the next chunk's prompt
         self.model(done.latents, torch.zeros(done.latents.shape[0], done.latents.shape[2], device=self.device),
                    done.anchor, *text, frame_offset=done.offset, subjects=done.subjects, kv_cache=self.cache,
                    update_cache=True)
