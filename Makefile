@@ -83,5 +83,8 @@ report: install   ## every table and figure of reports/ (index.html) from the co
 dvc-data: data   ## the dataset of PROFILE, recorded in data.dvc (commit it, then dvc push)
 	$(BIN)/dvc add data
 
-repro: install   ## dvc.yaml's vars line names the profile (params/tiny.yaml)
+# dvc.yaml's vars line names the profile (params/tiny.yaml). In a fresh clone data/ is first
+# pulled from the default remote, or rebuilt by Snakemake and checked against data.dvc.
+repro: install
+	$(BIN)/python tools/dvc_snakemake.py data
 	$(BIN)/dvc repro

@@ -27,6 +27,31 @@ def copy_workflow(dest: Path, files=WORKFLOW_FILES) -> Path:
     return dest
 
 
+@pytest.fixture(scope="session")
+def smoke_build(tmp_path_factory) -> Path:
+    """The whole smoke DAG (`snakemake all`), built once per test run by the real Snakemake.
+
+    Read-only: the DAG, DVC and SLURM tests each take a copy (:func:`copy_build`), so that one
+    module's edits and reruns never reach another's.
+    """
+    import subprocess
+
+    work = copy_workflow(tmp_path_factory.mktemp("smoke_build"))
+    run = subprocess.run(["snakemake", "all", "--cores", "2", "--configfile", "params/smoke.yaml"], cwd=work,
+                         env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (work / "logs/snakemake_all.log").write_text(run.stdout + run.stderr)
+    return work
+
+
+def copy_build(build: Path, dest: Path) -> Path:
+    """A copy of a built workspace, modification times kept (Snakemake's and DVC's view of it)."""
+    import shutil
+
+    shutil.copytree(build, dest, symlinks=True, dirs_exist_ok=True)
+    return dest
+
+
 def job_counts(output: str) -> dict[str, int]:
     """Snakemake's 'Job stats' table (of a dry run) as {rule: count}."""
     counts, table = {}, False

@@ -137,7 +137,7 @@ EXPANDED = {  # dotted key: (smoke, tiny, paper)
     "resources.episode_workers": (1, 2, 8),
     "resources.mem_mb": (2000, 4000, 16000),
     "resources.train_gpus": (0, 0, 8),
-    "resources.train_threads": (2, 1, 8),
+    "resources.train_threads": (1, 1, 8),
     "resources.train_mem_mb": (4000, 8000, 256000),
     "resources.train_runtime_min": (30, 120, 2880),
     "protocols.names": (["one_mover", "uniform"], ["one_mover", "uniform"], ["one_mover", "uniform"]),

@@ -1,11 +1,10 @@
 """DVC over the Snakemake DAG, for real (smoke profile, in a temporary git repo; docs/DVC.md).
 
 The project's DVC files and the package source (a dep of the stages; the commands still run the
-installed package) are copied next to the workflow; dvc.yaml's `vars` line is pointed at the smoke
-profile, whose `variants` list is cut to the two models the report draws, `full` (the one edited)
-and `global_action`, to keep the module within a few minutes. The DAG is built the way a cluster run
-is recorded: `snakemake all`, `dvc add data`, `dvc commit`, git commit. Those tests are `slow`;
-the first one here only reads dvc.yaml with DVC, for every profile.
+installed package) are copied next to a copy of the built smoke workspace (conftest.smoke_build,
+`snakemake all`), and dvc.yaml's `vars` line is pointed at the smoke profile. The workspace is
+recorded the way a cluster run is: `snakemake all`, `dvc add data`, `dvc commit`, git commit. Those
+tests are `slow`; the first one here only reads dvc.yaml with DVC, for every profile.
 """
 
 from __future__ import annotations
@@ -20,10 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, WORKFLOW_FILES, copy_workflow, subprocess_env
+from actionparty.config import load_profile
+from conftest import REPO, copy_build, copy_workflow, subprocess_env
 
-DVC_FILES = WORKFLOW_FILES + ("dvc.yaml", ".dvcignore", ".gitignore", "tools")
-VARIANTS = ["full", "global_action"]
+DVC_FILES = ("dvc.yaml", ".dvcignore", ".gitignore", "tools")
 EDITED = "full"
 # Everything upstream of the report: data generation, training, rollouts, evaluation.
 UPSTREAM_RULES = {"episodes", "lmdb", "exp138_train", "finetune_variant", "rollout", "detectors", "metrics",
@@ -34,13 +33,16 @@ REPORT_RULES = {"combined_metrics", "summary_metrics", "report_build", "report",
                 "games_contact_sheet"}
 # Not versioned by design: resume state of a training run (also in .dvcignore).
 SCRATCH = re.compile(r"^results/.*/work/")
-# The stages that read a profile's eval: section (dvc.yaml's params), in the cut smoke profile.
-EVAL_STAGES = {"detectors", "evaluate@full", "evaluate@global_action", "evaluate_seeds@full-s1", "curve@full",
-               "curve@global_action", "evaluate_baseline@pretrained_ar", "evaluate_baseline@static", "evaluate_oracle",
-               # the extra protocols (smoke: one_mover and uniform, models full and static)
-               "protocol_evaluate@one_mover-full", "protocol_evaluate@one_mover-static",
-               "protocol_evaluate@uniform-full", "protocol_evaluate@uniform-static",
-               "protocol_oracle@one_mover", "protocol_oracle@uniform"}
+
+
+def eval_stages(profile) -> set[str]:
+    """The stages that read a profile's eval: section (dvc.yaml's params)."""
+    protocols = profile.protocols
+    return {"detectors", "evaluate_oracle", "evaluate_baseline@pretrained_ar", "evaluate_baseline@static",
+            *(f"evaluate@{v}" for v in profile.variants), *(f"evaluate_seeds@{r}" for r in profile.seed_runs),
+            *(f"curve@{v}" for v in profile.finetune.curve_variants),
+            *(f"protocol_evaluate@{p}-{m}" for p in protocols.names for m in protocols.models),
+            *(f"protocol_oracle@{p}" for p in protocols.names)}
 
 
 def point_vars_at(dvc_yaml: Path, profile: str) -> None:
@@ -56,8 +58,6 @@ def test_dvc_reads_each_profile_and_its_base(tmp_path, name):
     profile file, all present in both (DVC refuses a tracked key that a file lacks)."""
     from dvc.repo import Repo
     from dvc.dependency.param import ParamsDependency
-
-    from actionparty.config import load_profile
 
     work = copy_workflow(tmp_path, ("dvc.yaml", "params"))
     point_vars_at(work / "dvc.yaml", name)
@@ -128,29 +128,25 @@ def git_commit(cwd: Path, env: dict, message: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """A git + DVC repo with the whole smoke DAG built and recorded (dvc.lock, data.dvc)."""
+def project(smoke_build, tmp_path_factory):
+    """A git + DVC repo over the built smoke DAG, recorded (dvc.lock, data.dvc)."""
     env = subprocess_env()
     env["DVC_NO_ANALYTICS"] = "1"
-    work = copy_workflow(tmp_path_factory.mktemp("dvc"), DVC_FILES)
+    work = copy_build(smoke_build, tmp_path_factory.mktemp("dvc"))
+    for name in DVC_FILES:
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, work / name)
     shutil.copytree(REPO / "actionparty", work / "actionparty", ignore=shutil.ignore_patterns("__pycache__"))
     (work / ".dvc").mkdir()
     for name in (".dvc/config", ".dvc/.gitignore"):  # not the cache or local config of the checkout
         shutil.copy(REPO / name, work / name)
     point_vars_at(work / "dvc.yaml", "smoke")
-    profile = work / "params/smoke.yaml"
-    profile.write_text(re.sub(r"(?m)^variants: .*$", f"variants: [{', '.join(VARIANTS)}]", profile.read_text()))
-    assert yaml.safe_load(profile.read_text())["variants"] == VARIANTS
     sh(work, env, "git", "init", "-q")
-    git_commit(work, env, "workflow")
-
-    sh(work, env, "snakemake", "all", "--cores", "2", "--configfile", "params/smoke.yaml")
     sh(work, env, "dvc", "add", "data")
     sh(work, env, "dvc", "commit", "--force")
     ignored = subprocess.run(["git", "check-ignore", "-q", "results/metrics/full.json"], cwd=work, env=env)
     assert ignored.returncode == 1, "results/metrics/ must not be git-ignored (metrics JSON are cache: false, " \
                                     "committed to git): see the .gitignore in docs/DVC.md"
-    git_commit(work, env, "smoke results")
+    git_commit(work, env, "workflow and smoke results")
     assert dvc_status(work, env) == {}
     return work, env
 
@@ -170,9 +166,10 @@ def edited_status(work: Path, env: dict, path: str, edit) -> set[str]:
 @pytest.mark.slow
 def test_an_edit_of_the_base_or_the_profile_makes_the_stages_that_read_it_stale(project):
     work, env = project
+    expected = eval_stages(load_profile(work / "params/smoke.yaml"))
     base_eval = edited_status(work, env, "params/base.yaml", lambda d: d["eval"].update(psnr_max_db=90.0))
-    assert base_eval == EVAL_STAGES
-    assert edited_status(work, env, "params/smoke.yaml", lambda d: d["eval"].update(lr=0.004)) == EVAL_STAGES
+    assert base_eval == expected
+    assert edited_status(work, env, "params/smoke.yaml", lambda d: d["eval"].update(lr=0.004)) == expected
     assert edited_status(work, env, "params/base.yaml", lambda d: d["pretrain"].update(grad_clip=0.5)) == {"pretrain"}
     assert dvc_status(work, env) == {}
 
@@ -222,6 +219,53 @@ def test_variant_edit_reruns_only_that_variant_and_the_report(variant_rerun):
 def test_rerun_after_a_parameter_change_starts_training_afresh(variant_rerun):
     work, *_ = variant_rerun
     assert "resuming from" not in (work / f"logs/finetune/{EDITED}.log").read_text()
+
+
+def lock_outs(text: str, stage: str) -> dict[str, str]:
+    """{path: md5} of a stage's outs in a dvc.lock."""
+    return {out["path"]: out["md5"] for out in yaml.safe_load(text)["stages"][stage]["outs"]}
+
+
+@pytest.fixture(scope="module")
+def fresh_clone(project, tmp_path_factory):
+    """A `git clone` of the recorded project (no remote yet): no data/, no DVC cache, no outputs
+    but the metrics JSON in git; then the dataset rebuilt as `make repro` does and one stage run."""
+    work, env = project
+    clone = tmp_path_factory.mktemp("clone") / "project"
+    sh(work, env, "git", "clone", "-q", str(work), str(clone))
+    before = dvc_status(clone, env)
+    rebuilt = sh(clone, env, "python", "tools/dvc_snakemake.py", "data", "--regenerate")
+    after_data = dvc_status(clone, env)
+    repro = sh(clone, env, "dvc", "repro", "--single-item", "pretrain")
+    return clone, env, before, rebuilt, after_data, repro
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_rebuilds_the_dataset_to_the_committed_hash(fresh_clone):
+    clone, env, before, rebuilt, after_data, _ = fresh_clone
+    # `dvc status` in the clone names what is missing: the dataset and every stage's outputs.
+    assert "data.dvc" in before and {"pretrain", f"finetune@{EDITED}", "report"} <= set(before), before
+    # Episodes and LMDBs are byte-reproducible: Snakemake's rebuild has the committed data.dvc hash.
+    assert "regenerated data/ matches data.dvc" in rebuilt
+    assert "data.dvc" not in after_data and "pretrain" in after_data
+    # A data/ that differs from the record is refused, never overwritten.
+    (clone / "data/lmdb/extra.txt").write_text("edit")
+    refused = subprocess.run(["python", "tools/dvc_snakemake.py", "data"], cwd=clone, env=env,
+                             capture_output=True, text=True)
+    (clone / "data/lmdb/extra.txt").unlink()
+    assert refused.returncode == 2 and "data/ differs from data.dvc" in refused.stderr, refused.stderr
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_reproduces_a_stage_byte_for_byte(fresh_clone):
+    clone, env, _, _, _, repro = fresh_clone
+    assert stages_run(repro) == ["pretrain"]
+    committed = sh(clone, env, "git", "show", "HEAD:dvc.lock")
+    # The exp-138 checkpoint trained in the clone has the hash recorded by the original run;
+    # only the training log differs (it records the throughput, tokens_per_s).
+    assert lock_outs((clone / "dvc.lock").read_text(), "pretrain")["results/exp-138/checkpoint.pt"] == \
+        lock_outs(committed, "pretrain")["results/exp-138/checkpoint.pt"]
+    assert "pretrain" not in dvc_status(clone, env)
 
 
 @pytest.fixture(scope="module")

@@ -71,38 +71,29 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def runs(cluster, tmp_path_factory):
-    """The smoke `data` target run locally and through SLURM, in two copies of the workflow."""
+def runs(cluster, smoke_build, tmp_path_factory):
+    """The smoke `data` target through SLURM in a fresh copy of the workflow; the local run to
+    compare it with is the smoke DAG built by conftest.smoke_build."""
     state, env, start_s = cluster
-    local = copy_workflow(tmp_path_factory.mktemp("local"))
-    dry = run(["snakemake", "data", "-n", *SMOKE], local, env, timeout=300)
+    work = copy_workflow(tmp_path_factory.mktemp("slurm_smoke"))
+    dry = run(["snakemake", "data", "-n", *SMOKE], work, env, timeout=300)
     assert dry.returncode == 0, dry.stderr[-3000:]
     expected = job_counts(dry.stdout + dry.stderr)
     expected.pop("total")
     expected.pop("data")  # the target rule only collects inputs: Snakemake itself "runs" it
-    work = copy_workflow(tmp_path_factory.mktemp("slurm_smoke"))
     cmd = ["snakemake", "data", "--profile", "profiles/slurm", *SMOKE,
            "--slurm-status-command", "squeue",  # no slurmdbd here: sacct is disabled
            "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
            "--slurm-keep-successful-logs", "--latency-wait", "5", "--retries", "0"]
-    # The SLURM run waits on status checks much of the time: run the local reference meanwhile.
-    log = state / "snakemake_slurm.log"
     t0 = time.monotonic()
-    with open(log, "w") as out, subprocess.Popen(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT) as slurm:
-        try:
-            done = run(["snakemake", "data", "--cores", "2", *SMOKE], local, env, timeout=600)
-            local_s = time.monotonic() - t0
-            slurm.wait(timeout=900)
-        finally:
-            if slurm.poll() is None:
-                slurm.kill()
+    slurm = run(cmd, work, env, timeout=900)
     slurm_s = time.monotonic() - t0
-    output = log.read_text()
-    assert done.returncode == 0, done.stderr[-3000:]
+    output = slurm.stdout + slurm.stderr
+    (state / "snakemake_slurm.log").write_text(output)
     assert slurm.returncode == 0, output[-4000:]
-    print(f"\nslurm: cluster start {start_s:.1f}s, local run {local_s:.1f}s, slurm run {slurm_s:.1f}s, "
+    print(f"\nslurm: cluster start {start_s:.1f}s, slurm run {slurm_s:.1f}s, "
           f"{len(SUBMITTED.findall(output))} sbatch jobs")
-    return local, work, output, expected
+    return smoke_build, work, output, expected
 
 
 def test_every_job_went_through_sbatch(cluster, runs):

@@ -9,7 +9,7 @@ import yaml
 
 from actionparty.config import SPLITS, load_profile
 from actionparty.data.lmdb_dataset import ClipDataset
-from conftest import copy_workflow, job_counts, subprocess_env
+from conftest import copy_build, copy_workflow, job_counts, subprocess_env
 
 def snakemake(cwd, env, target, *args, timeout=600):
     # Targets go first: --configfile takes every following word as a file.
@@ -18,17 +18,14 @@ def snakemake(cwd, env, target, *args, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def smoke_data(tmp_path_factory):
-    env = subprocess_env()
-    work = copy_workflow(tmp_path_factory.mktemp("smoke"))
-    run = snakemake(work, env, "all")
-    assert run.returncode == 0, run.stderr[-3000:]
-    return work, env, run
+def smoke_data(smoke_build, tmp_path_factory):
+    """This module's copy of the smoke DAG built by `snakemake all` (conftest.smoke_build)."""
+    return copy_build(smoke_build, tmp_path_factory.mktemp("smoke")), subprocess_env()
 
 
 @pytest.mark.slow
 def test_smoke_dag_runs_for_real(smoke_data):
-    work, _, run = smoke_data
+    work, _ = smoke_data
     profile = load_profile(work / "params/smoke.yaml")
     for split in SPLITS:
         ds = ClipDataset(work / f"data/lmdb/{split}.lmdb", clip_steps=1, expect_canvas_px=profile.canvas_px)
@@ -80,7 +77,7 @@ def test_smoke_dag_runs_for_real(smoke_data):
 
 @pytest.mark.slow
 def test_rerun_is_a_no_op_and_game_edit_reruns_only_that_game(smoke_data):
-    work, env, _ = smoke_data
+    work, env = smoke_data
     dry = snakemake(work, env, "data", "-n")
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
     # Editing one game's catalogue entry reruns that game's episodes (3 splits and the test split

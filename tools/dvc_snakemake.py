@@ -3,6 +3,7 @@
 
     tools/dvc_snakemake.py run PROFILE RULES TARGET... [--if-changed RULES]  # every stage's cmd
     tools/dvc_snakemake.py touch PROFILE [TARGET...]    # after dvc pull/checkout, before plain snakemake
+    tools/dvc_snakemake.py data [PROFILE] [--regenerate]  # data/ as data.dvc names it (before dvc repro)
 
 `run`: DVC has decided that a stage is stale (the hash of one of its deps, params or outs changed);
 Snakemake executes exactly that stage's jobs:
@@ -30,6 +31,15 @@ fresh clone has no .snakemake/ metadata: plain `snakemake` would rebuild much of
 runs ``snakemake --touch`` (default target ``all``), which marks existing outputs up to date in
 DAG order and records metadata. Refused while ``dvc status`` shows changes: touching would also
 hide real ones.
+
+`data`: the dataset is not a stage but ``data.dvc`` (one unit, pushed with the checkpoints), so a
+fresh clone has to fetch or rebuild it before ``dvc repro`` can run a stage. When ``data/`` is
+absent, it is pulled from the default remote if there is one, else (or with ``--regenerate``)
+built by ``snakemake data``; either way it must then equal the hash in ``data.dvc``. Episodes and
+LMDBs are byte-reproducible for a seed (docs/DATASET.md), so a regeneration with the code and
+profile that made ``data.dvc`` matches it; a mismatch is an error that says so. A ``data/`` that
+differs from ``data.dvc`` is never overwritten: that is an edit to record (``dvc add data``) or
+to undo (``dvc checkout data.dvc``). PROFILE defaults to the one dvc.yaml's ``vars`` line names.
 """
 
 from __future__ import annotations
@@ -105,6 +115,55 @@ def cmd_run(args) -> int:
     return snakemake([*targets, "--allowed-rules", *allowed, "--forcerun", *forced, "--rerun-incomplete"], path)
 
 
+def dvc(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["dvc", *args], cwd=REPO, env=environment(), capture_output=True, text=True)
+
+
+def dvc_yaml_profile() -> str:
+    """The profile named by dvc.yaml's `vars` line (`  - params/<profile>.yaml`)."""
+    match = re.search(r"(?m)^  - params/(\w+)\.yaml$", (REPO / "dvc.yaml").read_text())
+    if not match:
+        fail("dvc.yaml: no `vars` line naming params/<profile>.yaml")
+    return match.group(1)
+
+
+def data_matches_record() -> bool:
+    status = dvc("status", "--json", "data.dvc")
+    if status.returncode != 0:
+        fail(f"dvc status data.dvc failed: {status.stderr.strip()[-500:]}")
+    return json.loads(status.stdout or "{}") == {}
+
+
+def cmd_data(args) -> int:
+    path = profile_file(args.profile or dvc_yaml_profile())
+    if not (REPO / "data.dvc").is_file():  # nothing recorded yet: build the dataset and record it
+        code = snakemake(["data"], path)
+        if code == 0:
+            code = subprocess.call(["dvc", "add", "data"], cwd=REPO, env=environment())
+        return code
+    if data_matches_record():
+        print("data/ matches data.dvc", file=sys.stderr)
+        return 0
+    if (REPO / "data").exists():
+        fail("data/ differs from data.dvc: record it (`dvc add data`) or restore the recorded one "
+             "(`dvc checkout data.dvc`, or remove data/ to fetch or rebuild it)")
+    if not args.regenerate and dvc("config", "core.remote").returncode == 0:
+        pulled = dvc("pull", "data.dvc")
+        if pulled.returncode == 0 and data_matches_record():
+            print("data/ pulled from the default remote", file=sys.stderr)
+            return 0
+        print(f"dvc pull data.dvc failed ({pulled.stderr.strip()[-300:]}); building data/ instead",
+              file=sys.stderr)
+    code = snakemake(["data"], path)
+    if code != 0:
+        return code
+    if not data_matches_record():
+        fail(f"the regenerated data/ differs from data.dvc: data.dvc was made with other settings or code "
+             f"than {path} and this checkout (`dvc add data` records the new dataset)")
+    print("regenerated data/ matches data.dvc", file=sys.stderr)
+    return 0
+
+
 def cmd_touch(args) -> int:
     path = profile_file(args.profile)
     status = subprocess.run(["dvc", "status", "--json"], cwd=REPO, env=environment(), capture_output=True, text=True)
@@ -132,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     touch.add_argument("targets", nargs="*", help="Snakemake targets (default: all)")
     touch.add_argument("--force", action="store_true", help="touch even if dvc status shows changes")
     touch.set_defaults(func=cmd_touch)
+    data = sub.add_parser("data", help="data/ as data.dvc names it: pulled, or rebuilt and checked (fresh clone)")
+    data.add_argument("profile", nargs="?", help="profile name (default: the one dvc.yaml's vars line names)")
+    data.add_argument("--regenerate", action="store_true", help="build with Snakemake even if a remote is set")
+    data.set_defaults(func=cmd_data)
     args = parser.parse_args(argv)
     os.chdir(REPO)  # paths in a profile (its defaults:, the catalogue) are relative to the repository root
     return args.func(args)
