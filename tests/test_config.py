@@ -101,7 +101,7 @@ EXPANDED = {  # dotted key: (smoke, tiny, paper)
     "finetune.state_timestep_shift": (20.0, 20.0, 20.0),
     "finetune.curve_every": (2, 100, 2000),
     "finetune.curve_variants": (["full", "global_action"], ["full", "paper", "text_action", "global_action"], TWELVE),
-    "variants": (TWELVE, TWELVE, TWELVE),
+    "variants": (["full", "paper", "no_msa", "no_state", "text_action", "global_action"], TWELVE, TWELVE),
     "seed_runs": (["full-s1"], HEADLINE_SEEDS, HEADLINE_SEEDS),
     "rollout.sampling_steps": (2, 4, 20),
     "rollout.state_sampling_steps": (1, 1, 1),
