@@ -99,9 +99,16 @@ class ResourcesConfig(StrictModel):
     episode_workers: PositiveInt
     mem_mb: PositiveInt
     train_gpus: Annotated[int, Field(ge=0)]  # GPUs per training job (torchrun processes); 0 = CPU
-    train_threads: PositiveInt  # CPU threads per training job (torch intra-op)
+    # torch intra-op threads of each training process (one per GPU, or one on CPU); a SLURM
+    # training job asks for processes x (train_threads + the stage's data-loader workers) CPUs.
+    train_threads: PositiveInt
     train_mem_mb: PositiveInt
     train_runtime_min: PositiveInt
+    # One-GPU jobs that roll a model out (rollouts, samples, learning curves): host memory for
+    # reading its checkpoint and the model, and the time of the longest horizon (`actionparty estimate`).
+    rollout_mem_mb: PositiveInt
+    rollout_runtime_min: PositiveInt
+    eval_mem_mb: PositiveInt  # CPU evaluation jobs: detector training, metrics, the oracle
 
 
 class TileClassifierConfig(StrictModel):

@@ -312,7 +312,9 @@ def check_slurm(profile: Profile, estimates) -> list[Check]:
     r = profile.resources
     checks = [Check("slurm", "resources", "info",
                     f"train_gpus {r.train_gpus}, train_threads {r.train_threads}, train_mem_mb {r.train_mem_mb}, "
-                    f"train_runtime_min {r.train_runtime_min}, mem_mb {r.mem_mb}, episode_workers {r.episode_workers}")]
+                    f"train_runtime_min {r.train_runtime_min}, rollout_mem_mb {r.rollout_mem_mb}, "
+                    f"rollout_runtime_min {r.rollout_runtime_min}, eval_mem_mb {r.eval_mem_mb}, mem_mb {r.mem_mb}, "
+                    f"episode_workers {r.episode_workers}")]
     for var in ("SBATCH_PARTITION", "SBATCH_ACCOUNT"):
         value = os.environ.get(var)
         checks.append(Check("slurm", var, "info", value if value else "unset (the cluster's default)"))
@@ -325,6 +327,20 @@ def check_slurm(profile: Profile, estimates) -> list[Check]:
             checks.append(Check("slurm", f"runtime {e.stage}", "ok" if fits else "problem",
                                 f"~{minutes:.0f} min at 40% of H100 bf16 peak on {r.train_gpus} GPU(s); "
                                 f"train_runtime_min {r.train_runtime_min}"))
+        if profile.variants:
+            from actionparty.config import load_variant
+            from actionparty.train.estimate import rollout_estimate
+
+            name = profile.variants[0]
+            e = rollout_estimate(profile, load_variant(name), name)
+            minutes = e.hours_at_40pct_h100 * 60
+            checks.append(Check("slurm", f"runtime rollout:{name}", "ok" if minutes <= r.rollout_runtime_min else "problem",
+                                f"~{minutes:.0f} min for {e.windows} windows x {e.horizon} frames at 40% of H100 bf16 "
+                                f"peak on 1 GPU; rollout_runtime_min {r.rollout_runtime_min}"))
+            need_mb = e.host_memory_gb * 1e3
+            checks.append(Check("slurm", f"memory rollout:{name}", "ok" if need_mb <= r.rollout_mem_mb else "problem",
+                                f"~{need_mb:.0f} MB on the host (checkpoint {e.checkpoint_gb:.1f} GB + model); "
+                                f"rollout_mem_mb {r.rollout_mem_mb}"))
     return checks
 
 

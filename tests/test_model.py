@@ -349,6 +349,27 @@ def test_kv_cached_rollout_equals_uncached(chunk, frames, with_extra):
         assert set(cache.tags.tolist()) == ({VIDEO_TAG, 0, 1} if with_extra else {VIDEO_TAG})
 
 
+def test_prepared_text_gives_the_same_bits():
+    """A TextContext (the prompt embedded and every block's text keys/values computed once, as a
+    rollout's sampler does) gives exactly what the raw text gives, with a mask or without, in
+    every pass that reuses it; the attention masks kept by identity change no value either."""
+    model = tiny(chunk_frames=1)
+    x, t, text = inputs(frames=2)
+    mask = torch.ones(B, text.shape[1], dtype=torch.bool)
+    mask[0, 3:] = False
+    extra = state_tokens(model, 2)
+    with torch.no_grad():
+        for text_mask in (None, mask):
+            prepared = model.prepare_text(text, text_mask)
+            assert len(prepared.kv) == len(model.blocks)
+            for _ in range(2):  # reused: the second pass reads the same tensors
+                raw = model(x, t, text, text_mask, cond=DiTConditioning(extra=extra))
+                out = model(x, t, prepared, cond=DiTConditioning(extra=extra))
+                assert torch.equal(out.video, raw.video) and torch.equal(out.extra, raw.extra)
+        with pytest.raises(ValueError, match="text_mask must be None"):
+            model(x, t, prepared, mask)
+
+
 @pytest.mark.parametrize("sink", [0, 1])
 def test_sliding_window_cache_equals_windowed_mask(sink):
     window, frames = 2, 6

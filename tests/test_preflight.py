@@ -92,6 +92,27 @@ def test_gpu_memory_against_the_paper_estimate(repo):
     assert by_item(check_gpus(profile, estimates, [], require_gpus=False))["visible GPUs"].status == "warn"
 
 
+def test_rollout_jobs_against_the_paper_estimate(repo):
+    from actionparty.config import load_variant
+    from actionparty.preflight import check_slurm
+    from actionparty.train.estimate import rollout_estimate
+
+    profile = load_profile(repo / "params/paper.yaml")
+    e = rollout_estimate(profile, load_variant("full"), "full")
+    # 46 games x 64 windows, 20 frames, 20 Euler steps + state pass + cache pass, 1,024 + 8 tokens.
+    assert (e.windows, e.horizon, e.passes_per_step, e.tokens_per_frame, e.window_frames) == (2944, 20, 22, 1032, 4)
+    assert 3.5 < e.hours_at_40pct_h100 < 5 and 30 < e.host_memory_gb < 40
+    assert e.hours_at_40pct_h100 * 60 <= profile.resources.rollout_runtime_min
+    assert e.host_memory_gb * 1e3 <= profile.resources.rollout_mem_mb
+    checks = by_item(check_slurm(profile, _estimates(profile)))
+    assert checks["runtime rollout:full"].status == checks["memory rollout:full"].status == "ok"
+    short = profile.model_copy(update={"resources": profile.resources.model_copy(
+        update={"rollout_runtime_min": 120, "rollout_mem_mb": 16000})})
+    checks = by_item(check_slurm(short, _estimates(short)))
+    assert checks["runtime rollout:full"].status == checks["memory rollout:full"].status == "problem"
+    assert "rollout_runtime_min 120" in checks["runtime rollout:full"].detail
+
+
 def test_check_weight_paths_needs_no_torch_and_names_the_key(repo):
     profile = load_profile(repo / "params/paper.yaml")
     with pytest.raises(Exception, match=r"model.init_checkpoint = weights/Wan2.1-T2V-1.3B not found"):

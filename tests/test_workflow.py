@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
@@ -99,6 +100,54 @@ def test_dry_run_of_every_profile_lists_the_data_rules(repo, venv_env, tmp_path)
                              env=venv_env, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-2000:]
         assert "rule episodes" in run.stdout and "rule lmdb" in run.stdout
+
+
+def _planned_jobs(text: str) -> dict[str, dict]:
+    """{rule: {"threads": n, resource: value}} of a dry run's printed plan (one entry per rule)."""
+    plan = {}
+    for block in re.split(r"\n(?=(?:local)?rule )", text):
+        rule = re.match(r"(?:local)?rule (\w+):", block)
+        if not rule:
+            continue
+        threads = re.search(r"^\s+threads: (\d+)", block, re.M)
+        resources = re.search(r"^\s+resources: (.*)$", block, re.M)
+        job = {"threads": int(threads.group(1)) if threads else 1}
+        for item in resources.group(1).split(", ") if resources else []:
+            key, _, value = item.partition("=")
+            job[key] = int(value) if value.isdigit() else value
+        plan.setdefault(rule.group(1), job)
+    return plan
+
+
+def test_paper_jobs_ask_slurm_for_what_they_use(repo, venv_env, tmp_path):
+    """Per-rule sbatch sizes of the paper DAG (the generic SLURM profile's plan): training asks
+    for every process's threads and loader workers, one-GPU rollout jobs for a GPU and the host
+    memory of their checkpoint, for longer than the estimate; CPU evaluation for no GPU."""
+    from actionparty.train.estimate import rollout_estimate
+    from actionparty.variants import load_variant
+
+    profile = load_profile(repo / "params/paper.yaml")
+    r = profile.resources
+    work = copy_workflow(tmp_path)
+    run = subprocess.run(["snakemake", "all", "-n", "--cores", "256", "--profile", "profiles/slurm-generic",
+                          "--configfile", "params/paper.yaml"], cwd=work, env=venv_env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    plan = _planned_jobs(run.stdout)
+    for rule, loader in (("exp138_train", profile.pretrain.num_workers), ("finetune_variant", profile.finetune.num_workers)):
+        job = plan[rule]
+        assert (job["gpu"], job["threads"], job["mem_mb"]) == (r.train_gpus, r.train_threads, r.train_mem_mb)
+        assert job["cpus_per_task"] == r.train_gpus * (r.train_threads + loader) == 96
+    hours = max(rollout_estimate(profile, load_variant(v), v).hours_at_40pct_h100 for v in ("full", "paper"))
+    for rule in ("rollout", "protocol_rollout", "curve", "exp138_samples"):
+        job = plan[rule]
+        assert (job["gpu"], job["mem_mb"], job["cpus_per_task"]) == (1, r.rollout_mem_mb, r.train_threads), rule
+        if rule != "exp138_samples":  # a few sample clips
+            assert job["runtime"] == r.rollout_runtime_min >= 60 * hours, rule
+    for rule in ("detectors", "metrics", "oracle_metrics", "protocol_metrics"):
+        job = plan[rule]
+        assert (job["gpu"], job["mem_mb"], job["cpus_per_task"]) == (0, r.eval_mem_mb, job["threads"]), rule
+    assert plan["episodes"]["cpus_per_task"] == plan["episodes"]["threads"] == r.episode_workers
 
 
 def test_config_override_outside_the_profile_file_is_refused(repo, venv_env, tmp_path):

@@ -47,6 +47,9 @@ FLEX_BLOCK = 128  # FlexAttention's block size (its default): the unit of skippe
 _forced: str | None = None
 _compiled_flex = None
 _block_mask_cache: tuple | None = None  # (mask tensor, Nq, Nk, BlockMask) of the last masked call
+_SDPA_MASKS = 4  # masks of one forward pass: self-attention, text, action cross-attention (_sdpa_mask)
+_SDPA_MASK_MAX = 1 << 20  # entries of the largest mask kept
+_sdpa_mask_cache: tuple = ()  # ((mask tensor, SDPA mask, empty rows), ...) of the last masks
 
 
 def available_backends(device: str | torch.device = "cpu") -> list[str]:
@@ -120,17 +123,34 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         return out.transpose(1, 2)
     empty_rows = None
     if mask is not None:
-        if mask.dim() == 2:
-            mask = mask[None]
-        mask = mask[:, None]  # (B|1, 1, Nq, Nk): same mask for every head
-        # SDPA returns NaN for a query that may attend to nothing; let it attend anywhere, then zero
-        # it (unconditionally: branching on the data would sync the GPU in every layer).
-        empty_rows = ~mask.any(dim=-1, keepdim=True)
-        mask = mask | empty_rows
+        mask, empty_rows = _sdpa_mask(mask)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     if empty_rows is not None:
         out = out.masked_fill(empty_rows, 0.0)
     return out.transpose(1, 2)
+
+
+def _sdpa_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A boolean mask (B|1, Nq, Nk) or (Nq, Nk) as SDPA takes it, (B|1, 1, Nq, Nk) (the same for
+    every head), and its rows that allow no key (B|1, 1, Nq, 1).
+
+    SDPA returns NaN for a query that may attend to nothing; such a row may attend anywhere, and
+    its output is zeroed (unconditionally: branching on the data would sync the GPU in every
+    layer). Every layer of a forward pass gets the same mask tensor (and a rollout's passes the
+    same text mask), so the last few small ones are kept, by identity (masks are never modified in
+    place); a large one is not held on to after its pass (its attention costs far more anyway)."""
+    global _sdpa_mask_cache
+    for entry in _sdpa_mask_cache:
+        if entry[0] is mask:
+            return entry[1], entry[2]
+    m = (mask[None] if mask.dim() == 2 else mask)[:, None]
+    empty_rows = ~m.any(dim=-1, keepdim=True)
+    out = m | empty_rows
+    if mask.numel() > _SDPA_MASK_MAX:
+        return out, empty_rows
+    # Rebound, never mutated: a thread of the play server reads either the old or the new tuple.
+    _sdpa_mask_cache = ((mask, out, empty_rows),) + _sdpa_mask_cache[: _SDPA_MASKS - 1]
+    return out, empty_rows
 
 
 def _flex(q, k, v, block_mask):

@@ -287,6 +287,28 @@ class DiTConditioning:
 
 
 @dataclass
+class TextKV:
+    """One block's text cross-attention keys/values (B, L, H, D) and key mask (B, 1, L) or None."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    mask: torch.Tensor | None
+
+
+@dataclass
+class TextContext:
+    """The text side of a forward pass, computed once for many (:meth:`WanDiT.prepare_text`):
+    the embedded context (B, L', dim), its mask (B, L') or None, and every block's cross-attention
+    keys/values. A rollout draws every frame with the same prompt and the same weights, so its
+    sampler prepares the prompt once instead of in each of its passes (the same values: the same
+    layers on the same inputs). Valid only while the weights do not change (no training step)."""
+
+    context: torch.Tensor
+    mask: torch.Tensor | None
+    kv: list[TextKV]
+
+
+@dataclass
 class DiTOutput:
     video: torch.Tensor  # (B, out_dim, T, H, W) fp32, per-position predictions
     extra: torch.Tensor | None = None  # (B, M, dim) fp32 last hidden states of the extra tokens
@@ -373,13 +395,19 @@ class SelfAttention(_Attention):
 
 
 class CrossAttention(_Attention):
-    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, N, C) attends to context (B, L, C); context_mask (B, L) bool, True = real token."""
-        q = self._heads(self.norm_q(self.q(x)))
-        k = self._heads(self.norm_k(self.k(context)))
-        v = self._heads(self.v(context))
+    def context_kv(self, context: torch.Tensor, context_mask: torch.Tensor | None = None) -> "TextKV":
+        """The keys and values of the text context (B, L, C) and its key mask (B, 1, L) or None."""
         mask = None if context_mask is None else context_mask[:, None, :]
-        return self.o(attention(q, k, v, mask).flatten(2))
+        return TextKV(self._heads(self.norm_k(self.k(context))), self._heads(self.v(context)), mask)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None,
+                kv: "TextKV | None" = None) -> torch.Tensor:
+        """x (B, N, C) attends to context (B, L, C); context_mask (B, L) bool, True = real token.
+        ``kv``: this layer's :meth:`context_kv` of the same context, computed earlier (a
+        :class:`TextContext`); then ``context`` and ``context_mask`` are not read."""
+        q = self._heads(self.norm_q(self.q(x)))
+        kv = self.context_kv(context, context_mask) if kv is None else kv
+        return self.o(attention(q, kv.k, kv.v, kv.mask).flatten(2))
 
 
 class WanBlock(nn.Module):
@@ -410,8 +438,10 @@ class WanBlock(nn.Module):
         past_kv: tuple[torch.Tensor, torch.Tensor] | None,
         hook_ctx: BlockContext | None,
         unplaced: Unplaced | None = None,
+        text_kv: "TextKV | None" = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """x (B, N, C) fp32 residual stream -> (x, this call's self-attention (k, v))."""
+        """x (B, N, C) fp32 residual stream -> (x, this call's self-attention (k, v)); ``text_kv``:
+        the text cross-attention's keys/values, computed earlier (:class:`TextContext`)."""
         dtype = self.ffn[0].weight.dtype  # sublayers compute in the parameters' dtype
         m = mod.plus(self.modulation)  # chunks: 0 shift, 1 scale, 2 gate (attn); 3, 4, 5 (ffn)
         y, kv = self.self_attn(m.modulate(self.norm1(x), 0, 1).to(dtype), rope_cos, rope_sin, attn_mask, past_kv,
@@ -419,7 +449,7 @@ class WanBlock(nn.Module):
         x = m.gated_residual(x, y, 2)
         if self.extra_cross_attn is not None:
             x = x + self.extra_cross_attn(x, hook_ctx).float()
-        x = x + self.cross_attn(self.norm3(x).to(dtype), context, context_mask).float()
+        x = x + self.cross_attn(self.norm3(x).to(dtype), context, context_mask, text_kv).float()
         x = m.gated_residual(x, self.ffn(m.modulate(self.norm2(x), 3, 4).to(dtype)), 5)
         return x, kv
 
@@ -614,6 +644,12 @@ class WanDiT(nn.Module):
             text_mask = None
         return self.text_embedding(text.to(self.param_dtype)), None if text_mask is None else text_mask.bool()
 
+    def prepare_text(self, text: torch.Tensor, text_mask: torch.Tensor | None = None) -> TextContext:
+        """:meth:`embed_text` and every block's text keys/values, for passing as ``text`` to
+        many :meth:`forward` calls (their ``text_mask`` then None)."""
+        context, mask = self.embed_text(text, text_mask)
+        return TextContext(context, mask, [block.cross_attn.context_kv(context, mask) for block in self.blocks])
+
     # ----------------------------------------------------------------- layout and masks
 
     def token_grid(self, latent_shape: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -665,7 +701,7 @@ class WanDiT(nn.Module):
         self,
         x: torch.Tensor,
         t: torch.Tensor,
-        text: torch.Tensor,
+        text: "torch.Tensor | TextContext",
         text_mask: torch.Tensor | None = None,
         *,
         cond: DiTConditioning | None = None,
@@ -680,7 +716,8 @@ class WanDiT(nn.Module):
             x: video latents (B, in_dim, T, H, W).
             t: timesteps (B, T/pt) one per latent (token) frame, or (B,) for all frames; Wan's scale
                 (0..1000).
-            text: (B, L, text_dim) text embeddings; text_mask (B, L) bool, True = real token.
+            text: (B, L, text_dim) text embeddings; text_mask (B, L) bool, True = real token. Or
+                a :class:`TextContext` of :meth:`prepare_text` (computed once for many calls).
             cond: what a conditioning module adds (:class:`DiTConditioning`); none: plain Wan.
             kv_cache: read cached keys/values of earlier frames (and append these tokens if
                 ``update_cache``). Frames are numbered from ``frame_offset`` (default: the
@@ -699,7 +736,13 @@ class WanDiT(nn.Module):
         layout = self.token_layout(tuple(x.shape[2:]), cond.extra, kv_cache, frame_offset, x.device)
         tokens, e_video, mod, rope_cos, rope_sin = self._embed(x, t, cond, layout)
         unplaced = self._unplaced(cond.extra, layout, rope_cos, rope_sin)
-        context, context_mask = self.embed_text(text, text_mask)
+        if isinstance(text, TextContext):
+            if text_mask is not None:
+                raise ValueError("text is a TextContext (prepare_text): its mask is in it, text_mask must be None")
+            context, context_mask, text_kv = text.context, text.mask, text.kv
+        else:
+            context, context_mask = self.embed_text(text, text_mask)
+            text_kv = [None] * len(self.blocks)
         attn_mask = cond.attn_mask
         if attn_mask is None:
             window = (kv_cache.window_frames, kv_cache.sink_frames) if kv_cache is not None else (None, 0)
@@ -708,7 +751,7 @@ class WanDiT(nn.Module):
 
         for i, block in enumerate(self.blocks):
             args = (tokens, mod, rope_cos, rope_sin, context, context_mask, attn_mask,
-                    kv_cache.layer(i) if kv_cache is not None else None, hook_ctx, unplaced)
+                    kv_cache.layer(i) if kv_cache is not None else None, hook_ctx, unplaced, text_kv[i])
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 tokens, kv = checkpoint(block, *args, use_reentrant=False)
             else:

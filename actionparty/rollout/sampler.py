@@ -62,7 +62,7 @@ class _Chunk:
     actions: torch.Tensor | None  # (B, chunk, S) the actions that led into its frames
     subjects: SubjectInputs | None  # once finished: its inputs as a context (Sampler._context_subjects)
     anchor: torch.Tensor  # (B, C, chunk, h, w) residual anchor: the last finished frame; once finished, itself
-    text: tuple[torch.Tensor, torch.Tensor | None]  # the prompt it is drawn with
+    text: tuple  # the prompt it is drawn with: (TextContext, None) (Sampler._prepare)
     offset: int  # latent frame of its first frame
 
 
@@ -101,6 +101,10 @@ class Sampler:
         """Begin from ``context`` (B, C, 1, h, w), the clean latent of the context frame, and
         ``context_state`` (B, 1, S, 6), its players' clean states (models that take actions)."""
         self.device, self.latent_shape = context.device, context.shape
+        # The prompt's embedding and every block's text keys/values, once for the whole rollout
+        # (once per chunk for per-chunk prompts, see _text); each pass would compute the same.
+        self._prompt = None if self.text_fn else self._prepare(self.text)
+        self._chunk_prompt = None  # (first step, TextContext) of the last per-chunk prompt
         self.context_state = context_state
         self.has_state = self.model.has_state and context_state is not None
         self.takes_actions = self.model.takes_actions and context_state is not None
@@ -111,7 +115,7 @@ class Sampler:
             self._no_action = torch.full((context.shape[0], 1, context_state.shape[2]), NO_ACTION, dtype=torch.long,
                                          device=self.device)
         context_chunk = _Chunk(context, context_state, self._no_action, self._context_subjects(context_state),
-                               context, self.text, self.model.context_frame)
+                               context, self._prompt or self.text, self.model.context_frame)
         self.history = [context_chunk]  # every chunk (uncached), or the last one (cached)
         self._pending = context_chunk if self.use_cache else None  # read by the next chunk: append to the cache
 
@@ -128,7 +132,7 @@ class Sampler:
         ref = last.state if self.has_state else self.context_state
         prev_state = None if ref is None else ref.expand(-1, self.chunk, -1, -1)
         actions = actions if self.takes_actions else None
-        text = self.text_fn(self.steps_done, self.chunk) if self.text_fn else self.text
+        text = self._text()
         x = torch.randn((b, c, self.chunk, h, w), generator=self.generator).to(self.device)
         # States start from the reference state plus unit noise (the flow of the state's move).
         state = None
@@ -176,6 +180,19 @@ class Sampler:
                 state = euler_step(state, pred.state_x0, sig[i], sig[i + 1])
         return x, state
 
+    def _prepare(self, text: tuple[torch.Tensor, torch.Tensor | None]) -> tuple:
+        """(text, mask) -> (TextContext, None): the arguments of every pass that reads this prompt."""
+        return self.model.dit.prepare_text(*text), None
+
+    def _text(self) -> tuple:
+        """The prompt of the chunk drawn next (its first step ``steps_done``), prepared once: the
+        cache pass before it and its own passes read the same one."""
+        if not self.text_fn:
+            return self._prompt
+        if self._chunk_prompt is None or self._chunk_prompt[0] != self.steps_done:
+            self._chunk_prompt = (self.steps_done, self._prepare(self.text_fn(self.steps_done, self.chunk)))
+        return self._chunk_prompt[1]
+
     def _sigma(self, value) -> torch.Tensor:
         return torch.full((self.latent_shape[0], self.chunk), float(value), device=self.device)
 
@@ -205,7 +222,7 @@ class Sampler:
         done, self._pending = self._pending, None
         if done is None:
             return
-        text = self.text_fn(self.steps_done, self.chunk) if self.text_fn else self.text  # the next chunk's prompt
+        text = self._text()  # the next chunk's prompt
         self.model(done.latents, torch.zeros(done.latents.shape[0], done.latents.shape[2], device=self.device),
                    done.anchor, *text, frame_offset=done.offset, subjects=done.subjects, kv_cache=self.cache,
                    update_cache=True)

@@ -55,12 +55,14 @@ def _cmd_bench_model(args) -> None:
 def _cmd_estimate(args) -> None:
     from actionparty.config import load_profile
     from actionparty.variants import load_variant
-    from actionparty.train.estimate import estimate, print_estimate
+    from actionparty.train.estimate import estimate, print_estimate, print_rollout_estimate, rollout_estimate
 
     profile = load_profile(args.profile)
     print_estimate(estimate(profile))
     for name in args.variants or profile.variants[:1]:
-        print_estimate(estimate(profile, load_variant(name)))
+        variant = load_variant(name)
+        print_estimate(estimate(profile, variant))
+        print_rollout_estimate(rollout_estimate(profile, variant, name))
 
 
 def add_commands(sub) -> None:

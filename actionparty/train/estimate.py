@@ -1,6 +1,8 @@
-"""Memory and time estimates of a profile's training jobs, from the real model built on the
-meta device (no memory, no weights needed): tokens per clip, parameters, optimizer state,
-activations with gradient checkpointing, FLOPs per step. docs/TRAINING.md shows the arithmetic."""
+"""Memory and time estimates of a profile's training and rollout jobs, from the real model built
+on the meta device (no memory, no weights needed): tokens per clip, parameters, optimizer state,
+activations with gradient checkpointing, FLOPs per step; for a rollout job, the passes of every
+step over the test windows, the KV cache and the host memory of reading the checkpoint.
+docs/TRAINING.md and docs/SLURM.md show the arithmetic."""
 
 from __future__ import annotations
 
@@ -98,6 +100,66 @@ def estimate(profile: Profile, variant: VariantConfig | None = None) -> Training
         clips_per_gpu=clips_per_gpu, weights_gb=weights / GB, grads_gb=weights / GB, adam_gb=2 * weights / GB,
         ema_gb=weights / GB, activations_gb_per_clip=activations / GB, memory_gb_per_gpu=memory / GB,
         flops_per_clip=flops, hours_at_40pct_h100=hours)
+
+
+@dataclass
+class RolloutEstimate:
+    """One rollout job (one model, the longest horizon) on one GPU (the rules ask for one)."""
+
+    profile: str
+    model: str
+    windows: int  # test windows: games x rollout.clips_per_game
+    horizon: int  # generated frames per window (the longest of rollout.horizons)
+    passes_per_step: int  # Euler steps (+ the state pass of state-first models) + the cache pass
+    tokens_per_frame: int  # video + state tokens of one generated frame
+    window_frames: int  # earlier frames in the KV cache
+    flops_per_pass: float  # one frame of one window: matmuls + attention over cache and text
+    hours_at_40pct_h100: float
+    weights_gb: float  # in the compute dtype
+    kv_cache_gb_per_window: float
+    checkpoint_gb: float  # the finetune checkpoint as read into host memory (model, EMA, Adam)
+    host_memory_gb: float  # checkpoint + the fp32 model it is loaded into
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def rollout_estimate(profile: Profile, variant: VariantConfig, model_name: str) -> RolloutEstimate:
+    """The rollout job of the finetuned ``variant`` (named ``model_name``) at the longest horizon."""
+    from actionparty.games import resolve_games
+
+    profile = variant_profile(profile, variant)
+    model, side = build_on_meta(profile, variant)
+    d, r = model.dit.config, profile.rollout
+    params = sum(p.numel() for p in model.parameters())
+    video = (side // d.patch_size[1]) * (side // d.patch_size[2])
+    subject = variant.conditioning.kind == "subject"
+    n = video + (PLAYER_SLOTS if subject else 0)
+    window = r.window_frames or profile.finetune.clip_steps + 1 - (d.chunk_frames or 1)  # rollout.generate.window_frames
+    state_first = subject and variant.conditioning.state_first
+    passes = r.sampling_steps + (r.state_sampling_steps if state_first else 0) + 1
+    # Matmuls of the frame's tokens; attention to the window's cached frames and itself, and to the text.
+    flops = 2 * params * n + d.num_layers * 4 * n * (window + 1) * n * d.dim + d.num_layers * 4 * n * d.text_len * d.dim
+    windows = len(resolve_games(profile)) * r.clips_per_game
+    horizon = max(r.horizons)
+    hours = windows * horizon * passes * flops / (0.4 * 989e12) / 3600
+    dtype_bytes = 2 if profile.model.precision == "bf16" else 4
+    kv = d.num_layers * 2 * window * n * d.dim * dtype_bytes
+    checkpoint = params * 4 * 4  # fp32 model, EMA and Adam's two moments
+    return RolloutEstimate(
+        profile=profile.profile, model=model_name, windows=windows, horizon=horizon, passes_per_step=passes,
+        tokens_per_frame=n, window_frames=window, flops_per_pass=flops, hours_at_40pct_h100=hours,
+        weights_gb=params * dtype_bytes / GB, kv_cache_gb_per_window=kv / GB, checkpoint_gb=checkpoint / GB,
+        host_memory_gb=(checkpoint + params * 4) / GB)
+
+
+def print_rollout_estimate(e: RolloutEstimate) -> None:
+    print(f"{e.profile} rollout:{e.model}: {e.windows} windows x {e.horizon} frames x {e.passes_per_step} passes "
+          f"({e.tokens_per_frame} tokens per frame, {e.window_frames} cached frames)")
+    print(f"  {e.flops_per_pass / 1e12:.2f} TFLOP per frame pass; {e.hours_at_40pct_h100:.1f} h at 40% of H100 bf16 "
+          f"peak on 1 GPU; GPU: weights {e.weights_gb:.1f} GB + KV cache {e.kv_cache_gb_per_window * 1e3:.0f} MB "
+          f"per window; host: checkpoint {e.checkpoint_gb:.1f} GB + model {e.host_memory_gb - e.checkpoint_gb:.1f} GB "
+          f"= {e.host_memory_gb:.1f} GB")
 
 
 def print_estimate(e: TrainingEstimate) -> None:

@@ -19,6 +19,14 @@ with open(PROFILE.catalogue) as _f:
     _CATALOGUE_ENTRIES = yaml.safe_load(_f)["games"]
 
 
+def train_cpus(loader_workers):
+    """CPUs a training job asks SLURM for (resource cpus_per_task): every process (one per GPU,
+    or one on CPU) runs resources.train_threads torch threads and the stage's data-loader
+    workers. Locally, Snakemake schedules the job by its `threads` (train_threads)."""
+    r = config["resources"]
+    return max(1, r["train_gpus"]) * (r["train_threads"] + loader_workers)
+
+
 def game_entry(wildcards):
     """The game's catalogue entry: a params value, so editing one game reruns only its jobs."""
     return _CATALOGUE_ENTRIES[wildcards.game]

@@ -16,7 +16,7 @@ rule detectors:
         eval=config["eval"],
     threads: 1
     resources:
-        mem_mb=config["resources"]["train_mem_mb"],
+        mem_mb=config["resources"]["eval_mem_mb"],
         runtime=config["resources"]["train_runtime_min"],
     log:
         "logs/detectors.log",
@@ -40,7 +40,7 @@ rule metrics:
         eval=config["eval"],
     threads: 1
     resources:
-        mem_mb=config["resources"]["train_mem_mb"],
+        mem_mb=config["resources"]["eval_mem_mb"],
         runtime=60,
     log:
         "logs/metrics/{model}.log",
@@ -63,7 +63,7 @@ rule oracle_metrics:
         eval=config["eval"],
     threads: 1
     resources:
-        mem_mb=config["resources"]["train_mem_mb"],
+        mem_mb=config["resources"]["eval_mem_mb"],
         runtime=60,
     log:
         "logs/metrics/oracle.log",
@@ -87,10 +87,11 @@ rule curve:
         profile=PROFILE_FILE,
         rollout=config["rollout"],
         eval=config["eval"],
-    threads: 1
+    threads: config["resources"]["train_threads"]
     resources:
-        mem_mb=config["resources"]["train_mem_mb"],
-        runtime=60,
+        mem_mb=config["resources"]["rollout_mem_mb"],
+        runtime=config["resources"]["rollout_runtime_min"],
+        gpu=min(config["resources"]["train_gpus"], 1),
     log:
         "logs/curve/{variant}.log",
     benchmark:
@@ -147,8 +148,8 @@ rule protocol_rollout:
         checkpoint=lambda wc, input: f"--checkpoint {shlex.quote(str(input.checkpoint[0]))}" if input.checkpoint else "",
     threads: config["resources"]["train_threads"]
     resources:
-        mem_mb=config["resources"]["train_mem_mb"],
-        runtime=120,
+        mem_mb=config["resources"]["rollout_mem_mb"],
+        runtime=config["resources"]["rollout_runtime_min"],
         gpu=min(config["resources"]["train_gpus"], 1),
     log:
         "logs/rollout/{protocol}/{model}/h{horizon}.log",
@@ -171,7 +172,7 @@ rule protocol_metrics:
         eval=config["eval"],
     threads: 1
     resources:
-        mem_mb=config["resources"]["train_mem_mb"],
+        mem_mb=config["resources"]["eval_mem_mb"],
         runtime=60,
     log:
         "logs/metrics/{protocol}/{model}.log",
@@ -194,7 +195,7 @@ rule protocol_oracle_metrics:
         eval=config["eval"],
     threads: 1
     resources:
-        mem_mb=config["resources"]["train_mem_mb"],
+        mem_mb=config["resources"]["eval_mem_mb"],
         runtime=60,
     log:
         "logs/metrics/{protocol}/oracle.log",

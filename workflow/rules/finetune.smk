@@ -42,6 +42,7 @@ rule finetune_variant:
         mem_mb=config["resources"]["train_mem_mb"],
         runtime=config["resources"]["train_runtime_min"],
         gpu=config["resources"]["train_gpus"],
+        cpus_per_task=train_cpus(config["finetune"]["num_workers"]),
     log:
         "logs/finetune/{variant}.log",
     benchmark:
@@ -75,8 +76,8 @@ rule rollout:
         swap=lambda wc: "--swap" if wc.swap else "",
     threads: config["resources"]["train_threads"]
     resources:
-        mem_mb=config["resources"]["train_mem_mb"],
-        runtime=120,
+        mem_mb=config["resources"]["rollout_mem_mb"],
+        runtime=config["resources"]["rollout_runtime_min"],
         gpu=min(config["resources"]["train_gpus"], 1),
     log:
         "logs/rollout/{model}/h{horizon}{swap}.log",

@@ -26,6 +26,7 @@ rule exp138_train:
         mem_mb=config["resources"]["train_mem_mb"],
         runtime=config["resources"]["train_runtime_min"],
         gpu=config["resources"]["train_gpus"],
+        cpus_per_task=train_cpus(config["pretrain"]["num_workers"]),
     log:
         "logs/pretrain.log",
     benchmark:
@@ -52,7 +53,7 @@ rule exp138_samples:
         steps=max(config["rollout"]["horizons"]),
     threads: config["resources"]["train_threads"]
     resources:
-        mem_mb=config["resources"]["train_mem_mb"],
+        mem_mb=config["resources"]["rollout_mem_mb"],
         runtime=60,
         gpu=min(config["resources"]["train_gpus"], 1),
     log:
