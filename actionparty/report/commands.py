@@ -75,8 +75,22 @@ def _cmd_targets(args) -> None:
         raise SystemExit(1)
 
 
+def _cmd_quote(args) -> None:
+    from actionparty.report.quoted import Results, quote_file
+
+    results = Results.load(args.results, args.variants)
+    stale = {str(path): quote_file(path, results, check=args.check) for path in args.files}
+    for path, names in stale.items():
+        for name in names:
+            print(f"{path}: quoted block '{name}' {'differs from' if args.check else 'rewritten from'} {args.results}")
+    if args.check and any(stale.values()):
+        raise SystemExit(f"actionparty quote: stale quoted blocks; run `actionparty quote {' '.join(stale)}`")
+    if not any(stale.values()):
+        print(f"{', '.join(stale)}: every quoted block matches {args.results}")
+
+
 def add_commands(sub) -> None:
-    """Register ``actionparty report``, ``targets`` and ``sample`` on an argparse subparsers object."""
+    """Register ``actionparty report``, ``targets``, ``quote`` and ``sample`` on an argparse subparsers object."""
     p = sub.add_parser("sample", help="roll a checkpoint out from test context frames; GIF + PNG per clip")
     p.set_defaults(func=_cmd_sample)
     p.add_argument("--profile", required=True)
@@ -110,6 +124,15 @@ def add_commands(sub) -> None:
     p.set_defaults(func=_cmd_targets)
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder (metrics/)")
     p.add_argument("--strict", action="store_true", help="exit 1 unless every target is met")
+    _variants_option(p)
+
+    help = ("rewrite the quoted blocks (<!-- quoted:NAME --> ... <!-- /quoted -->) of Markdown files from the "
+            "results: the numbers the README and docs/TRAINING.md quote")
+    p = sub.add_parser("quote", help=help, description=help)
+    p.set_defaults(func=_cmd_quote)
+    p.add_argument("files", nargs="+", type=Path, help="Markdown files, e.g. README.md docs/TRAINING.md")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results folder (metrics/, finetune/)")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 naming each block that differs")
     _variants_option(p)
 
 
