@@ -159,6 +159,9 @@ class ModelConfig(StrictModel):
     vae_path: str | None = None  # local Wan2.1 VAE (wan-vae)
     text_encoder: Literal["tiny", "umt5"]
     text_path: str | None = None  # local umt5-xxl encoder + tokenizer (umt5)
+    # The games' text embeddings written once by `actionparty embed-text`; models then read them
+    # and never build the encoder (Text-Action still does: its prompts carry the actions).
+    text_cache: str | None = None
     text_len: PositiveInt
     resolution: PositiveInt | None = None  # frames are upscaled (nearest) to this many pixels a side
     chunk_frames: PositiveInt  # latent frames denoised together (block-causal attention unit)

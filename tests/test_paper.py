@@ -8,7 +8,7 @@ import pytest
 from actionparty.config import load_profile
 from actionparty.variants import load_variant
 from actionparty.errors import UserError
-from actionparty.model.factory import build_world_model
+from actionparty.model.factory import build_text_embedder, build_world_model, embed_texts
 from actionparty.train.estimate import build_on_meta, estimate
 
 WAN_13B_PARAMETERS = 1_418_996_800
@@ -43,6 +43,12 @@ def test_paper_estimate_inputs(paper):
     peak = 5120 * (5 * 1536 + 8960) * 2
     assert e.activations_gb_per_clip == pytest.approx((stored + peak) / 1e9)
     assert e.memory_gb_per_gpu < 80  # fits one H100 with DDP
+    # umT5 runs once into model.text_cache: no rank holds it, but Text-Action's (its prompts carry actions)
+    assert e.text_encoder_gb == 0
+    text_action = estimate(paper, load_variant("text_action"))
+    assert text_action.text_encoder_gb == pytest.approx(5_680_910_336 * 4 / 1e9)
+    uncached = paper.model_copy(update={"model": paper.model.model_copy(update={"text_cache": None})})
+    assert estimate(uncached).memory_gb_per_gpu == pytest.approx(e.memory_gb_per_gpu + text_action.text_encoder_gb)
 
 
 def test_paper_actionparty_adds_state_tokens_and_mca(paper):
@@ -75,11 +81,20 @@ def test_paper_model_builds_from_the_official_release_layout(repo, tmp_path):
     standins = paper_shaped_standins()
     weights = write_wan_release(tmp_path / "weights" / "Wan2.1-T2V-1.3B", **standins)
     profile = load_profile(paper_profile(repo, tmp_path, weights, resolution=32))  # not 512 px: CPU
+    with pytest.raises(UserError, match="text_embeddings.safetensors: text embedding cache not found"):
+        build_world_model(profile)
+    assert embed_texts(profile, profile.model.text_cache) == ["clean_up", "coins"]  # umT5 runs here, once
     model, codec, text = build_world_model(profile)
+    assert text.embedder.encoder is None  # the model holds no umT5
     report = load_wan_checkpoint(model.dit, profile.model.init_checkpoint, strict=True)
     assert report.ok and not report.new and len(report.loaded) == len(standins["dit"].state_dict())
     emb, mask = text(["coins", "clean_up"])
     assert emb.shape == (2, 512, 4096) and bool(mask.all())  # zero padding, every position attended
+    encoded, encoded_mask = build_text_embedder(profile, use_cache=False)(["coins", "clean_up"])
+    assert torch.equal(emb, encoded) and torch.equal(mask, encoded_mask)
+    # Text-Action's prompts carry the actions: it builds umT5 even with the cache
+    _, _, with_actions = build_world_model(profile, variant=load_variant("text_action"))
+    assert with_actions.embedder.encoder is not None
     frames = torch.randint(0, 256, (2, 2, 3, 96, 96), dtype=torch.uint8)  # (B, S, 3, H, W) game frames
     latents = codec.encode(frames)
     assert latents.shape == (2, 16, 2, 4, 4)  # one latent frame per step

@@ -71,6 +71,62 @@ def test_embedder_caches_per_game_and_saves(tmp_path):
     assert torch.equal(fresh(["territory__rooms"])[0][0], emb[1]) and fresh.encoder.texts == []
 
 
+def test_an_encoderless_embedder_serves_a_cache_and_refuses_everything_else(tmp_path):
+    tiny = make_text_embedder("tiny", DESCRIPTIONS, dim=32, max_len=16)
+    emb, mask = tiny(["clean_up", "territory__rooms"])
+    path = tmp_path / "text.safetensors"
+    tiny.save_cache(path, encoder="tiny:16:")
+    cached = TextEmbedder.from_cache(path, DESCRIPTIONS, "tiny:16:", ["territory__rooms", "clean_up"])
+    assert cached.encoder is None and cached.dim == 32
+    got, got_mask = cached(["clean_up", "territory__rooms"])
+    assert torch.equal(got, emb) and torch.equal(got_mask, mask)
+    with pytest.raises(UserError, match=r"text.safetensors: no embedding of game 'commons_harvest__open'"):
+        cached(["commons_harvest__open"])
+    with pytest.raises(UserError, match=r"nowhere.safetensors: text embedding cache not found"):
+        TextEmbedder.from_cache(tmp_path / "nowhere.safetensors", DESCRIPTIONS, "tiny:16:", ["clean_up"])
+    with pytest.raises(UserError, match=r"written for text encoder 'tiny:16:', the profile uses 'umt5:512:w'"):
+        TextEmbedder.from_cache(path, DESCRIPTIONS, "umt5:512:w", ["clean_up"])
+    with pytest.raises(UserError, match=r"no embedding of 'commons_harvest__open' .*\(1 of 2 games\)"):
+        TextEmbedder.from_cache(path, DESCRIPTIONS, "tiny:16:", ["clean_up", "commons_harvest__open"])
+    changed = {**DESCRIPTIONS, "clean_up": "Something else entirely."}
+    with pytest.raises(UserError, match=r"no embedding of 'clean_up' for its current description"):
+        TextEmbedder.from_cache(path, changed, "tiny:16:", ["clean_up"])
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match=r"bad.safetensors: not a text embedding cache"):
+        TextEmbedder.from_cache(tmp_path / "bad.safetensors", DESCRIPTIONS, "tiny:16:", ["clean_up"])
+
+
+def test_embed_text_writes_the_cache_a_profile_then_reads(tmp_path, repo):
+    """actionparty embed-text on the smoke profile: every model but Text-Action then builds no
+    encoder, and its embeddings are the encoder's to the bit."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from actionparty.config import load_profile
+    from actionparty.model.factory import build_text_embedder, build_world_model
+    from actionparty.variants import load_variant
+    from conftest import subprocess_env
+
+    cache = tmp_path / "text" / "embeddings.safetensors"
+    path = tmp_path / "smoke_cache.yaml"
+    path.write_text(yaml.safe_dump({"defaults": str(repo / "params/smoke.yaml"), "model": {"text_cache": str(cache)}}))
+    proc = subprocess.run([sys.executable, "-m", "actionparty", "embed-text", "--profile", str(path), "--out", str(cache)],
+                          capture_output=True, text=True, cwd=repo, env=subprocess_env())
+    assert proc.returncode == 0, proc.stderr
+    assert "tiny embeddings of 2 games" in proc.stdout and cache.is_file()
+    profile = load_profile(path)
+    games = ["coins", "clean_up"]
+    _, _, text = build_world_model(profile, variant=load_variant("full"))
+    assert text.embedder.encoder is None
+    emb, mask = text(games)
+    want, want_mask = build_text_embedder(profile, use_cache=False)(games)
+    assert torch.equal(emb, want) and torch.equal(mask, want_mask)
+    _, _, with_actions = build_world_model(profile, variant=load_variant("text_action"))
+    assert with_actions.embedder.encoder is not None
+
+
 def test_trainable_tiny_encoder_gets_gradients_and_is_not_cached():
     embedder = make_text_embedder("tiny", DESCRIPTIONS, dim=16, max_len=8, trainable=True)
     emb, _ = embedder(["clean_up"])

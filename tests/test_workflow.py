@@ -148,6 +148,12 @@ def test_paper_jobs_ask_slurm_for_what_they_use(repo, venv_env, tmp_path):
         job = plan[rule]
         assert (job["gpu"], job["mem_mb"], job["cpus_per_task"]) == (0, r.eval_mem_mb, job["threads"]), rule
     assert plan["episodes"]["cpus_per_task"] == plan["episodes"]["threads"] == r.episode_workers
+    # umT5 runs once, in its own one-GPU job; every job that builds a model reads its cache
+    assert plan["text_embeddings"]["gpu"] == 1 and run.stdout.count("rule text_embeddings:") == 1
+    for rule in ("exp138_train", "exp138_samples", "finetune_variant", "rollout", "protocol_rollout", "curve"):
+        block = re.search(rf"\nrule {rule}:\n(.*?)\n\n", run.stdout, re.S).group(1)
+        inputs = re.search(r"^\s+input: (.*)$", block, re.M).group(1)
+        assert profile.model.text_cache in inputs.split(", "), (rule, inputs)
 
 
 def test_config_override_outside_the_profile_file_is_refused(repo, venv_env, tmp_path):

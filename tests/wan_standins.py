@@ -312,7 +312,8 @@ def paper_shaped_standins() -> dict:
 
 def paper_profile(repo: Path, tmp_path: Path, weights: Path, release: bool = True, **model) -> Path:
     """params/paper.yaml with 2 games, the tiny DiT and weight paths under ``weights`` (the
-    release's paths, as params/paper.yaml names them, or one diffusers pipeline folder)."""
+    release's paths, as params/paper.yaml names them, or one diffusers pipeline folder); its
+    text embedding cache in ``tmp_path`` (absent until ``embed_texts`` writes it)."""
     import yaml
 
     data = yaml.safe_load((repo / "params/paper.yaml").read_text())
@@ -321,6 +322,7 @@ def paper_profile(repo: Path, tmp_path: Path, weights: Path, release: bool = Tru
     paths = dict(init_checkpoint=str(weights), vae_path=str(weights / "Wan2.1_VAE.pth"),
                  text_path=str(weights / "google/umt5-xxl")) if release else \
         dict(init_checkpoint=str(weights), vae_path=str(weights), text_path=str(weights))
+    paths["text_cache"] = str(tmp_path / "text_embeddings.safetensors")  # written by embed_texts
     data["model"].update(size="tiny", **paths, **model)
     path = tmp_path / "paper_standin.yaml"
     path.write_text(yaml.safe_dump(data))

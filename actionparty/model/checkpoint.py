@@ -94,11 +94,15 @@ def load_checkpoint(path: str | Path, map_location="cpu", *, stage: str | None =
     return state
 
 
+# Model keys that say where a value is read from, not what the model is: never compared.
+SOURCE_KEYS = ("text_cache",)
+
+
 def check_compatible(path: str | Path, state: dict, profile_model: dict, ignore: tuple[str, ...] = ()) -> None:
     """Refuse a checkpoint whose model section differs from the profile's (one line), but for
-    the keys ``ignore``."""
+    the keys ``ignore`` and :data:`SOURCE_KEYS`."""
     saved = state.get("profile", {}).get("model", {})
-    for key in sorted((set(saved) | set(profile_model)) - set(ignore)):
+    for key in sorted((set(saved) | set(profile_model)) - set(ignore) - set(SOURCE_KEYS)):
         if saved.get(key) != profile_model.get(key):
             raise UserError(f"{path}: checkpoint was trained with model.{key}={saved.get(key)!r}, "
                             f"the profile has {profile_model.get(key)!r}")

@@ -25,6 +25,7 @@ The ``tiny`` encoder of the small profiles returns the real-word mask, and its p
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import os
@@ -145,6 +146,26 @@ _WAN_T5_BLOCK = {
     "ffn.fc1.weight": "layer.1.DenseReluDense.wi_1.weight",
     "ffn.fc2.weight": "layer.1.DenseReluDense.wo.weight",
 }
+
+
+# umt5-xxl's encoder as Wan2.1 ships it (models_t5_umt5-xxl-enc-bf16.pth): the shapes the estimate
+# counts on the meta device; loading reads them from the file itself (wan_t5_config).
+UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                relative_attention_num_buckets=32)
+
+
+@functools.lru_cache(maxsize=4)
+def _umt5_parameters(items: tuple) -> int:
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    with torch.device("meta"):
+        model = UMT5EncoderModel(UMT5Config(**dict(items), feed_forward_proj="gated-gelu"))
+    return sum(p.numel() for p in model.parameters())
+
+
+def umt5_parameters(config: Mapping | None = None) -> int:
+    """Parameters of a ``UMT5EncoderModel`` (default: umt5-xxl's), counted on the meta device."""
+    return _umt5_parameters(tuple(sorted((config or UMT5_XXL).items())))
 
 
 def wan_t5_config(state: Mapping[str, torch.Tensor]) -> dict:
@@ -308,6 +329,14 @@ def _digest(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
+ENCODER_KEY = "__encoder__"  # a cache's metadata entry naming the encoder that wrote it
+
+
+def encoder_name(kind: str, text_len: int, path: str | None = None) -> str:
+    """What a text embedding depends on besides the description: 'umt5:512:weights/...'."""
+    return f"{kind}:{text_len}:{path or ''}"
+
+
 class TextEmbedder:
     """Text conditioning of games: ``embedder(["clean_up", ...]) -> (emb (B, L, D), mask (B, L))``.
 
@@ -317,16 +346,50 @@ class TextEmbedder:
     and entries whose description changed are recomputed.
     """
 
-    def __init__(self, encoder: TextEncoder, descriptions: Mapping[str, str], trainable: bool = False):
-        self.encoder = encoder
+    def __init__(self, encoder: TextEncoder | None, descriptions: Mapping[str, str], trainable: bool = False):
+        self.encoder = encoder  # None: only the games of a loaded cache (from_cache)
         self.descriptions = dict(descriptions)
         self.trainable = trainable
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._source: str | None = None  # the cache file an encoder-less embedder reads
         if isinstance(encoder, nn.Module) and not trainable:
             encoder.eval().requires_grad_(False)
 
+    @classmethod
+    def from_cache(cls, path: str | os.PathLike, descriptions: Mapping[str, str], encoder: str,
+                   games: Sequence[str]) -> "TextEmbedder":
+        """An embedder without its encoder: the embeddings of ``games`` read from a cache that
+        :meth:`save_cache` wrote for the encoder named ``encoder`` (:func:`encoder_name`). A
+        missing file, another encoder's cache or a game missing or described differently is a
+        one-line UserError naming the file."""
+        from safetensors import SafetensorError, safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: text embedding cache not found (written by `actionparty embed-text`)")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                written_by = (f.metadata() or {}).get(ENCODER_KEY)
+        except (SafetensorError, OSError) as err:
+            raise UserError(f"{path}: not a text embedding cache ({err})") from err
+        if written_by != encoder:
+            raise UserError(f"{path}: written for text encoder {written_by!r}, the profile uses {encoder!r}; "
+                            "rerun `actionparty embed-text`")
+        embedder = cls(None, descriptions)
+        embedder._source = str(path)
+        taken = set(embedder.load_cache(path))
+        missing = [g for g in games if g not in taken]
+        if missing:
+            raise UserError(f"{path}: no embedding of {missing[0]!r} for its current description "
+                            f"({len(missing)} of {len(games)} games); rerun `actionparty embed-text`")
+        return embedder
+
     @property
     def dim(self) -> int:
+        if self.encoder is None:
+            if not self._cache:
+                raise UserError(f"{self._source}: the text embedding cache holds no games")
+            return int(next(iter(self._cache.values()))[0].shape[-1])
         return self.encoder.dim
 
     def _description(self, game: str) -> str:
@@ -339,6 +402,9 @@ class TextEmbedder:
             emb, mask = self.encoder.encode([self._description(g) for g in games])
             return emb.to(device) if device else emb, mask.to(device) if device else mask
         todo = sorted({g for g in games if g not in self._cache})
+        if todo and self.encoder is None:
+            raise UserError(f"{self._source}: no embedding of game {todo[0]!r} (the cache holds "
+                            f"{', '.join(self.cached_games())}); rerun `actionparty embed-text`")
         if todo:
             with torch.no_grad():
                 emb, mask = self.encoder.encode([self._description(g) for g in todo])
@@ -351,13 +417,14 @@ class TextEmbedder:
     def cached_games(self) -> list[str]:
         return sorted(self._cache)
 
-    def save_cache(self, path: str | os.PathLike) -> None:
-        """Write the cached embeddings (safetensors, atomically) for every game computed so far."""
+    def save_cache(self, path: str | os.PathLike, encoder: str = "") -> None:
+        """Write the cached embeddings (safetensors, atomically) for every game computed so far;
+        ``encoder`` (:func:`encoder_name`) is recorded for :meth:`from_cache` to check."""
         from safetensors.torch import save_file
 
         from ..atomic import atomic_path
 
-        tensors, meta = {}, {}
+        tensors, meta = {}, {ENCODER_KEY: encoder}
         for game, (emb, mask) in self._cache.items():
             tensors[f"{game}/emb"], tensors[f"{game}/mask"] = emb.contiguous(), mask.contiguous()
             meta[game] = _digest(self.descriptions[game])

@@ -40,6 +40,19 @@ def _cmd_finetune(args) -> None:
         print(f"{final}: {args.variant} ({variant.experiment}, seed {cfg.seed}) finished ({cfg.steps} steps)")
 
 
+def _cmd_embed_text(args) -> None:
+    import torch
+
+    from actionparty.config import load_profile
+    from actionparty.model.factory import embed_texts
+
+    profile = load_profile(args.profile)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    games = embed_texts(profile, args.out, device=device)
+    print(f"{args.out}: {profile.model.text_encoder} embeddings of {len(games)} games "
+          f"({profile.model.text_len} tokens each), on {device}")
+
+
 def _cmd_bench_model(args) -> None:
     from actionparty.config import load_profile
     from actionparty.train.bench import bench_model, print_model_bench
@@ -84,6 +97,14 @@ def add_commands(sub) -> None:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--stop-after", type=positive_int)
     p.add_argument("--quiet", action="store_true")
+
+    help = ("encode the profile's game descriptions once with its text encoder (umT5 on a GPU at paper scale) "
+            "into the cache model.text_cache names; training and rollouts then never load the encoder")
+    p = sub.add_parser("embed-text", help=help, description=help)
+    p.set_defaults(func=_cmd_embed_text)
+    p.add_argument("--profile", required=True)
+    p.add_argument("--out", required=True, type=Path, help="the cache file (safetensors), e.g. results/text/embeddings.safetensors")
+    p.add_argument("--device", help="default: cuda when available, else cpu")
 
     p = sub.add_parser("bench-model", help="training tokens/s and FLOP/s vs matmul; rollout with/without KV cache")
     p.set_defaults(func=_cmd_bench_model)

@@ -35,6 +35,7 @@ class TrainingEstimate:
     adam_gb: float
     ema_gb: float
     activations_gb_per_clip: float  # stored block inputs (checkpointing) + one block's peak
+    text_encoder_gb: float  # umT5 held by the job (fp32, as loaded), 0 when model.text_cache serves it
     memory_gb_per_gpu: float
     flops_per_clip: float  # forward + backward (+ recompute), matmuls and attention
     hours_at_40pct_h100: float  # the whole stage on the profile's GPUs at 40% of 989 TFLOP/s bf16
@@ -65,6 +66,20 @@ def build_on_meta(profile: Profile, variant: VariantConfig | None = None):
     return model, side
 
 
+def text_encoder_bytes(profile: Profile, variant: VariantConfig | None = None) -> int:
+    """Bytes of the text encoder a training or rollout job of ``variant`` holds: umT5 in fp32 (as
+    the factory loads it) unless ``model.text_cache`` serves the games' embeddings, which it does
+    for every model but Text-Action (its prompts carry the actions); the tiny encoder counts 0."""
+    if profile.model.text_encoder != "umt5":
+        return 0
+    with_actions = variant is not None and variant.conditioning.kind == "text"
+    if profile.model.text_cache is not None and not with_actions:
+        return 0
+    from actionparty.model.text import umt5_parameters
+
+    return umt5_parameters() * 4
+
+
 def estimate(profile: Profile, variant: VariantConfig | None = None) -> TrainingEstimate:
     profile = variant_profile(profile, variant)  # a variant's recipe (its clips) where it has one
     train = profile.pretrain if variant is None else profile.finetune
@@ -86,7 +101,8 @@ def estimate(profile: Profile, variant: VariantConfig | None = None) -> Training
     activations = (stored + block_peak if profile.model.gradient_checkpointing
                    else d.num_layers * (stored / d.num_layers + block_peak))
     weights = params * 4
-    memory = weights * 2 + weights * 2 + weights + clips_per_gpu * activations  # w, grad, adam m+v, ema
+    text = text_encoder_bytes(profile, variant)
+    memory = weights * 2 + weights * 2 + weights + clips_per_gpu * activations + text  # w, grad, adam m+v, ema
     # FLOPs: 2 per multiply-add; fwd + 2x bwd = 3x fwd (+1 fwd recompute with checkpointing).
     matmul_fwd = 2 * params * n
     attention_fwd = d.num_layers * 4 * n * n * d.dim + d.num_layers * 4 * n * d.text_len * d.dim
@@ -98,7 +114,8 @@ def estimate(profile: Profile, variant: VariantConfig | None = None) -> Training
         parameters=params, latent_side=side, tokens_per_frame=tokens_per_frame, frames_per_clip=frames,
         video_tokens_per_clip=video, state_tokens_per_clip=state, tokens_per_clip=n, text_tokens=d.text_len,
         clips_per_gpu=clips_per_gpu, weights_gb=weights / GB, grads_gb=weights / GB, adam_gb=2 * weights / GB,
-        ema_gb=weights / GB, activations_gb_per_clip=activations / GB, memory_gb_per_gpu=memory / GB,
+        ema_gb=weights / GB, activations_gb_per_clip=activations / GB, text_encoder_gb=text / GB,
+        memory_gb_per_gpu=memory / GB,
         flops_per_clip=flops, hours_at_40pct_h100=hours)
 
 
@@ -117,8 +134,9 @@ class RolloutEstimate:
     hours_at_40pct_h100: float
     weights_gb: float  # in the compute dtype
     kv_cache_gb_per_window: float
+    text_encoder_gb: float  # umT5 on the GPU (and converted on the host), 0 when model.text_cache serves it
     checkpoint_gb: float  # the finetune checkpoint as read into host memory (model, EMA, Adam)
-    host_memory_gb: float  # checkpoint + the fp32 model it is loaded into
+    host_memory_gb: float  # checkpoint + the fp32 model it is loaded into (+ the text encoder)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -146,11 +164,12 @@ def rollout_estimate(profile: Profile, variant: VariantConfig, model_name: str) 
     dtype_bytes = 2 if profile.model.precision == "bf16" else 4
     kv = d.num_layers * 2 * window * n * d.dim * dtype_bytes
     checkpoint = params * 4 * 4  # fp32 model, EMA and Adam's two moments
+    text = text_encoder_bytes(profile, variant)
     return RolloutEstimate(
         profile=profile.profile, model=model_name, windows=windows, horizon=horizon, passes_per_step=passes,
         tokens_per_frame=n, window_frames=window, flops_per_pass=flops, hours_at_40pct_h100=hours,
-        weights_gb=params * dtype_bytes / GB, kv_cache_gb_per_window=kv / GB, checkpoint_gb=checkpoint / GB,
-        host_memory_gb=(checkpoint + params * 4) / GB)
+        weights_gb=params * dtype_bytes / GB, kv_cache_gb_per_window=kv / GB, text_encoder_gb=text / GB,
+        checkpoint_gb=checkpoint / GB, host_memory_gb=(checkpoint + params * 4 + text) / GB)
 
 
 def print_rollout_estimate(e: RolloutEstimate) -> None:
@@ -158,7 +177,8 @@ def print_rollout_estimate(e: RolloutEstimate) -> None:
           f"({e.tokens_per_frame} tokens per frame, {e.window_frames} cached frames)")
     print(f"  {e.flops_per_pass / 1e12:.2f} TFLOP per frame pass; {e.hours_at_40pct_h100:.1f} h at 40% of H100 bf16 "
           f"peak on 1 GPU; GPU: weights {e.weights_gb:.1f} GB + KV cache {e.kv_cache_gb_per_window * 1e3:.0f} MB "
-          f"per window; host: checkpoint {e.checkpoint_gb:.1f} GB + model {e.host_memory_gb - e.checkpoint_gb:.1f} GB "
+          f"per window + text encoder {e.text_encoder_gb:.1f} GB; host: checkpoint {e.checkpoint_gb:.1f} GB + model "
+          f"{e.host_memory_gb - e.checkpoint_gb - e.text_encoder_gb:.1f} GB + text encoder {e.text_encoder_gb:.1f} GB "
           f"= {e.host_memory_gb:.1f} GB")
 
 
@@ -167,6 +187,6 @@ def print_estimate(e: TrainingEstimate) -> None:
           f"({e.frames_per_clip} frames x {e.tokens_per_frame} video tokens + {e.state_tokens_per_clip} state tokens), "
           f"{e.text_tokens} text tokens")
     print(f"  per GPU: weights {e.weights_gb:.1f} GB + grads {e.grads_gb:.1f} + Adam {e.adam_gb:.1f} + EMA "
-          f"{e.ema_gb:.1f} + activations {e.activations_gb_per_clip:.2f} GB/clip x {e.clips_per_gpu} = "
-          f"{e.memory_gb_per_gpu:.1f} GB")
+          f"{e.ema_gb:.1f} + activations {e.activations_gb_per_clip:.2f} GB/clip x {e.clips_per_gpu} + text encoder "
+          f"{e.text_encoder_gb:.1f} = {e.memory_gb_per_gpu:.1f} GB")
     print(f"  {e.flops_per_clip / 1e12:.1f} TFLOP per clip; {e.hours_at_40pct_h100:.1f} h at 40% of H100 bf16 peak")

@@ -17,6 +17,9 @@ PROTOCOL_NAMES = list(PROFILE.protocols.names)
 PROTOCOL_MODELS = list(PROFILE.protocols.models)
 with open(PROFILE.catalogue) as _f:
     _CATALOGUE_ENTRIES = yaml.safe_load(_f)["games"]
+# The games' text embeddings (model.text_cache), written once by rule text_embeddings and read
+# by every rule that builds a model; empty when the profile encodes its texts in process.
+TEXT_CACHE = [PROFILE.model.text_cache] if PROFILE.model.text_cache else []
 
 
 def train_cpus(loader_workers):

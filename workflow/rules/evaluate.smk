@@ -81,6 +81,7 @@ rule curve:
         snapshots="results/finetune/{variant}/snapshots",
         val="data/lmdb/val.lmdb",
         detectors="results/detectors/detectors.pt",
+        text=TEXT_CACHE,
     output:
         "results/finetune/{variant}/curve.json",
     params:
@@ -139,6 +140,7 @@ rule protocol_rollout:
     input:
         checkpoint=model_checkpoint,
         test="data/lmdb/test_{protocol}.lmdb",
+        text=TEXT_CACHE,
     output:
         rollout="results/rollouts/{protocol}/{model}/h{horizon}.npz",
         meta="results/rollouts/{protocol}/{model}/h{horizon}.json",

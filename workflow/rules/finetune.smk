@@ -27,6 +27,7 @@ rule finetune_variant:
         init="results/exp-138/checkpoint.pt",
         train="data/lmdb/train.lmdb",
         variant=lambda wc: f"params/variants/{split_run(wc.variant)[0]}.yaml",
+        text=TEXT_CACHE,
     output:
         checkpoint="results/finetune/{variant}/checkpoint.pt",
         log="results/finetune/{variant}/train_log.jsonl",
@@ -66,6 +67,7 @@ rule rollout:
     input:
         checkpoint=model_checkpoint,
         test="data/lmdb/test.lmdb",
+        text=TEXT_CACHE,
     output:
         rollout="results/rollouts/{model}/h{horizon}{swap}.npz",
         meta="results/rollouts/{model}/h{horizon}{swap}.json",

@@ -9,9 +9,31 @@ def train_launcher():
     return "actionparty"
 
 
+if TEXT_CACHE:
+
+    rule text_embeddings:
+        """The umT5 (or tiny) embeddings of the games' descriptions, once, on one GPU."""
+        output:
+            TEXT_CACHE[0],
+        params:
+            profile=PROFILE_FILE,
+        threads: 1
+        resources:
+            mem_mb=config["resources"]["rollout_mem_mb"],
+            runtime=config["resources"]["rollout_runtime_min"],
+            gpu=min(config["resources"]["train_gpus"], 1),
+        log:
+            "logs/text_embeddings.log",
+        benchmark:
+            "benchmarks/runs/text_embeddings.tsv"
+        shell:
+            "actionparty embed-text --profile {params.profile:q} --out {output:q} > {log:q} 2>&1"
+
+
 rule exp138_train:
     input:
         train="data/lmdb/train.lmdb",
+        text=TEXT_CACHE,
     output:
         checkpoint="results/exp-138/checkpoint.pt",
         log="results/exp-138/train_log.jsonl",
@@ -40,6 +62,7 @@ rule exp138_samples:
     input:
         checkpoint="results/exp-138/checkpoint.pt",
         test="data/lmdb/test.lmdb",
+        text=TEXT_CACHE,
     output:
         report(
             directory("reports/figures/samples/exp-138"),
