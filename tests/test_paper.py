@@ -43,6 +43,7 @@ def test_paper_estimate_inputs(paper):
     peak = 5120 * (5 * 1536 + 8960) * 2
     assert e.activations_gb_per_clip == pytest.approx((stored + peak) / 1e9)
     assert e.memory_gb_per_gpu < 80  # fits one H100 with DDP
+    assert e.codec_gb == pytest.approx(126_892_531 * 4 / 1e9)  # the Wan VAE, fp32, on every rank
     # umT5 runs once into model.text_cache: no rank holds it, but Text-Action's (its prompts carry actions)
     assert e.text_encoder_gb == 0
     text_action = estimate(paper, load_variant("text_action"))

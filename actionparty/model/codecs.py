@@ -22,6 +22,7 @@ The VAE loads from a diffusers folder (``vae/config.json`` + weights), from the 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -182,6 +183,17 @@ def _load_vae_file(path: Path, config: str | os.PathLike | None, dtype):
                             f"{tuple(value.shape)}, the model {tuple(expected[key].shape)}")
     vae.load_state_dict(state, strict=True)
     return vae if dtype == torch.float32 else vae.to(dtype)
+
+
+@functools.lru_cache(maxsize=1)
+def wan_vae_parameters() -> int:
+    """Parameters of the Wan2.1 VAE (diffusers ``AutoencoderKLWan``'s default configuration, which
+    is Wan2.1's), counted on the meta device."""
+    from diffusers import AutoencoderKLWan
+
+    with torch.device("meta"):
+        vae = AutoencoderKLWan()
+    return sum(p.numel() for p in vae.parameters())
 
 
 def frames_from_uint8(frames: torch.Tensor) -> torch.Tensor:

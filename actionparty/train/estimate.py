@@ -36,6 +36,7 @@ class TrainingEstimate:
     ema_gb: float
     activations_gb_per_clip: float  # stored block inputs (checkpointing) + one block's peak
     text_encoder_gb: float  # umT5 held by the job (fp32, as loaded), 0 when model.text_cache serves it
+    codec_gb: float  # the frame codec's weights (the Wan VAE in fp32, as loaded; its activations are not counted)
     memory_gb_per_gpu: float
     flops_per_clip: float  # forward + backward (+ recompute), matmuls and attention
     hours_at_40pct_h100: float  # the whole stage on the profile's GPUs at 40% of 989 TFLOP/s bf16
@@ -80,6 +81,16 @@ def text_encoder_bytes(profile: Profile, variant: VariantConfig | None = None) -
     return umt5_parameters() * 4
 
 
+def codec_bytes(profile: Profile) -> int:
+    """Bytes of the frame codec's weights a job holds: the Wan VAE in fp32 (as the factory loads
+    it) for ``wan-vae``; the pixel codec has none."""
+    if profile.model.codec != "wan-vae":
+        return 0
+    from actionparty.model.codecs import wan_vae_parameters
+
+    return wan_vae_parameters() * 4
+
+
 def estimate(profile: Profile, variant: VariantConfig | None = None) -> TrainingEstimate:
     profile = variant_profile(profile, variant)  # a variant's recipe (its clips) where it has one
     train = profile.pretrain if variant is None else profile.finetune
@@ -101,8 +112,9 @@ def estimate(profile: Profile, variant: VariantConfig | None = None) -> Training
     activations = (stored + block_peak if profile.model.gradient_checkpointing
                    else d.num_layers * (stored / d.num_layers + block_peak))
     weights = params * 4
-    text = text_encoder_bytes(profile, variant)
-    memory = weights * 2 + weights * 2 + weights + clips_per_gpu * activations + text  # w, grad, adam m+v, ema
+    text, codec = text_encoder_bytes(profile, variant), codec_bytes(profile)
+    # w, grad, Adam m+v, EMA, activations, and the frozen parts the job holds
+    memory = weights * 2 + weights * 2 + weights + clips_per_gpu * activations + text + codec
     # FLOPs: 2 per multiply-add; fwd + 2x bwd = 3x fwd (+1 fwd recompute with checkpointing).
     matmul_fwd = 2 * params * n
     attention_fwd = d.num_layers * 4 * n * n * d.dim + d.num_layers * 4 * n * d.text_len * d.dim
@@ -115,7 +127,7 @@ def estimate(profile: Profile, variant: VariantConfig | None = None) -> Training
         video_tokens_per_clip=video, state_tokens_per_clip=state, tokens_per_clip=n, text_tokens=d.text_len,
         clips_per_gpu=clips_per_gpu, weights_gb=weights / GB, grads_gb=weights / GB, adam_gb=2 * weights / GB,
         ema_gb=weights / GB, activations_gb_per_clip=activations / GB, text_encoder_gb=text / GB,
-        memory_gb_per_gpu=memory / GB,
+        codec_gb=codec / GB, memory_gb_per_gpu=memory / GB,
         flops_per_clip=flops, hours_at_40pct_h100=hours)
 
 
@@ -135,6 +147,7 @@ class RolloutEstimate:
     weights_gb: float  # in the compute dtype
     kv_cache_gb_per_window: float
     text_encoder_gb: float  # umT5 on the GPU (and converted on the host), 0 when model.text_cache serves it
+    codec_gb: float  # the Wan VAE (fp32) that decodes every generated frame
     checkpoint_gb: float  # the finetune checkpoint as read into host memory (model, EMA, Adam)
     host_memory_gb: float  # checkpoint + the fp32 model it is loaded into (+ the text encoder)
 
@@ -164,12 +177,12 @@ def rollout_estimate(profile: Profile, variant: VariantConfig, model_name: str) 
     dtype_bytes = 2 if profile.model.precision == "bf16" else 4
     kv = d.num_layers * 2 * window * n * d.dim * dtype_bytes
     checkpoint = params * 4 * 4  # fp32 model, EMA and Adam's two moments
-    text = text_encoder_bytes(profile, variant)
+    text, codec = text_encoder_bytes(profile, variant), codec_bytes(profile)
     return RolloutEstimate(
         profile=profile.profile, model=model_name, windows=windows, horizon=horizon, passes_per_step=passes,
         tokens_per_frame=n, window_frames=window, flops_per_pass=flops, hours_at_40pct_h100=hours,
         weights_gb=params * dtype_bytes / GB, kv_cache_gb_per_window=kv / GB, text_encoder_gb=text / GB,
-        checkpoint_gb=checkpoint / GB, host_memory_gb=(checkpoint + params * 4 + text) / GB)
+        codec_gb=codec / GB, checkpoint_gb=checkpoint / GB, host_memory_gb=(checkpoint + params * 4 + text) / GB)
 
 
 def print_rollout_estimate(e: RolloutEstimate) -> None:
@@ -177,7 +190,7 @@ def print_rollout_estimate(e: RolloutEstimate) -> None:
           f"({e.tokens_per_frame} tokens per frame, {e.window_frames} cached frames)")
     print(f"  {e.flops_per_pass / 1e12:.2f} TFLOP per frame pass; {e.hours_at_40pct_h100:.1f} h at 40% of H100 bf16 "
           f"peak on 1 GPU; GPU: weights {e.weights_gb:.1f} GB + KV cache {e.kv_cache_gb_per_window * 1e3:.0f} MB "
-          f"per window + text encoder {e.text_encoder_gb:.1f} GB; host: checkpoint {e.checkpoint_gb:.1f} GB + model "
+          f"per window + text encoder {e.text_encoder_gb:.1f} GB + codec {e.codec_gb:.2f} GB; host: checkpoint {e.checkpoint_gb:.1f} GB + model "
           f"{e.host_memory_gb - e.checkpoint_gb - e.text_encoder_gb:.1f} GB + text encoder {e.text_encoder_gb:.1f} GB "
           f"= {e.host_memory_gb:.1f} GB")
 
@@ -188,5 +201,5 @@ def print_estimate(e: TrainingEstimate) -> None:
           f"{e.text_tokens} text tokens")
     print(f"  per GPU: weights {e.weights_gb:.1f} GB + grads {e.grads_gb:.1f} + Adam {e.adam_gb:.1f} + EMA "
           f"{e.ema_gb:.1f} + activations {e.activations_gb_per_clip:.2f} GB/clip x {e.clips_per_gpu} + text encoder "
-          f"{e.text_encoder_gb:.1f} = {e.memory_gb_per_gpu:.1f} GB")
+          f"{e.text_encoder_gb:.1f} + codec {e.codec_gb:.2f} = {e.memory_gb_per_gpu:.1f} GB")
     print(f"  {e.flops_per_clip / 1e12:.1f} TFLOP per clip; {e.hours_at_40pct_h100:.1f} h at 40% of H100 bf16 peak")
