@@ -242,6 +242,27 @@ def check_weights(profile: Profile) -> list[Check]:
     return checks
 
 
+def check_text_cache(profile: Profile) -> list[Check]:
+    """``model.text_cache``: absent (the DAG's rule text_embeddings writes it: info), or there and
+    written by the profile's encoder for every game's current description (else a problem: every
+    job that builds a model would stop on it)."""
+    path = profile.model.text_cache
+    if path is None:
+        return []
+    if not Path(path).exists():
+        return [Check("weights", "model.text_cache", "info", f"{path}: absent; rule text_embeddings writes it")]
+    from actionparty.games import resolve_games
+    from actionparty.model.factory import game_descriptions, text_encoder_name
+    from actionparty.model.text import TextEmbedder
+
+    try:
+        cache = TextEmbedder.from_cache(path, game_descriptions(profile), text_encoder_name(profile),
+                                        [spec.name for spec in resolve_games(profile)])
+    except UserError as err:
+        return [Check("weights", "model.text_cache", "problem", f"{err} (or delete it: the DAG rewrites it)")]
+    return [Check("weights", "model.text_cache", "ok", f"{path}: {len(cache.cached_games())} games, width {cache.dim}")]
+
+
 # =============================================================================================
 # GPUs, disk, SLURM
 # =============================================================================================
@@ -355,7 +376,7 @@ def preflight(profile: Profile, data_dir: str | os.PathLike = "data", require_gp
     from actionparty.games import resolve_games
 
     num_games = len(resolve_games(profile))
-    checks = check_weights(profile)
+    checks = check_weights(profile) + check_text_cache(profile)
     estimates = _estimates(profile)
     checks += check_gpus(profile, estimates, visible_gpus() if gpus is None else gpus, require_gpus)
     checks += check_disk(profile, num_games, Path(data_dir))

@@ -46,6 +46,21 @@ def test_release_layout_passes(repo, tmp_path, standins, capsys):
     capsys.readouterr()
 
 
+def test_the_text_cache_is_absent_there_or_stale(repo, tmp_path, standins):
+    from actionparty.model.factory import embed_texts
+
+    weights = write_wan_release(tmp_path / "Wan2.1-T2V-1.3B", **standins)
+    profile = load_profile(paper_profile(repo, tmp_path, weights))
+    check = by_item(preflight(profile, tmp_path / "data", gpus=H100S))["model.text_cache"]
+    assert check.status == "info" and "absent; rule text_embeddings writes it" in check.detail
+    embed_texts(profile, profile.model.text_cache)
+    check = by_item(preflight(profile, tmp_path / "data", gpus=H100S))["model.text_cache"]
+    assert check.status == "ok" and "2 games, width 4096" in check.detail
+    other = profile.model_copy(update={"games": ["coins", "clean_up", "territory_rooms"]})
+    check = by_item(preflight(other, tmp_path / "data", gpus=H100S))["model.text_cache"]
+    assert check.status == "problem" and "no embedding of 'territory_rooms'" in check.detail
+
+
 def test_diffusers_layout_passes(repo, tmp_path, standins):
     weights = write_diffusers_pipeline(tmp_path / "Wan2.1-T2V-1.3B-Diffusers", **standins)
     checks = preflight(load_profile(paper_profile(repo, tmp_path, weights, release=False)), tmp_path, gpus=H100S)
