@@ -33,6 +33,7 @@ from actionparty.games.actions import PLAYER_SLOTS
 from actionparty.model.checkpoint import (
     check_compatible,
     PRETRAIN_STAGE,
+    SOURCE_KEYS,
     list_snapshots,
     load_checkpoint,
     load_model_weights,
@@ -262,9 +263,12 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
     dataset = ClipDataset(job.train_lmdb, clip_steps=cfg.clip_steps + lead, expect_canvas_px=profile.canvas_px)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model, codec, text = job.build(profile, device)
-    run.signature = {"train": cfg.model_dump(), "model": profile.model.model_dump(), "stage": job.stage,
-                     "games": dataset.games, "init_from": str(job.init_from), **job.extra_meta}
-    run.meta = {"profile": profile.model_dump(), "stage": job.stage, "games": dataset.games,
+    # What the checkpoint records is what the run computed: not where its jobs ran (resources) nor
+    # where a value was read from (SOURCE_KEYS), so neither changes a checkpoint's bytes.
+    run.signature = {"train": cfg.model_dump(), "model": profile.model.model_dump(exclude=set(SOURCE_KEYS)),
+                     "stage": job.stage, "games": dataset.games, "init_from": str(job.init_from), **job.extra_meta}
+    run.meta = {"profile": profile.model_dump(exclude={"resources": True, "model": set(SOURCE_KEYS)}),
+                "stage": job.stage, "games": dataset.games,
                 "train_clip_steps": cfg.clip_steps, "run_signature": run.signature, **job.extra_meta}
     _initialise(job, model, run, info)
     optimizer = _optimizer(model, cfg)
