@@ -83,6 +83,17 @@ def repo() -> Path:
     return REPO
 
 
+def flat_keys(data: dict, prefix: str = "") -> dict:
+    """A nested mapping as {"dotted.key": leaf value}."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def subprocess_env() -> dict:
     """Environment for subprocesses: the running interpreter's bin first on PATH."""
     env = dict(os.environ)

@@ -14,7 +14,7 @@ from actionparty.config import dump_json_schema, load_profile, merged_profile, s
 from actionparty.variants import split_run
 from actionparty.games import CatalogueError, resolve_games
 from actionparty.errors import ProfileError
-from conftest import copy_workflow
+from conftest import copy_workflow, flat_keys
 
 PROFILES = ("smoke", "tiny", "paper")
 TWELVE = ["full", "paper", "no_msa", "no_mca", "framewise_mca", "no_rope_sa", "no_state", "no_state_render", "no_glimpse",
@@ -150,19 +150,9 @@ EXPANDED = {  # dotted key: (smoke, tiny, paper)
 }
 
 
-def _flat(data: dict, where: str = "") -> dict:
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{where}{key}."))
-        else:
-            out[f"{where}{key}"] = value
-    return out
-
-
 @pytest.mark.parametrize("index, name", list(enumerate(PROFILES)))
 def test_merged_profiles_equal_the_expanded_ones_key_by_key(repo, index, name):
-    merged = _flat(load_profile(repo / "params" / f"{name}.yaml").model_dump(mode="json"))
+    merged = flat_keys(load_profile(repo / "params" / f"{name}.yaml").model_dump(mode="json"))
     expected = {key: values[index] for key, values in EXPANDED.items()}
     assert list(merged) == list(expected)
     wrong = {key: (merged[key], expected[key]) for key in expected if merged[key] != expected[key]}
@@ -183,9 +173,9 @@ def test_shipped_profiles_validate(repo, name):
 
 
 def test_profile_files_hold_only_their_differences_from_the_base(repo):
-    base = _flat(yaml.safe_load((repo / "params/base.yaml").read_text()))
+    base = flat_keys(yaml.safe_load((repo / "params/base.yaml").read_text()))
     for name in PROFILES:
-        own = _flat(yaml.safe_load((repo / "params" / f"{name}.yaml").read_text()))
+        own = flat_keys(yaml.safe_load((repo / "params" / f"{name}.yaml").read_text()))
         assert own.pop("defaults") == "params/base.yaml"
         assert set(own) <= set(base), set(own) - set(base)
         assert not [key for key, value in own.items() if base[key] == value], name

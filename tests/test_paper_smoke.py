@@ -15,26 +15,16 @@ import pytest
 import yaml
 
 from actionparty.config import load_profile
-from conftest import REPO, copy_workflow, subprocess_env
+from conftest import REPO, copy_workflow, flat_keys, subprocess_env
 
 # What paper_smoke may change from paper: counts, sizes and where jobs run; never the method.
 SIZE_KEYS = ("profile", "games", "episodes.", "lmdb.", "model.size", "model.resolution", "pretrain.", "finetune.",
              "variants", "seed_runs", "rollout.", "eval.", "resources.", "protocols.")
 
 
-def _flat(data, prefix=""):
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def test_paper_smoke_differs_from_paper_only_in_sizes():
-    paper = _flat(load_profile(REPO / "params/paper.yaml").model_dump(mode="json"))
-    smoke = _flat(load_profile(REPO / "params/paper_smoke.yaml").model_dump(mode="json"))
+    paper = flat_keys(load_profile(REPO / "params/paper.yaml").model_dump(mode="json"))
+    smoke = flat_keys(load_profile(REPO / "params/paper_smoke.yaml").model_dump(mode="json"))
     assert set(paper) == set(smoke)
     changed = sorted(k for k in paper if paper[k] != smoke[k])
     assert changed and all(k.startswith(SIZE_KEYS) for k in changed), [k for k in changed if not k.startswith(SIZE_KEYS)]

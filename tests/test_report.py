@@ -32,7 +32,7 @@ from actionparty.report import tables as T
 from actionparty.report.build import build_report
 from actionparty.report.commands import add_commands
 from actionparty.report.lineup import Lineup
-from conftest import write_synthetic_episodes
+from conftest import flat_keys, write_synthetic_episodes
 
 GAMES = {"alpha": 2, "beta": 3}  # game -> players
 CANVAS = 6
@@ -545,12 +545,8 @@ def test_summary_changes_exactly_the_model_whose_metrics_changed(tmp_path):
     _combine_cli(["--out-summary", str(out), *files])
     after = json.loads(out.read_text())
 
-    def flat(d, prefix=""):
-        return {k: v for key, sub in d.items()
-                for k, v in (flat(sub, f"{prefix}{key}.").items() if isinstance(sub, dict) else {f"{prefix}{key}": sub}.items())}
-
-    diff = {k for k, v in flat(after).items() if flat(before)[k] != v}
-    assert diff == {"global_action.h20.MA"} and len(flat(after)) == 3 * 2 * len(SUMMARY_METRICS)
+    diff = {k for k, v in flat_keys(after).items() if flat_keys(before)[k] != v}
+    assert diff == {"global_action.h20.MA"} and len(flat_keys(after)) == 3 * 2 * len(SUMMARY_METRICS)
     with pytest.raises(UserError, match="combine-metrics: nothing to write"):
         _combine_cli(files)
 
