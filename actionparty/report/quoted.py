@@ -23,8 +23,8 @@ from statistics import mean, stdev
 from actionparty.atomic import write_text
 from actionparty.errors import UserError
 from actionparty.report.lineup import Lineup
-from actionparty.report.tables import MetricsSet, load_metrics
-from actionparty.report.targets import check_targets, load_protocols
+from actionparty.report.tables import MetricsSet, format_cell, format_number as _f, load_metrics
+from actionparty.report.targets import check_targets, ci_half_width, load_protocols
 from actionparty.variants import VARIANT_DIR
 
 OURS, PAPER = "full", "paper"
@@ -34,10 +34,6 @@ BLOCK = re.compile(r"(<!-- quoted:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- 
 
 class QuoteError(UserError):
     """A Markdown file whose quoted blocks cannot be rendered (unknown block, unclosed marker)."""
-
-
-def _f(value) -> str:
-    return "–" if value is None else f"{value:.3f}"
 
 
 @dataclass
@@ -81,11 +77,11 @@ class Results:
             return "–"
         if len(values) == 1:
             return _f(values[0])
-        return f"{mean(values):.3f} ± {stdev(values):.3f}"
+        return format_cell(mean(values), sd=stdev(values))
 
     def interval(self, model: str, metric: str, horizon: int = 4, protocol: str | None = None) -> str:
         low, high = (self.value(model, f"{metric}_ci_{side}", horizon, protocol) for side in ("low", "high"))
-        return "–" if low is None or high is None else f"[{low:.3f}, {high:.3f}]"
+        return "–" if low is None or high is None else f"[{_f(low)}, {_f(high)}]"
 
     def span(self, models, metric: str, horizon: int = 4, protocol: str | None = None) -> str:
         """'low–high' of one metric over models (and, on the episodes protocol, their seeds)."""
@@ -98,7 +94,7 @@ class Results:
         if not values:
             return "–"
         low, high = min(values), max(values)
-        return _f(low) if _f(low) == _f(high) else f"{low:.3f}–{high:.3f}"
+        return _f(low) if _f(low) == _f(high) else f"{_f(low)}–{_f(high)}"
 
     def curve(self, model: str) -> dict | None:
         path = self.root / "finetune" / model / "curve.json"
@@ -179,10 +175,7 @@ def tiny_facts(r: Results) -> str:
     extensions = ", ".join(f"{r.lineup.variants[m].name} {_f(r.value(m, 'MA_changing'))} / {_f(r.value(m, 'BA'))}"
                            for m in r.ablations_of(OURS))
     baselines = r.baselines()
-    half = {}
-    for metric in ("MA_changing", "BA"):
-        low, high = r.value(OURS, f"{metric}_ci_low"), r.value(OURS, f"{metric}_ci_high")
-        half[metric] = None if low is None or high is None else (high - low) / 2
+    half = {metric: ci_half_width(r.metrics, OURS, 4, metric) for metric in ("MA_changing", "BA")}
     protocols = ", ".join(f"{p} {_f(r.value(OURS, 'MA_changing', protocol=p))} {r.interval(OURS, 'MA_changing', protocol=p)}"
                           for p in r.protocols)
     baseline_protocols = "; ".join([f"episodes {r.span(baselines, 'MA_changing')}"] + [

@@ -54,6 +54,12 @@ def _at_least(name: str, value, threshold: float) -> Target:
     return Target(name, f">= {threshold}", _fmt(value), None if value is None else value >= threshold)
 
 
+def ci_half_width(metrics: MetricsSet, model: str, horizon: int, metric: str) -> float | None:
+    """Half the width of the metric's 95% bootstrap interval in the model's metrics file, or None."""
+    low, high = (metrics.value(model, horizon, f"{metric}_ci_{side}") for side in ("low", "high"))
+    return None if low is None or high is None else (high - low) / 2
+
+
 def check_targets(metrics: MetricsSet, lineup: Lineup | None = None,
                   protocols: dict[str, MetricsSet] | None = None) -> list[Target]:
     """Ours (``full``) against the targets. ``protocols``: the metrics of the extra test-split
@@ -86,8 +92,7 @@ def check_targets(metrics: MetricsSet, lineup: Lineup | None = None,
     if long != short:
         out.append(_at_least(f"SSIM h{long}", value(OURS, long, "SSIM"), SSIM_LONG))
     for metric in ("MA_changing", "BA"):
-        low, high = value(OURS, short, f"{metric}_ci_low"), value(OURS, short, f"{metric}_ci_high")
-        half = None if low is None or high is None else (high - low) / 2
+        half = ci_half_width(metrics, OURS, short, metric)
         out.append(Target(f"{metric} h{short} 95% CI half-width", f"<= {CI_HALF_WIDTH}", _fmt(half),
                           None if half is None else half <= CI_HALF_WIDTH))
     out += _claim(lineup, protocols, short)
