@@ -109,6 +109,7 @@ class ResourcesConfig(StrictModel):
     rollout_mem_mb: PositiveInt
     rollout_runtime_min: PositiveInt
     eval_mem_mb: PositiveInt  # CPU evaluation jobs: detector training, metrics, the oracle
+    latent_shards: PositiveInt = 1  # one-GPU jobs that write model.latent_cache, each a share of the clips
 
 
 class TileClassifierConfig(StrictModel):
@@ -162,6 +163,9 @@ class ModelConfig(StrictModel):
     # The games' text embeddings written once by `actionparty embed-text`; models then read them
     # and never build the encoder (Text-Action still does: its prompts carry the actions).
     text_cache: str | None = None
+    # The training clips' latents written once by `actionparty encode-latents` (a folder of
+    # resources.latent_shards LMDBs); training then reads them and never runs the codec's encoder.
+    latent_cache: str | None = None
     text_len: PositiveInt
     resolution: PositiveInt | None = None  # frames are upscaled (nearest) to this many pixels a side
     chunk_frames: PositiveInt  # latent frames denoised together (block-causal attention unit)

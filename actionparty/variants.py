@@ -173,6 +173,15 @@ def variant_profile(profile, variant: "VariantConfig | None"):
                            f"{validation_error_text(err)[1]}") from None
 
 
+def finetune_run(profile, run: str):
+    """A finetune run ('full', or 'full-s1': seed finetune.seed + 1) -> (its variant, the profile
+    as that variant trains, the run's finetune config)."""
+    name, offset = split_run(run)
+    variant = load_variant(name)
+    trained = variant_profile(profile, variant)  # its recipe's clips, if it has one
+    return variant, trained, trained.finetune.model_copy(update={"seed": trained.finetune.seed + offset})
+
+
 def check_name(name: str, what: str = "model") -> str:
     """``name`` unchanged, or ProfileError: names become file paths and words in shell lines."""
     if not NAME_PATTERN.fullmatch(name):

@@ -95,7 +95,7 @@ def load_checkpoint(path: str | Path, map_location="cpu", *, stage: str | None =
 
 
 # Model keys that say where a value is read from, not what the model is: never compared.
-SOURCE_KEYS = ("text_cache",)
+SOURCE_KEYS = ("text_cache", "latent_cache")
 
 
 def check_compatible(path: str | Path, state: dict, profile_model: dict, ignore: tuple[str, ...] = ()) -> None:

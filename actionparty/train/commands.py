@@ -23,14 +23,11 @@ def _cmd_pretrain(args) -> None:
 
 def _cmd_finetune(args) -> None:
     from actionparty.config import load_profile
-    from actionparty.variants import load_variant, split_run, variant_profile
+    from actionparty.variants import finetune_run
     from actionparty.model.factory import build_world_model
     from actionparty.train.trainer import TrainJob, train
 
-    name, offset = split_run(args.variant)  # 'full-s1': variant `full`, training seed finetune.seed + 1
-    variant = load_variant(name)
-    profile = variant_profile(load_profile(args.profile), variant)  # its recipe's clips, if it has one
-    cfg = profile.finetune.model_copy(update={"seed": profile.finetune.seed + offset})
+    variant, profile, cfg = finetune_run(load_profile(args.profile), args.variant)
     job = TrainJob(profile, cfg, args.train_lmdb, args.out, args.variant,
                    lambda p, device: build_world_model(p, device, variant), init_from=args.init,
                    stop_after=args.stop_after, progress=not args.quiet,
@@ -51,6 +48,23 @@ def _cmd_embed_text(args) -> None:
     games = embed_texts(profile, args.out, device=device)
     print(f"{args.out}: {profile.model.text_encoder} embeddings of {len(games)} games "
           f"({profile.model.text_len} tokens each), on {device}")
+
+
+def _cmd_encode_latents(args) -> None:
+    import torch
+
+    from actionparty.config import load_profile
+    from actionparty.errors import UserError
+    from actionparty.train.latents import encode_latents
+
+    profile = load_profile(args.profile)
+    if profile.model.latent_cache is None:
+        raise UserError(f"{args.profile}: model.latent_cache is null (the profile's training encodes its clips)")
+    shards = profile.resources.latent_shards
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    clips = encode_latents(profile, args.train_lmdb, args.out, args.shard, shards, device=device,
+                           batch_clips=args.batch_clips, progress=not args.quiet)
+    print(f"{args.out}: shard {args.shard} of {shards}, {clips} clips encoded with {profile.model.codec} on {device}")
 
 
 def _cmd_bench_model(args) -> None:
@@ -105,6 +119,18 @@ def add_commands(sub) -> None:
     p.add_argument("--profile", required=True)
     p.add_argument("--out", required=True, type=Path, help="the cache file (safetensors), e.g. results/text/embeddings.safetensors")
     p.add_argument("--device", help="default: cuda when available, else cpu")
+
+    help = ("encode the training clips the profile's runs draw once with its frame codec (the Wan VAE on a GPU "
+            "at paper scale) into the latent cache model.latent_cache names; training then reads them")
+    p = sub.add_parser("encode-latents", help=help, description=help)
+    p.set_defaults(func=_cmd_encode_latents)
+    p.add_argument("--profile", required=True)
+    p.add_argument("--train-lmdb", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="the cache folder (model.latent_cache), e.g. results/latents")
+    p.add_argument("--shard", type=int, default=0, help="which of resources.latent_shards shards to write")
+    p.add_argument("--batch-clips", type=positive_int, default=8, help="clips per encoder call")
+    p.add_argument("--device", help="default: cuda when available, else cpu")
+    p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("bench-model", help="training tokens/s and FLOP/s vs matmul; rollout with/without KV cache")
     p.set_defaults(func=_cmd_bench_model)

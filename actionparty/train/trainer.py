@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from actionparty.atomic import write_text
 from actionparty.config import FinetuneConfig, Profile, TrainConfig
+from actionparty.data.latent_cache import CachedLatentClips, LatentCache, codec_identity, dataset_identity
 from actionparty.data.lmdb_dataset import ClipDataset, split_first_step
 from actionparty.errors import UserError
 from actionparty.games.actions import PLAYER_SLOTS
@@ -54,6 +55,12 @@ from actionparty.train.objective import (
 )
 
 
+# Up to this many clips a batch is the head of a random permutation; above it (paper: 18.5 M
+# windows, where one permutation takes about a second) draws are rejected when repeated, which
+# costs O(batch) instead of O(clips). Both are uniform without replacement within a batch.
+PERMUTATION_MAX_ITEMS = 1 << 20
+
+
 class StepBatchSampler(torch.utils.data.Sampler):
     """Yields, for steps ``start..steps-1``, this rank's slice of the global batch of step s,
     drawn uniformly (without replacement within a batch) from a generator seeded by (seed, s)."""
@@ -66,12 +73,20 @@ class StepBatchSampler(torch.utils.data.Sampler):
         return max(self.steps - self.start, 0)
 
     def batch(self, step: int) -> list[int]:
+        return self.global_indices(step)[self.part]
+
+    def global_indices(self, step: int) -> list[int]:
+        """The global batch of ``step`` (every rank's slices)."""
         g = step_generator(self.seed, step, stream=1)
-        if self.global_batch <= self.num_items:
-            idx = torch.randperm(self.num_items, generator=g)[: self.global_batch]
-        else:
-            idx = torch.randint(self.num_items, (self.global_batch,), generator=g)
-        return idx[self.part].tolist()
+        if self.global_batch > self.num_items:
+            return torch.randint(self.num_items, (self.global_batch,), generator=g).tolist()
+        if self.num_items <= PERMUTATION_MAX_ITEMS:
+            return torch.randperm(self.num_items, generator=g)[: self.global_batch].tolist()
+        drawn: dict[int, None] = {}  # insertion-ordered: the draws in the order first drawn
+        while len(drawn) < self.global_batch:
+            drawn.update(dict.fromkeys(torch.randint(self.num_items, (self.global_batch - len(drawn),),
+                                                     generator=g).tolist()))
+        return list(drawn)
 
     def __iter__(self):
         for step in range(self.start, self.steps):
@@ -108,8 +123,11 @@ def _own_contexts(core, first: dict, g: torch.Generator, cfg: TrainConfig, part:
     if not len(pick):
         return None
     sub = {k: v[pick] for k, v in first.items()}
-    with torch.no_grad():  # only the frame before the context: the context's own latent is redrawn
-        context = codec.encode(sub["frames"][:, :1].to(device))
+    if "lead_latents" in sub:  # read from the latent cache
+        context = sub["lead_latents"].to(device)
+    else:
+        with torch.no_grad():  # only the frame before the context: the context's own latent is redrawn
+            context = codec.encode(sub["frames"][:, :1].to(device))
     emb, emb_mask = text([games[int(i)] for i in sub["game"]], actions=sub["actions"], present=sub["present"],
                          device=device)
     drawn = draw_own_frame(core, context, emb, emb_mask, core.clip_inputs(sub, device), noise[part][pick].to(device),
@@ -261,6 +279,9 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
     # Self-generated contexts need the frame before each clip's context: clips one step longer.
     lead = 1 if cfg.self_context > 0 else 0
     dataset = ClipDataset(job.train_lmdb, clip_steps=cfg.clip_steps + lead, expect_canvas_px=profile.canvas_px)
+    if profile.model.latent_cache is not None:  # the clips' latents, encoded once (rule latents)
+        cache = LatentCache(profile.model.latent_cache, codec_identity(profile.model), dataset_identity(job.train_lmdb))
+        dataset = CachedLatentClips(dataset, cache, lead)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model, codec, text = job.build(profile, device)
     # What the checkpoint records is what the run computed: not where its jobs ran (resources) nor
@@ -341,8 +362,11 @@ class _StepLoss:
         core, cfg, device = self.core, self.cfg, self.device
         if self.lead:
             first, batch = split_first_step(batch)
-        with torch.no_grad():
-            latents = self.codec.encode(batch["frames"].to(device))
+        if "latents" in batch:  # read from the latent cache
+            latents = batch["latents"].to(device)
+        else:
+            with torch.no_grad():
+                latents = self.codec.encode(batch["frames"].to(device))
         emb, emb_mask = self.text([self.games[int(g)] for g in batch["game"]], actions=batch["actions"],
                                   present=batch["present"], device=device)
         noise, g = _draw_clip_noise(core, cfg, step, latents.shape, self.part, device)

@@ -3,6 +3,7 @@ import os
 import yaml
 
 from actionparty.config import EXTRA_PROTOCOLS, SPLITS, validate_profile
+from actionparty.data.latent_cache import shard_name
 from actionparty.variants import models_from, split_run, untrained_models
 from actionparty.games import resolve_games
 
@@ -20,6 +21,10 @@ with open(PROFILE.catalogue) as _f:
 # The games' text embeddings (model.text_cache), written once by rule text_embeddings and read
 # by every rule that builds a model; empty when the profile encodes its texts in process.
 TEXT_CACHE = [PROFILE.model.text_cache] if PROFILE.model.text_cache else []
+# The training clips' latents (model.latent_cache): resources.latent_shards shards, each written
+# by one job of rule latents and read by every training rule; empty when training encodes its clips.
+LATENT_SHARDS = ([os.path.join(PROFILE.model.latent_cache, shard_name(k, PROFILE.resources.latent_shards))
+                  for k in range(PROFILE.resources.latent_shards)] if PROFILE.model.latent_cache else [])
 
 
 def train_cpus(loader_workers):

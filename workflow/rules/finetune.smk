@@ -28,6 +28,7 @@ rule finetune_variant:
         train="data/lmdb/train.lmdb",
         variant=lambda wc: f"params/variants/{split_run(wc.variant)[0]}.yaml",
         text=TEXT_CACHE,
+        latents=LATENT_SHARDS,
     output:
         checkpoint="results/finetune/{variant}/checkpoint.pt",
         log="results/finetune/{variant}/train_log.jsonl",

@@ -30,10 +30,45 @@ if TEXT_CACHE:
             "actionparty embed-text --profile {params.profile:q} --out {output:q} > {log:q} 2>&1"
 
 
+if LATENT_SHARDS:
+
+    rule latents:
+        """One shard of the training clips' latents, encoded once on one GPU."""
+        input:
+            train="data/lmdb/train.lmdb",
+            variants=sorted({f"params/variants/{split_run(run)[0]}.yaml"
+                             for run in config["variants"] + config["seed_runs"]}),
+        output:
+            directory(os.path.join(PROFILE.model.latent_cache, "shard-{shard}-of-" + str(len(LATENT_SHARDS)) + ".lmdb")),
+        params:
+            profile=PROFILE_FILE,
+            out=PROFILE.model.latent_cache,
+            # The clips drawn follow from the runs' settings: a change re-encodes.
+            model=config["model"],
+            pretrain=config["pretrain"],
+            finetune=config["finetune"],
+            runs=config["variants"] + config["seed_runs"],
+        wildcard_constraints:
+            shard=r"\d+",
+        threads: 1
+        resources:
+            mem_mb=config["resources"]["mem_mb"],
+            runtime=config["resources"]["train_runtime_min"],
+            gpu=min(config["resources"]["train_gpus"], 1),
+        log:
+            "logs/latents/shard-{shard}.log",
+        benchmark:
+            "benchmarks/runs/latents/shard-{shard}.tsv"
+        shell:
+            "actionparty encode-latents --profile {params.profile:q} --train-lmdb {input.train:q} --out {params.out:q}"
+            " --shard {wildcards.shard} > {log:q} 2>&1"
+
+
 rule exp138_train:
     input:
         train="data/lmdb/train.lmdb",
         text=TEXT_CACHE,
+        latents=LATENT_SHARDS,
     output:
         checkpoint="results/exp-138/checkpoint.pt",
         log="results/exp-138/train_log.jsonl",
