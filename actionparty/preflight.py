@@ -263,6 +263,46 @@ def check_text_cache(profile: Profile) -> list[Check]:
     return [Check("weights", "model.text_cache", "ok", f"{path}: {len(cache.cached_games())} games, width {cache.dim}")]
 
 
+def check_latent_cache(profile: Profile, data_dir: Path) -> list[Check]:
+    """``model.latent_cache``: absent (rule latents writes it: info, with what it will take), or
+    there and written by the profile's codec for the train LMDB (else a problem: training would
+    stop on it); its size against the free disk, and a shard's time against the SLURM runtime."""
+    path = profile.model.latent_cache
+    if path is None:
+        return []
+    from actionparty.train.estimate import latent_cache_estimate
+
+    e = latent_cache_estimate(profile)
+    checks = []
+    train_lmdb = data_dir / "lmdb" / "train.lmdb"
+    if not Path(path).exists():
+        checks.append(Check("data", "model.latent_cache", "info", f"{path}: absent; rule latents writes it "
+                            f"({e.clips:,} clips, {_gb(e.cache_gb * GB)}, {e.shards} shard(s))"))
+        probe = Path(path).resolve()
+        while not probe.exists():
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free
+        checks.append(Check("disk", str(path), "ok" if free >= e.cache_gb * GB else "warn",
+                            f"{_gb(free)} free at {probe}; the latent cache takes up to {_gb(e.cache_gb * GB)}"))
+    elif (train_lmdb / "data.mdb").is_file():
+        from actionparty.data.latent_cache import LatentCache, codec_identity, dataset_identity
+
+        try:
+            cache = LatentCache(path, codec_identity(profile.model), dataset_identity(train_lmdb))
+        except UserError as err:
+            return [Check("data", "model.latent_cache", "problem", f"{err} (or delete it: the DAG rewrites it)")]
+        checks.append(Check("data", "model.latent_cache", "ok", f"{path}: {len(cache.shards)} shard(s) of {train_lmdb}"))
+    else:
+        checks.append(Check("data", "model.latent_cache", "info", f"{path}: present; {train_lmdb} is not there to "
+                            "check it against"))
+    if profile.resources.train_gpus > 0:
+        minutes = e.gpu_hours / e.shards * 60
+        checks.append(Check("slurm", "runtime latents", "ok" if minutes <= profile.resources.train_runtime_min
+                            else "problem", f"~{minutes:.0f} min per shard at 40% of H100 TF32 peak "
+                            f"({e.shards} shards); train_runtime_min {profile.resources.train_runtime_min}"))
+    return checks
+
+
 # =============================================================================================
 # GPUs, disk, SLURM
 # =============================================================================================
@@ -335,7 +375,7 @@ def check_slurm(profile: Profile, estimates) -> list[Check]:
                     f"train_gpus {r.train_gpus}, train_threads {r.train_threads}, train_mem_mb {r.train_mem_mb}, "
                     f"train_runtime_min {r.train_runtime_min}, rollout_mem_mb {r.rollout_mem_mb}, "
                     f"rollout_runtime_min {r.rollout_runtime_min}, eval_mem_mb {r.eval_mem_mb}, mem_mb {r.mem_mb}, "
-                    f"episode_workers {r.episode_workers}")]
+                    f"episode_workers {r.episode_workers}, latent_shards {r.latent_shards}")]
     for var in ("SBATCH_PARTITION", "SBATCH_ACCOUNT"):
         value = os.environ.get(var)
         checks.append(Check("slurm", var, "info", value if value else "unset (the cluster's default)"))
@@ -346,7 +386,7 @@ def check_slurm(profile: Profile, estimates) -> list[Check]:
             minutes = e.hours_at_40pct_h100 * 60
             fits = minutes <= r.train_runtime_min
             checks.append(Check("slurm", f"runtime {e.stage}", "ok" if fits else "problem",
-                                f"~{minutes:.0f} min at 40% of H100 bf16 peak on {r.train_gpus} GPU(s); "
+                                f"~{minutes:.0f} min at 40% of H100 peak on {r.train_gpus} GPU(s); "
                                 f"train_runtime_min {r.train_runtime_min}"))
         if profile.variants:
             from actionparty.config import load_variant
@@ -380,6 +420,7 @@ def preflight(profile: Profile, data_dir: str | os.PathLike = "data", require_gp
     estimates = _estimates(profile)
     checks += check_gpus(profile, estimates, visible_gpus() if gpus is None else gpus, require_gpus)
     checks += check_disk(profile, num_games, Path(data_dir))
+    checks += check_latent_cache(profile, Path(data_dir))
     checks += check_slurm(profile, estimates)
     return checks
 

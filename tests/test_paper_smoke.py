@@ -28,7 +28,8 @@ def test_paper_smoke_differs_from_paper_only_in_sizes():
     assert set(paper) == set(smoke)
     changed = sorted(k for k in paper if paper[k] != smoke[k])
     assert changed and all(k.startswith(SIZE_KEYS) for k in changed), [k for k in changed if not k.startswith(SIZE_KEYS)]
-    for key in ("model.codec", "model.text_encoder", "model.text_cache", "model.init_checkpoint", "model.precision",
+    for key in ("model.codec", "model.text_encoder", "model.text_cache", "model.latent_cache", "model.init_checkpoint",
+                "model.precision",
                 "model.prediction", "model.residual_prior", "model.chunk_frames"):
         assert smoke[key] == paper[key], key
 
@@ -60,6 +61,13 @@ def test_paper_smoke_dag_runs_end_to_end_on_the_official_layout(paper_smoke):
     with safe_open(str(work / profile.model.text_cache), framework="pt") as f:
         assert f.metadata()["__encoder__"] == "umt5:512:weights/Wan2.1-T2V-1.3B/google/umt5-xxl"
         assert f.get_tensor("coins/emb").shape == (512, 4096)
+    # the Wan VAE encoded the training clips once, in the profile's shards, and every run read them
+    shards = profile.resources.latent_shards
+    assert len(re.findall(r"Rule: latents\)", log)) == shards
+    assert sorted(p.name for p in (work / profile.model.latent_cache).iterdir()) == [
+        f"shard-{k}-of-{shards}.lmdb" for k in range(shards)]
+    for run_log in ["logs/pretrain.log", *(f"logs/finetune/{run}.log" for run in [*profile.variants, *profile.seed_runs])]:
+        assert f"latents are read from {shards} shards (nothing is encoded)" in (work / run_log).read_text(), run_log
     # every model's rollout went through the Wan VAE and back to game frames; metrics are finite
     windows = len(profile.games) * profile.rollout.clips_per_game
     for model in [*profile.variants, "pretrained_ar", "static"]:

@@ -82,9 +82,18 @@ def _cmd_bench_model(args) -> None:
 def _cmd_estimate(args) -> None:
     from actionparty.config import load_profile
     from actionparty.variants import load_variant
-    from actionparty.train.estimate import estimate, print_estimate, print_rollout_estimate, rollout_estimate
+    from actionparty.train.estimate import (
+        estimate,
+        latent_cache_estimate,
+        print_estimate,
+        print_latent_cache_estimate,
+        print_rollout_estimate,
+        rollout_estimate,
+    )
 
     profile = load_profile(args.profile)
+    if profile.model.latent_cache is not None:
+        print_latent_cache_estimate(latent_cache_estimate(profile))
     print_estimate(estimate(profile))
     for name in args.variants or profile.variants[:1]:
         variant = load_variant(name)

@@ -6,6 +6,7 @@ docs/TRAINING.md and docs/SLURM.md show the arithmetic."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import torch
@@ -39,7 +40,10 @@ class TrainingEstimate:
     codec_gb: float  # the frame codec's weights (the Wan VAE in fp32, as loaded; its activations are not counted)
     memory_gb_per_gpu: float
     flops_per_clip: float  # forward + backward (+ recompute), matmuls and attention
-    hours_at_40pct_h100: float  # the whole stage on the profile's GPUs at 40% of 989 TFLOP/s bf16
+    # The codec encoding each clip drawn (the Wan VAE); 0 when model.latent_cache serves the latents.
+    encode_flops_per_clip: float
+    hours_at_40pct_h100: float  # the whole stage on the profile's GPUs: the DiT at 40% of 989 TFLOP/s
+    # bf16, the encoder (fp32 weights, TF32 convolutions) at 40% of 495 TFLOP/s
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -91,6 +95,32 @@ def codec_bytes(profile: Profile) -> int:
     return wan_vae_parameters() * 4
 
 
+H100_BF16, H100_TF32 = 989e12, 495e12  # dense peak FLOP/s
+
+
+def encode_flops(profile: Profile, clip_steps: int) -> float:
+    """FLOPs of encoding one clip (1 context + ``clip_steps`` steps) with the profile's codec,
+    counted on the meta device: the Wan VAE (Wan2.1's configuration) on the clip's video at the
+    model's resolution; 0 for the pixel codec (a reshape)."""
+    if profile.model.codec != "wan-vae":
+        return 0.0
+    return _wan_vae_encode_flops(profile.model.resolution or profile.canvas_px, clip_steps)
+
+
+@functools.lru_cache(maxsize=None)
+def _wan_vae_encode_flops(side: int, clip_steps: int) -> float:
+    from diffusers import AutoencoderKLWan
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        vae = AutoencoderKLWan()
+        frames_per_step = 2 ** sum(bool(d) for d in vae.config.temperal_downsample)
+        video = torch.empty(1, 3, 1 + frames_per_step * clip_steps, side, side)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        vae.encode(video)
+    return float(counter.get_total_flops())
+
+
 def estimate(profile: Profile, variant: VariantConfig | None = None) -> TrainingEstimate:
     profile = variant_profile(profile, variant)  # a variant's recipe (its clips) where it has one
     train = profile.pretrain if variant is None else profile.finetune
@@ -120,7 +150,9 @@ def estimate(profile: Profile, variant: VariantConfig | None = None) -> Training
     attention_fwd = d.num_layers * 4 * n * n * d.dim + d.num_layers * 4 * n * d.text_len * d.dim
     passes = 4 if profile.model.gradient_checkpointing else 3
     flops = passes * (matmul_fwd + attention_fwd)
-    hours = flops * train.batch_size * train.steps / (gpus * 0.4 * 989e12) / 3600
+    encode = 0.0 if profile.model.latent_cache is not None else encode_flops(profile, train.clip_steps)
+    seconds_per_clip = flops / (0.4 * H100_BF16) + encode / (0.4 * H100_TF32)
+    hours = seconds_per_clip * train.batch_size * train.steps / gpus / 3600
     return TrainingEstimate(
         profile=profile.profile, stage="pretrain" if variant is None else f"finetune:{variant.experiment}",
         parameters=params, latent_side=side, tokens_per_frame=tokens_per_frame, frames_per_clip=frames,
@@ -128,7 +160,56 @@ def estimate(profile: Profile, variant: VariantConfig | None = None) -> Training
         clips_per_gpu=clips_per_gpu, weights_gb=weights / GB, grads_gb=weights / GB, adam_gb=2 * weights / GB,
         ema_gb=weights / GB, activations_gb_per_clip=activations / GB, text_encoder_gb=text / GB,
         codec_gb=codec / GB, memory_gb_per_gpu=memory / GB,
-        flops_per_clip=flops, hours_at_40pct_h100=hours)
+        flops_per_clip=flops, encode_flops_per_clip=encode, hours_at_40pct_h100=hours)
+
+
+@dataclass
+class LatentCacheEstimate:
+    """Encoding the training clips once (rule latents) against encoding them in every run."""
+
+    profile: str
+    clips: int  # at most: every step's global batch of each distinct sampler stream
+    encodes_without_cache: int  # every run encodes every clip it draws
+    encode_flops_per_clip: float
+    cache_gb: float  # float32 latents
+    gpu_hours: float  # the rule's shards together, at 40% of TF32 peak
+    gpu_hours_without_cache: float  # the same encodes spread over every training run
+    shards: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def latent_cache_estimate(profile: Profile) -> LatentCacheEstimate:
+    """What the latent cache costs and saves for the profile's runs (:mod:`actionparty.train.latents`)."""
+    from actionparty.train.latents import lead_of, training_runs
+
+    side = (profile.model.resolution or profile.canvas_px) // 8
+    channels = 16 if profile.model.codec == "wan-vae" else 192
+    streams: dict[tuple, int] = {}
+    encodes, clip_steps = 0, set()
+    for _, cfg in training_runs(profile):
+        key = (cfg.seed, cfg.batch_size, cfg.clip_steps, lead_of(cfg))
+        streams[key] = max(streams.get(key, 0), cfg.steps)
+        encodes += cfg.steps * cfg.batch_size
+        clip_steps.add(cfg.clip_steps)
+    if len(clip_steps) != 1 or any(lead for *_, lead in streams):
+        raise ValueError("the estimate assumes one clip length and no self-generated contexts (as params/paper.yaml)")
+    (k,) = clip_steps
+    clips = sum(steps * batch for (_, batch, _, _), steps in streams.items())
+    flops = encode_flops(profile, k)
+    rate = 0.4 * H100_TF32 * 3600
+    return LatentCacheEstimate(
+        profile=profile.profile, clips=clips, encodes_without_cache=encodes, encode_flops_per_clip=flops,
+        cache_gb=clips * channels * (k + 1) * side * side * 4 / GB, gpu_hours=clips * flops / rate,
+        gpu_hours_without_cache=encodes * flops / rate, shards=profile.resources.latent_shards)
+
+
+def print_latent_cache_estimate(e: LatentCacheEstimate) -> None:
+    print(f"{e.profile} latent cache: {e.clips:,} clips encoded once ({e.encode_flops_per_clip / 1e12:.1f} TFLOP each), "
+          f"{e.cache_gb / 1e3:.2f} TB float32, {e.gpu_hours:.0f} GPU-hours at 40% of H100 TF32 peak "
+          f"({e.gpu_hours / e.shards:.0f} h per shard x {e.shards}); without it every run encodes what it draws: "
+          f"{e.encodes_without_cache:,} encodes, {e.gpu_hours_without_cache:.0f} GPU-hours")
 
 
 @dataclass
@@ -202,4 +283,6 @@ def print_estimate(e: TrainingEstimate) -> None:
     print(f"  per GPU: weights {e.weights_gb:.1f} GB + grads {e.grads_gb:.1f} + Adam {e.adam_gb:.1f} + EMA "
           f"{e.ema_gb:.1f} + activations {e.activations_gb_per_clip:.2f} GB/clip x {e.clips_per_gpu} + text encoder "
           f"{e.text_encoder_gb:.1f} + codec {e.codec_gb:.2f} = {e.memory_gb_per_gpu:.1f} GB")
-    print(f"  {e.flops_per_clip / 1e12:.1f} TFLOP per clip; {e.hours_at_40pct_h100:.1f} h at 40% of H100 bf16 peak")
+    encode = (f" + {e.encode_flops_per_clip / 1e12:.1f} TFLOP encoding it" if e.encode_flops_per_clip
+              else " (latents read, none encoded)" if e.codec_gb else "")
+    print(f"  {e.flops_per_clip / 1e12:.1f} TFLOP per clip{encode}; {e.hours_at_40pct_h100:.1f} h at 40% of H100 peak")

@@ -282,6 +282,8 @@ def _train(job: TrainJob, info: DistInfo) -> Path:
     if profile.model.latent_cache is not None:  # the clips' latents, encoded once (rule latents)
         cache = LatentCache(profile.model.latent_cache, codec_identity(profile.model), dataset_identity(job.train_lmdb))
         dataset = CachedLatentClips(dataset, cache, lead)
+        if info.is_main:
+            print(f"{cache.folder}: the clips' latents are read from {len(cache.shards)} shards (nothing is encoded)")
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model, codec, text = job.build(profile, device)
     # What the checkpoint records is what the run computed: not where its jobs ran (resources) nor
