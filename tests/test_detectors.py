@@ -414,3 +414,23 @@ def test_detector_robustness_finds_real_players_and_measures_erased_ones(world):
     assert result["players"] > 0 and clean["detected"] >= 0.95 and clean["exact"] >= 0.9
     assert clean["false_positive_same_cell"] <= 0.05
     assert 0.0 <= noisy["false_positive"] <= 1.0 and noisy["noise_sigma"] == 96.0
+
+
+def test_detector_robustness_command_runs_on_the_device_asked(world, tmp_path, repo, capsys):
+    """``detector-robustness --device cpu`` (a profile whose eval: section is the sprite world's)
+    writes what the function gives on the CPU."""
+    import yaml
+
+    from actionparty.cli import main
+    from actionparty.config import merged_profile
+    from actionparty.eval.robustness import detector_robustness
+
+    data = merged_profile(repo / "params/smoke.yaml")
+    data.update(catalogue=str(repo / "params/games.yaml"), eval=world["cfg"].model_dump(mode="json"))
+    (tmp_path / "sprites.yaml").write_text(yaml.safe_dump(data))
+    assert main(["detector-robustness", "--profile", str(tmp_path / "sprites.yaml"), "--lmdb", str(world["val"]),
+                 "--detectors", str(world["detectors"]), "--frames-per-game", "4", "--device", "cpu", "--quiet",
+                 "--out", str(tmp_path / "rates.json")]) == 0
+    assert "| noise sigma |" in capsys.readouterr().out
+    expected = detector_robustness(world["val"], world["detectors"], world["cfg"], 4, progress=False, device="cpu")
+    assert json.loads((tmp_path / "rates.json").read_text()) == expected

@@ -522,6 +522,29 @@ def test_commands_register_and_run(tmp_path):
         args.func(args)
 
 
+@pytest.mark.parametrize("command, paths", [
+    ("train-detectors", ["--train-lmdb", "a", "--val-lmdb", "b", "--out", "c", "--accuracy", "d"]),
+    ("evaluate", ["--variant", "full", "--test-lmdb", "a", "--detectors", "b", "--rollouts", "c", "--out", "d"]),
+    ("evaluate-oracle", ["--test-lmdb", "a", "--detectors", "b", "--out", "c"]),
+    ("detector-robustness", ["--lmdb", "a", "--detectors", "b"]),
+])
+def test_evaluation_commands_check_their_device_first(tmp_path, capsys, command, paths):
+    """--device cpu is accepted (the command goes on to read its profile); a device that is not
+    one, or a GPU this machine lacks, is one line naming --device and exit 2, before any file is read."""
+    from actionparty.cli import main
+
+    argv = [command, "--profile", str(tmp_path / "none.yaml"), *paths]
+    assert main([*argv, "--device", "cpu"]) == 2
+    assert "none.yaml: profile not found" in capsys.readouterr().err
+    bad = {"nope": "not a device (cpu, cuda or cuda:N)", "mps": "not a device", "cuda:99": "CUDA GPU"}
+    if not torch.cuda.is_available():
+        bad["cuda"] = "no CUDA GPU is available here"
+    for device, message in bad.items():
+        assert main([*argv, "--device", device]) == 2, device
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --device {device}: ") and message in err and err.count("\n") == 1, err
+
+
 def test_bootstrap_interval_over_windows_holds_the_share_and_narrows_with_more_windows():
     from actionparty.eval.evaluate import bootstrap_share_ci
 

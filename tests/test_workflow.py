@@ -122,7 +122,8 @@ def _planned_jobs(text: str) -> dict[str, dict]:
 def test_paper_jobs_ask_slurm_for_what_they_use(repo, venv_env, tmp_path):
     """Per-rule sbatch sizes of the paper DAG (the generic SLURM profile's plan): training asks
     for every process's threads and loader workers, one-GPU rollout jobs for a GPU and the host
-    memory of their checkpoint, for longer than the estimate; CPU evaluation for no GPU."""
+    memory of their checkpoint, for longer than the estimate; the detector and metrics jobs for one
+    GPU and their own memory and threads."""
     from actionparty.train.estimate import rollout_estimate
     from actionparty.variants import load_variant
 
@@ -144,9 +145,9 @@ def test_paper_jobs_ask_slurm_for_what_they_use(repo, venv_env, tmp_path):
         assert (job["gpu"], job["mem_mb"], job["cpus_per_task"]) == (1, r.rollout_mem_mb, r.train_threads), rule
         if rule != "exp138_samples":  # a few sample clips
             assert job["runtime"] == r.rollout_runtime_min >= 60 * hours, rule
-    for rule in ("detectors", "metrics", "oracle_metrics", "protocol_metrics"):
+    for rule in ("detectors", "metrics", "oracle_metrics", "protocol_metrics", "protocol_oracle_metrics"):
         job = plan[rule]
-        assert (job["gpu"], job["mem_mb"], job["cpus_per_task"]) == (0, r.eval_mem_mb, job["threads"]), rule
+        assert (job["gpu"], job["mem_mb"], job["cpus_per_task"]) == (1, r.eval_mem_mb, job["threads"]), rule
     assert plan["episodes"]["cpus_per_task"] == plan["episodes"]["threads"] == r.episode_workers
     # umT5 runs once, in its own one-GPU job; every job that builds a model reads its cache
     assert plan["text_embeddings"]["gpu"] == 1 and run.stdout.count("rule text_embeddings:") == 1
@@ -154,6 +155,22 @@ def test_paper_jobs_ask_slurm_for_what_they_use(repo, venv_env, tmp_path):
         block = re.search(rf"\nrule {rule}:\n(.*?)\n\n", run.stdout, re.S).group(1)
         inputs = re.search(r"^\s+input: (.*)$", block, re.M).group(1)
         assert profile.model.text_cache in inputs.split(", "), (rule, inputs)
+
+
+def test_cpu_profile_jobs_ask_slurm_for_no_gpu(repo, venv_env, tmp_path):
+    """Without training GPUs (resources.train_gpus 0, the tiny profile) no job asks for a GPU: the
+    GPU jobs' ``gpu`` follows train_gpus, evaluation's included."""
+    assert load_profile(repo / "params/tiny.yaml").resources.train_gpus == 0
+    work = copy_workflow(tmp_path)
+    run = subprocess.run(["snakemake", "all", "-n", "--cores", "256", "--profile", "profiles/slurm-generic",
+                          "--configfile", "params/tiny.yaml"], cwd=work, env=venv_env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    plan = _planned_jobs(run.stdout)
+    for rule in ("detectors", "metrics", "oracle_metrics", "protocol_metrics", "protocol_oracle_metrics", "rollout",
+                 "curve"):
+        assert plan[rule]["gpu"] == 0, rule
+    assert all(job["gpu"] == 0 for job in plan.values()), {r: j["gpu"] for r, j in plan.items() if j["gpu"]}
 
 
 def test_config_override_outside_the_profile_file_is_refused(repo, venv_env, tmp_path):

@@ -29,14 +29,21 @@ def _threads(args) -> None:
     torch.set_num_threads(args.threads)
 
 
+def _device(args) -> str:
+    from actionparty.device import resolve_device
+
+    return resolve_device(args.device)
+
+
 def _cmd_train_detectors(args) -> None:
     from actionparty.config import load_profile
     from actionparty.eval.detectors import train_detectors
 
+    device = _device(args)
     cfg = load_profile(args.profile).eval
     _threads(args)
     acc = train_detectors(args.train_lmdb, args.val_lmdb, cfg, args.out, args.accuracy, progress=not args.quiet,
-                          stop_after=args.stop_after)
+                          stop_after=args.stop_after, device=device)
     if acc:
         o = acc["overall"]
         print(f"{args.out}: tile slot {o['slot_accuracy']}, facing {o['facing_accuracy']}, "
@@ -73,12 +80,13 @@ def _cmd_evaluate(args) -> None:
     from actionparty.eval import metrics_file
     from actionparty.eval.evaluate import evaluate_variant
 
+    device = _device(args)
     profile = load_profile(args.profile)
     _check_protocol(args)
     _threads(args)
     result = evaluate_variant(args.variant, args.rollouts, args.swap_rollouts or [], args.test_lmdb, args.detectors,
                               profile.eval, progress=not args.quiet,
-                              windows=(profile.rollout.clips_per_game, profile.rollout.seed))
+                              windows=(profile.rollout.clips_per_game, profile.rollout.seed), device=device)
     result = _tag_protocol(result, args.protocol)
     metrics_file.write(args.out, result)
     summary = ", ".join(f"{h}: MA {e['overall']['MA']} SP {e['overall']['SP']} BA {e['overall']['BA']}"
@@ -91,6 +99,7 @@ def _cmd_evaluate_oracle(args) -> None:
     from actionparty.eval import metrics_file
     from actionparty.eval.evaluate import evaluate_oracle
 
+    device = _device(args)
     profile = load_profile(args.profile)
     _check_protocol(args)
     _threads(args)
@@ -98,7 +107,7 @@ def _cmd_evaluate_oracle(args) -> None:
     # Under an extra protocol the models are rolled out at the shortest horizon only; so is its oracle.
     horizons = r.horizons if args.protocol == DEFAULT_PROTOCOL else [min(r.horizons)]
     result = evaluate_oracle(args.test_lmdb, args.detectors, profile.eval, horizons, r.clips_per_game, r.seed,
-                             progress=not args.quiet)
+                             progress=not args.quiet, device=device)
     result = _tag_protocol(result, args.protocol)
     metrics_file.write(args.out, result)
     summary = ", ".join(f"{h}: MA {e['overall']['MA']} SP {e['overall']['SP']}" for h, e in result["horizons"].items())
@@ -142,9 +151,10 @@ def _cmd_detector_robustness(args) -> None:
     from actionparty.config import load_profile
     from actionparty.eval.robustness import detector_robustness, robustness_markdown
 
+    device = _device(args)
     _threads(args)
     result = detector_robustness(args.lmdb, args.detectors, load_profile(args.profile).eval, args.frames_per_game,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, device=device)
     if args.out is not None:
         write_json(args.out, result)
     print(robustness_markdown(result), end="")
@@ -165,6 +175,9 @@ def add_commands(sub) -> None:
             p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
         p.add_argument("--quiet", action="store_true")
 
+    def device(p):
+        p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+
     def protocol(p):
         p.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=PROTOCOLS,
                        help="the test episodes' protocol (docs/EVALUATION.md, Protocols); the test LMDB's and "
@@ -173,6 +186,7 @@ def add_commands(sub) -> None:
     p = add("train-detectors", _cmd_train_detectors,
             "train the tile and inverse-dynamics classifiers on ground truth; held-out accuracy on val")
     common(p)
+    device(p)
     p.add_argument("--train-lmdb", required=True, type=Path)
     p.add_argument("--val-lmdb", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="detector bundle (.pt)")
@@ -181,6 +195,7 @@ def add_commands(sub) -> None:
 
     p = add("evaluate", _cmd_evaluate, "metrics of one model variant from its rollout files")
     common(p)
+    device(p)
     protocol(p)
     p.add_argument("--variant", required=True)
     p.add_argument("--test-lmdb", required=True, type=Path)
@@ -192,6 +207,7 @@ def add_commands(sub) -> None:
 
     p = add("evaluate-oracle", _cmd_evaluate_oracle, "the oracle row: ground-truth frames through the same metrics")
     common(p)
+    device(p)
     protocol(p)
     p.add_argument("--test-lmdb", required=True, type=Path)
     p.add_argument("--detectors", required=True, type=Path)
@@ -209,6 +225,7 @@ def add_commands(sub) -> None:
     p = add("detector-robustness", _cmd_detector_robustness,
             "detection and false-positive rates of the detectors on degraded real frames (noise, blur, players erased)")
     common(p)
+    device(p)
     p.add_argument("--lmdb", required=True, type=Path, help="a split the detectors were not trained on (val)")
     p.add_argument("--detectors", required=True, type=Path)
     p.add_argument("--frames-per-game", type=positive_int, default=64)

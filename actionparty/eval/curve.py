@@ -40,7 +40,7 @@ def learning_curve(profile: Profile, variant: str, checkpoint: str | Path, val_l
     checkpoint = Path(checkpoint)
     final_step = profile.finetune.steps  # a finished finetune's last step (checked when it is loaded)
     points = [(s, p) for s, p in list_snapshots(checkpoint.parent) if s < final_step] + [(final_step, checkpoint)]
-    ctx = EvalContext(val_lmdb, detectors, profile.eval, split="val")
+    ctx = EvalContext(val_lmdb, detectors, profile.eval, split="val", device=rollout_device())
     horizon = min(profile.rollout.horizons)  # the binding test's horizon (workflow: SWAP_HORIZON)
     ds = ctx.dataset(horizon)
     windows = select_windows(ds, profile.rollout.curve_windows_per_game, profile.rollout.seed)

@@ -64,8 +64,8 @@ def tile_targets(position: torch.Tensor, facing: torch.Tensor, visible: torch.Te
     slot target (B, Hc, Wc) (0 none, 1 + p) and facing target (B, Hc, Wc) (IGNORE off players)."""
     b, s = facing.shape
     hc, wc = grid
-    slot = torch.zeros(b, hc * wc, dtype=torch.long)
-    face = torch.full((b, hc * wc), IGNORE, dtype=torch.long)
+    slot = torch.zeros(b, hc * wc, dtype=torch.long, device=position.device)
+    face = torch.full((b, hc * wc), IGNORE, dtype=torch.long, device=position.device)
     x, y = position[..., 0], position[..., 1]
     ok = visible & (x >= 0) & (x < wc) & (y >= 0) & (y < hc)
     rows, slots = ok.nonzero(as_tuple=True)
@@ -105,6 +105,10 @@ def crop_cells(frames: torch.Tensor, centre: torch.Tensor, margin: int) -> torch
 
 def _to_unit(frames: torch.Tensor) -> torch.Tensor:
     return frames.float() / 127.5 - 1.0
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
 
 
 class TileClassifier(nn.Module):
@@ -169,6 +173,11 @@ class Detectors:
     canvas_px: int
     config: EvalConfig
 
+    @property
+    def device(self) -> torch.device:
+        """Where the models' weights are (see :func:`load_detectors`)."""
+        return _device(self.tile)
+
     def game_indices(self, names: list[str], source: str) -> list[int]:
         """Detector game index of each LMDB game name (DetectorError for an unknown game)."""
         unknown = [n for n in names if n not in self.games]
@@ -192,13 +201,15 @@ def build_models(num_games: int, cfg: EvalConfig) -> tuple[TileClassifier, Inver
 @torch.no_grad()
 def detect(tile: TileClassifier, frames: torch.Tensor, game: torch.Tensor, tau: float, batch: int
            ) -> tuple[Detections, torch.Tensor]:
-    """frames (B, 3, H, W) uint8, game (B,) -> (Detections with leading dim B, pooled features (B, C))."""
+    """frames (B, 3, H, W) uint8, game (B,) -> (Detections with leading dim B, pooled features (B, C)),
+    on the CPU; the batches run on the classifier's device."""
     tile.eval()
+    device = _device(tile)
     parts, feats = [], []
     for i in range(0, frames.shape[0], batch):
-        slot_logits, facing_logits, h = tile(frames[i : i + batch], game[i : i + batch])
+        slot_logits, facing_logits, h = tile(frames[i : i + batch].to(device), game[i : i + batch].to(device))
         parts.append(decode_detections(slot_logits.softmax(1)[:, 1:], facing_logits, tau))
-        feats.append(h.mean(dim=(2, 3)))
+        feats.append(h.mean(dim=(2, 3)).cpu())
     keys = ("cell", "facing", "confidence", "count")
     det = Detections(*(np.concatenate([getattr(p, k) for p in parts]) for k in keys))
     return det, torch.cat(feats)
@@ -208,14 +219,16 @@ def detect(tile: TileClassifier, frames: torch.Tensor, game: torch.Tensor, tau: 
 def classify_transitions(idm: InverseDynamics, before: torch.Tensor, after: torch.Tensor, centre: torch.Tensor,
                          game: torch.Tensor, slot: torch.Tensor, batch: int) -> np.ndarray:
     """Frames t-1 and t (B, 3, H, W) uint8, the player's t-1 cell (B, 2), game (B,), slot (B,)
-    -> (B,) int64 predicted effective action."""
+    -> (B,) int64 predicted effective action; the batches run on the classifier's device."""
     idm.eval()
+    device = _device(idm)
     out = []
     for i in range(0, before.shape[0], batch):
         s = slice(i, i + batch)
-        m = idm.margin_cells
-        logits = idm(crop_cells(before[s], centre[s], m), crop_cells(after[s], centre[s], m), game[s], slot[s])
-        out.append(logits.argmax(1))
+        m, c = idm.margin_cells, centre[s].to(device)
+        logits = idm(crop_cells(before[s].to(device), c, m), crop_cells(after[s].to(device), c, m),
+                     game[s].to(device), slot[s].to(device))
+        out.append(logits.argmax(1).cpu())
     return torch.cat(out).numpy().astype(np.int64) if out else np.zeros(0, np.int64)
 
 
@@ -250,7 +263,9 @@ def _transitions(batch: dict) -> dict[str, torch.Tensor]:
 
 def _detector_losses(tile: TileClassifier, idm: InverseDynamics, batch: dict, cfg: EvalConfig
                      ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Both detectors' losses on a batch of 1-step clips (frames (B, 2, 3, H, W))."""
+    """Both detectors' losses on a batch of 1-step clips (frames (B, 2, 3, H, W)), on the models' device."""
+    device = _device(tile)
+    batch = {k: v.to(device) for k, v in batch.items()}
     frames, game = batch["frames"], batch["game"]
     hc = frames.shape[-2] // CELL_PX
     flat = frames.flatten(0, 1)
@@ -280,9 +295,10 @@ WARMUP_STEPS = 50
 
 def train_detectors(train_lmdb: str | Path, val_lmdb: str | Path, cfg: EvalConfig, out: str | Path,
                     accuracy_out: str | Path | None = None, progress: bool = True,
-                    stop_after: int | None = None) -> dict:
+                    stop_after: int | None = None, device: str = "cpu") -> dict:
     """Train both detectors on ``train_lmdb``, measure them on ``val_lmdb``, write the bundle to
     ``out`` (and the held-out accuracy JSON to ``accuracy_out``); return the accuracy dict.
+    Training and the accuracy run on ``device``; the bundle holds CPU tensors.
 
     The loop is the shared :func:`actionparty.train.loop.fit` (AdamW, warm-up then cosine). A
     resumable state is kept beside ``out`` (``<out>.resume``) every ``checkpoint_every`` steps;
@@ -296,7 +312,7 @@ def train_detectors(train_lmdb: str | Path, val_lmdb: str | Path, cfg: EvalConfi
     if val.canvas_px != train.canvas_px:
         raise DetectorError(f"{val_lmdb}: frames are {val.canvas_px} px, the train split's {train.canvas_px} px")
     games = list(train.games)
-    tile, idm = build_models(len(games), cfg)
+    tile, idm = (model.to(device) for model in build_models(len(games), cfg))
     # The whole sample order is fixed up front by the seed, so a resumed run sees the same batches.
     order = torch.randint(len(train), (cfg.train_steps * cfg.batch_clips,),
                           generator=torch.Generator().manual_seed(cfg.seed))
@@ -351,8 +367,10 @@ def _accuracy_samples(detectors: Detectors, batch: dict, game_map: torch.Tensor,
     position, facing = batch["position"].flatten(0, 1), batch["facing"].flatten(0, 1)
     slot_t, face_t = tile_targets(position, facing, torch.from_numpy(visible), (hc, hc))
     slot_t, face_t = slot_t.numpy(), face_t.numpy()
-    slot_logits, facing_logits, _ = detectors.tile(frames, game_map[batch["game"]].repeat_interleave(2))
-    slot_p, face_p = slot_logits.argmax(1).numpy(), facing_logits.argmax(1).numpy()
+    device = detectors.device
+    slot_logits, facing_logits, _ = detectors.tile(frames.to(device),
+                                                   game_map[batch["game"]].repeat_interleave(2).to(device))
+    slot_p, face_p = slot_logits.argmax(1).cpu().numpy(), facing_logits.argmax(1).cpu().numpy()
     det = decode_detections(slot_logits.softmax(1)[:, 1:], facing_logits, tau)
     once = (det.count == 1) & (det.cell == position.numpy()).all(-1)
     tr = _transitions(dict(batch, game=game_map[batch["game"]]))
@@ -423,14 +441,18 @@ def detector_accuracy(detectors: Detectors, dataset: ClipDataset, cfg: EvalConfi
 
 
 def save_detectors(path: str | Path, detectors: Detectors, accuracy: dict | None = None) -> None:
-    """Write the bundle atomically (a plain dict of tensors and JSON strings: weights_only-safe)."""
+    """Write the bundle atomically (a plain dict of CPU tensors and JSON strings: weights_only-safe)."""
+
+    def weights(module: nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.cpu() for k, v in module.state_dict().items()}
+
     state = {
         "schema": DETECTORS_SCHEMA,
         "games": list(detectors.games),
         "canvas_px": detectors.canvas_px,
         "config": detectors.config.model_dump_json(),
-        "tile": detectors.tile.state_dict(),
-        "idm": detectors.idm.state_dict(),
+        "tile": weights(detectors.tile),
+        "idm": weights(detectors.idm),
         "walkable": {g: torch.from_numpy(w) for g, w in detectors.walkable.items()},
         "accuracy": json.dumps(accuracy or {}),
     }
@@ -438,8 +460,9 @@ def save_detectors(path: str | Path, detectors: Detectors, accuracy: dict | None
         torch.save(state, tmp)
 
 
-def load_detectors(path: str | Path) -> Detectors:
-    """Read a bundle written by :func:`save_detectors` (DetectorError on a missing or bad file)."""
+def load_detectors(path: str | Path, device: str = "cpu") -> Detectors:
+    """Read a bundle written by :func:`save_detectors` onto ``device`` (DetectorError on a missing
+    or bad file)."""
     path = Path(path)
     if not path.is_file():
         raise DetectorError(f"{path}: detector checkpoint not found (run train-detectors)")
@@ -457,4 +480,5 @@ def load_detectors(path: str | Path) -> Detectors:
     except RuntimeError as err:
         raise DetectorError(f"{path}: weights do not fit the stored config ({str(err).splitlines()[0]})") from None
     walkable = {g: w.numpy().astype(bool) for g, w in state["walkable"].items()}
-    return Detectors(tile.eval(), idm.eval(), list(state["games"]), walkable, int(state["canvas_px"]), cfg)
+    return Detectors(tile.to(device).eval(), idm.to(device).eval(), list(state["games"]), walkable,
+                     int(state["canvas_px"]), cfg)

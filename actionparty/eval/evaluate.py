@@ -120,10 +120,12 @@ def _detect_all(detectors: Detectors, frames: torch.Tensor, game: np.ndarray, cf
     return det, feats.reshape(n, t, -1).numpy()
 
 
-def _per_frame(fn, pred: torch.Tensor, real: torch.Tensor, cfg: EvalConfig) -> np.ndarray:
-    """fn over (B, 3, H, W) frame pairs in chunks of ``eval_batch_frames`` (SSIM's maps are large)."""
+def _per_frame(fn, pred: torch.Tensor, real: torch.Tensor, cfg: EvalConfig, device: torch.device) -> np.ndarray:
+    """fn over (B, 3, H, W) frame pairs in chunks of ``eval_batch_frames`` (SSIM's maps are large),
+    on ``device``."""
     step = cfg.eval_batch_frames
-    return torch.cat([fn(pred[i : i + step], real[i : i + step]) for i in range(0, len(pred), step)]).numpy()
+    return torch.cat([fn(pred[i : i + step].to(device), real[i : i + step].to(device)).cpu()
+                      for i in range(0, len(pred), step)]).numpy()
 
 
 def rollout_outcomes(rollout: Rollout, gt: dict, detectors: Detectors, det_game: np.ndarray, walkable: np.ndarray,
@@ -156,8 +158,9 @@ def rollout_outcomes(rollout: Rollout, gt: dict, detectors: Detectors, det_game:
     # Pixels: per generated frame 1..H.
     pred, real = gen[:, 1:].flatten(0, 1), torch.from_numpy(gt["frames"][:, 1:]).flatten(0, 1)
     shape = gen.shape[:1] + (gen.shape[1] - 1,)
-    a["psnr"] = _per_frame(lambda p, r: M.psnr(p, r, max_db=cfg.psnr_max_db), pred, real, cfg).reshape(shape)
-    a["ssim"] = _per_frame(M.ssim, pred, real, cfg).reshape(shape)
+    dev = detectors.device
+    a["psnr"] = _per_frame(lambda p, r: M.psnr(p, r, max_db=cfg.psnr_max_db), pred, real, cfg, dev).reshape(shape)
+    a["ssim"] = _per_frame(M.ssim, pred, real, cfg, dev).reshape(shape)
     # ST: the model's own predicted state (state-token variants only).
     if rollout.pred_position is not None:
         st = M.state_tracking_errors(rollout.pred_position[:, 1:].astype(np.float64), gt["position"][:, 1:],
@@ -299,15 +302,16 @@ def horizon_report(main: Outcomes | None, binding: Outcomes | None, games: list[
 
 class EvalContext:
     """The LMDB scored (a ClipDataset per horizon), the detectors and their game mapping. The
-    metrics read the test split; learning curves the val split (``split``)."""
+    metrics read the test split; learning curves the val split (``split``). The detectors and
+    the I3D extractor run on ``device``."""
 
     def __init__(self, test_lmdb: str | Path, detectors_path: str | Path, cfg: EvalConfig,
-                 windows: tuple[int, int] | None = None, split: str = "test"):
+                 windows: tuple[int, int] | None = None, split: str = "test", device: str = "cpu"):
         self.test_lmdb, self.cfg, self.split = Path(test_lmdb), cfg, split
         self.windows = windows  # (windows per game, seed): rollouts must cover exactly those
         self.detectors_path = str(detectors_path)
-        self.detectors = load_detectors(detectors_path)
-        self.i3d = M.I3DFeatures(cfg.i3d_checkpoint) if cfg.i3d_checkpoint else None
+        self.detectors = load_detectors(detectors_path, device)
+        self.i3d = M.I3DFeatures(cfg.i3d_checkpoint, device) if cfg.i3d_checkpoint else None
         self._datasets: dict[int, ClipDataset] = {}
 
     def dataset(self, horizon: int) -> ClipDataset:
@@ -356,10 +360,10 @@ def _load_checked(ctx: EvalContext, path: str | Path, variant: str, swap: bool) 
 
 def evaluate_variant(variant: str, rollouts: list[str | Path], swap_rollouts: list[str | Path],
                      test_lmdb: str | Path, detectors_path: str | Path, cfg: EvalConfig, progress: bool = True,
-                     windows: tuple[int, int] | None = None) -> dict:
+                     windows: tuple[int, int] | None = None, device: str = "cpu") -> dict:
     """Metrics of a model variant from its rollout files (one per horizon) and optional swapped
-    (BA) rollout files; returns the JSON dict (see the module docstring)."""
-    ctx = EvalContext(test_lmdb, detectors_path, cfg, windows)
+    (BA) rollout files, the networks on ``device``; returns the JSON dict (see the module docstring)."""
+    ctx = EvalContext(test_lmdb, detectors_path, cfg, windows, device=device)
     files = [(read_rollout_meta(p)["horizon"], is_swap, p)
              for is_swap, paths in ((False, rollouts), (True, swap_rollouts)) for p in paths]
     result = ctx.header(variant, "model")
@@ -400,11 +404,11 @@ def oracle_rollout(dataset: ClipDataset, windows_per_game: int, seed: int) -> tu
 
 
 def evaluate_oracle(test_lmdb: str | Path, detectors_path: str | Path, cfg: EvalConfig, horizons, windows_per_game: int,
-                    window_seed: int, progress: bool = True) -> dict:
-    """The oracle row: ground-truth frames through the same code, for every configured horizon.
-    MA, SP, DR, EA there measure the detectors (any gap bounds every model's number);
-    rules_agreement measures BA's movement rules."""
-    ctx = EvalContext(test_lmdb, detectors_path, cfg)
+                    window_seed: int, progress: bool = True, device: str = "cpu") -> dict:
+    """The oracle row: ground-truth frames through the same code, for every configured horizon,
+    the networks on ``device``. MA, SP, DR, EA there measure the detectors (any gap bounds every
+    model's number); rules_agreement measures BA's movement rules."""
+    ctx = EvalContext(test_lmdb, detectors_path, cfg, device=device)
     result = ctx.header("oracle", "oracle")
     for h in tqdm(horizons, desc="evaluate oracle", unit="horizon", disable=not progress):
         ds = ctx.dataset(h)

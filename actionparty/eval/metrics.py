@@ -306,7 +306,7 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 255.0, si
     The 2-D Gaussian is applied as two 1-D passes (same result, a fraction of the memory)."""
     pred, target = pred.float() / data_range, target.float() / data_range
     channels = pred.shape[1]
-    g = _gaussian_1d(sigma)
+    g = _gaussian_1d(sigma).to(pred.device)
     pad = g.numel() // 2
     stack = torch.cat([pred, target, pred * pred, target * target, pred * target])
     stack = F.pad(stack, (pad, pad, pad, pad), mode="reflect")
@@ -353,11 +353,12 @@ class I3DFeatures:
     """A local TorchScript I3D feature extractor for true FVD (only when ``eval.i3d_checkpoint``
     is set; nothing is downloaded). Called on videos (B, 3, T, 224, 224) float in [-1, 1]; a module
     whose forward has ``return_features`` (e.g. the StyleGAN-V ``i3d_torchscript.pt``) is asked for
-    features with ``rescale=False, resize=False``; any other must return (B, D) features."""
+    features with ``rescale=False, resize=False``; any other must return (B, D) features. It runs
+    on ``device``."""
 
     size = 224
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, device: str = "cpu"):
         from pathlib import Path
 
         from actionparty.errors import UserError
@@ -372,19 +373,20 @@ class I3DFeatures:
         if not any(n.endswith("/constants.pkl") for n in names) or not any("/code/" in n for n in names):
             raise UserError(f"{path}: not a TorchScript archive (eval.i3d_checkpoint); plain pickles are refused")
         try:
-            self.module = torch.jit.load(path, map_location="cpu").eval()
+            self.module = torch.jit.load(path, map_location=device).eval()
         except Exception as err:  # torch raises assorted errors for non-TorchScript files
             raise UserError(f"{path}: not a TorchScript I3D module ({str(err).splitlines()[0]})") from None
         names = {arg.name for arg in self.module.forward.schema.arguments}
         wanted = {"rescale": False, "resize": False, "return_features": True}
         self.kwargs = {k: v for k, v in wanted.items() if k in names}
+        self.device = device
 
     @torch.no_grad()
     def __call__(self, videos: torch.Tensor) -> torch.Tensor:
-        """videos (B, T, 3, H, W) uint8 -> (B, D) float64 features."""
+        """videos (B, T, 3, H, W) uint8 -> (B, D) float64 features, on the CPU."""
         b, t = videos.shape[:2]
-        x = videos.flatten(0, 1).float() / 127.5 - 1
+        x = videos.flatten(0, 1).to(self.device).float() / 127.5 - 1
         x = F.interpolate(x, size=(self.size, self.size), mode="nearest")
         x = x.reshape(b, t, 3, self.size, self.size).transpose(1, 2)
         out = self.module(x, **self.kwargs)
-        return out.reshape(b, -1).double()
+        return out.reshape(b, -1).double().cpu()

@@ -69,10 +69,11 @@ def degrade(frames: torch.Tensor, sigma: float, blur: int, generator: torch.Gene
 
 def detector_robustness(lmdb: str | Path, detectors_path: str | Path, cfg: EvalConfig, frames_per_game: int = 64,
                         seed: int = 0, noise_levels=NOISE_LEVELS, blur_radii=BLUR_RADII,
-                        progress: bool = True) -> dict:
-    """Detection and false-positive rates of the detectors at every (noise, blur) level on
-    ``frames_per_game`` frames per game of ``lmdb`` (a split the detectors were not trained on)."""
-    detectors = load_detectors(detectors_path)
+                        progress: bool = True, device: str = "cpu") -> dict:
+    """Detection and false-positive rates of the detectors (run on ``device``) at every (noise,
+    blur) level on ``frames_per_game`` frames per game of ``lmdb`` (a split the detectors were not
+    trained on)."""
+    detectors = load_detectors(detectors_path, device)
     ds = ClipDataset(lmdb, clip_steps=1)
     windows = select_windows(ds, frames_per_game, seed)
     clips = [ds.clip(int(e), int(s)) for e, s in zip(windows["episode"], windows["start"])]

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from actionparty.config import Profile
 from actionparty.data.lmdb_dataset import ClipDataset
+from actionparty.device import default_device
 from actionparty.model.checkpoint import check_compatible, load_checkpoint, load_model_weights
 from actionparty.model.factory import build_world_model
 from actionparty.rollout.sampler import Sampler, run
@@ -36,7 +37,7 @@ class LoadedModel:
 
 def rollout_device() -> str:
     """Where rollouts run: the GPU when there is one."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return default_device()
 
 
 def load_for_rollout(profile: Profile, checkpoint: str | Path, device="cpu", *, stage: str | None = None,

@@ -38,13 +38,12 @@ def _cmd_finetune(args) -> None:
 
 
 def _cmd_embed_text(args) -> None:
-    import torch
-
     from actionparty.config import load_profile
+    from actionparty.device import default_device
     from actionparty.model.factory import embed_texts
 
     profile = load_profile(args.profile)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     games = embed_texts(profile, args.out, device=device)
     print(f"{args.out}: {profile.model.text_encoder} embeddings of {len(games)} games "
           f"({profile.model.text_len} tokens each), on {device}")

@@ -1,5 +1,6 @@
 """On a GPU: the paper's 1.3B-shaped DiT forward/backward in bf16 on random weights (peak memory
-against the estimate, step time), and every attention backend against SDPA (outputs and gradients).
+against the estimate, step time), every attention backend against SDPA (outputs and gradients),
+and the evaluation detectors trained and run on the GPU against the CPU.
 
 Marked ``gpu`` and skipped without CUDA. Sizes: one or two paper clips (5 latent frames of
 32 x 32 tokens = 5,120 video tokens, 512 text tokens); a few seconds each on an H100-class GPU.
@@ -18,6 +19,8 @@ import pytest
 import torch
 
 from actionparty.config import load_profile
+from actionparty.data.lmdb_dataset import ClipDataset
+from actionparty.eval.detectors import classify_transitions, crop_cells, detect, load_detectors, train_detectors
 from actionparty.model.attention import (
     attention,
     attention_backend,
@@ -27,6 +30,7 @@ from actionparty.model.attention import (
 )
 from actionparty.model.dit import make_dit
 from actionparty.train.estimate import estimate
+from test_detectors import eval_config, write_world
 
 GB = 1e9
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -180,3 +184,56 @@ def test_dit_backends_agree_on_gpu(gpu_report):
     diffs = [(a - b).abs().max().item() / b.abs().max().item() for a, b in zip(outs[None], outs["sdpa"])]
     gpu_report["dit_auto_vs_sdpa_rel"] = diffs
     assert max(diffs) <= 3e-2, diffs
+
+
+def test_detectors_trained_on_gpu_predict_as_on_cpu(tmp_path, gpu_report):
+    """The detectors of tests/test_detectors.py's sprite world, trained 20 steps on cuda and on the
+    CPU from the same seed, each run on its own device (TF32 off: this measures the code path, not
+    TF32 rounding): weights within rtol 1e-3 / atol 1e-4, held-out class probabilities within 1e-3,
+    and the same predicted class on >= 99% of cells and transitions."""
+    lmdbs = {split: write_world(tmp_path, split, n, 24, seed) for split, n, seed in (("train", 8, 0), ("val", 2, 100))}
+    cfg = eval_config(train_steps=20, checkpoint_every=10, batch_clips=8, val_clips_per_game=8)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        runs = {}
+        for device in ("cpu", "cuda"):
+            train_detectors(lmdbs["train"], lmdbs["val"], cfg, tmp_path / f"{device}.pt", progress=False, device=device)
+            runs[device] = load_detectors(tmp_path / f"{device}.pt", device)
+        cpu, gpu = runs["cpu"], runs["cuda"]
+        assert gpu.device.type == "cuda"
+        for module in ("tile", "idm"):
+            weights = getattr(gpu, module).state_dict()
+            for name, x in getattr(cpu, module).state_dict().items():
+                torch.testing.assert_close(weights[name].cpu(), x, rtol=1e-3, atol=1e-4, msg=f"{module}.{name}")
+        ds = ClipDataset(lmdbs["val"], clip_steps=1)
+        batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=16)))
+        frames = batch["frames"].flatten(0, 1)
+        game = torch.as_tensor(cpu.game_indices(ds.games, "val"))[batch["game"]]
+        centre, slot = batch["position"][:, 0, 0], torch.zeros_like(batch["game"])
+        out = {}
+        with torch.no_grad():
+            for name, det in runs.items():
+                dev = det.device
+                slot_logits, facing_logits, _ = det.tile(frames.to(dev), game.repeat_interleave(2).to(dev))
+                m = det.idm.margin_cells
+                idm_logits = det.idm(crop_cells(batch["frames"][:, 0].to(dev), centre.to(dev), m),
+                                     crop_cells(batch["frames"][:, 1].to(dev), centre.to(dev), m), game.to(dev),
+                                     slot.to(dev))
+                detections, features = detect(det.tile, frames, game.repeat_interleave(2), cfg.tau, 8)
+                actions = classify_transitions(det.idm, batch["frames"][:, 0], batch["frames"][:, 1], centre, game,
+                                               slot, 8)
+                out[name] = dict(slot=slot_logits.softmax(1).cpu(), facing=facing_logits.softmax(1).cpu(),
+                                 idm=idm_logits.softmax(1).cpu(), confidence=torch.from_numpy(detections.confidence),
+                                 features=features, actions=actions)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    diffs = {k: (out["cuda"][k] - out["cpu"][k]).abs().max().item() for k in ("slot", "facing", "idm", "confidence")}
+    agree = {k: (out["cuda"][k].argmax(1) == out["cpu"][k].argmax(1)).float().mean().item()
+             for k in ("slot", "facing", "idm")}
+    agree["actions"] = float((out["cuda"]["actions"] == out["cpu"]["actions"]).mean())
+    gpu_report["detectors_gpu_vs_cpu"] = dict(max_abs_prob_diff=diffs, class_agreement=agree)
+    print(gpu_report["detectors_gpu_vs_cpu"])
+    assert max(diffs.values()) <= 1e-3, diffs
+    assert min(agree.values()) >= 0.99, agree
+    torch.testing.assert_close(out["cuda"]["features"], out["cpu"]["features"], rtol=1e-3, atol=1e-3)

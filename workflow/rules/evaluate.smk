@@ -1,5 +1,6 @@
 # Evaluation: detectors trained on ground-truth episodes, metrics per model (and the oracle),
-# and the combined table.
+# and the combined table. The detector and metrics jobs ask for one GPU where training has GPUs
+# (resources.train_gpus > 0) and run their networks on it; on CPU profiles they ask for none.
 
 SWAP_HORIZON = min(HORIZONS)
 
@@ -18,6 +19,7 @@ rule detectors:
     resources:
         mem_mb=config["resources"]["eval_mem_mb"],
         runtime=config["resources"]["train_runtime_min"],
+        gpu=min(config["resources"]["train_gpus"], 1),
     log:
         "logs/detectors.log",
     benchmark:
@@ -42,6 +44,7 @@ rule metrics:
     resources:
         mem_mb=config["resources"]["eval_mem_mb"],
         runtime=60,
+        gpu=min(config["resources"]["train_gpus"], 1),
     log:
         "logs/metrics/{model}.log",
     benchmark:
@@ -65,6 +68,7 @@ rule oracle_metrics:
     resources:
         mem_mb=config["resources"]["eval_mem_mb"],
         runtime=60,
+        gpu=min(config["resources"]["train_gpus"], 1),
     log:
         "logs/metrics/oracle.log",
     benchmark:
@@ -176,6 +180,7 @@ rule protocol_metrics:
     resources:
         mem_mb=config["resources"]["eval_mem_mb"],
         runtime=60,
+        gpu=min(config["resources"]["train_gpus"], 1),
     log:
         "logs/metrics/{protocol}/{model}.log",
     benchmark:
@@ -199,6 +204,7 @@ rule protocol_oracle_metrics:
     resources:
         mem_mb=config["resources"]["eval_mem_mb"],
         runtime=60,
+        gpu=min(config["resources"]["train_gpus"], 1),
     log:
         "logs/metrics/{protocol}/oracle.log",
     benchmark:
