@@ -303,6 +303,8 @@ def test_i3d_fvd_from_a_local_torchscript_checkpoint(tmp_path):
     videos = torch.randint(0, 256, (5, 3, 3, 16, 16), dtype=torch.uint8)
     feats = i3d(videos)
     assert feats.shape == (5, 4)
+    # in calls of at most batch_frames frames (whole videos): the same features
+    torch.testing.assert_close(M.I3DFeatures(str(path), batch_frames=7)(videos), feats, rtol=0, atol=1e-12)
     assert M.frechet_distance(feats, feats) == pytest.approx(0.0, abs=1e-8)
     (tmp_path / "plain.pt").write_bytes(b"no")
     with pytest.raises(UserError, match="plain.pt: not a TorchScript archive"):

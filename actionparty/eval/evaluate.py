@@ -311,7 +311,7 @@ class EvalContext:
         self.windows = windows  # (windows per game, seed): rollouts must cover exactly those
         self.detectors_path = str(detectors_path)
         self.detectors = load_detectors(detectors_path, device)
-        self.i3d = M.I3DFeatures(cfg.i3d_checkpoint, device) if cfg.i3d_checkpoint else None
+        self.i3d = M.I3DFeatures(cfg.i3d_checkpoint, device, cfg.eval_batch_frames) if cfg.i3d_checkpoint else None
         self._datasets: dict[int, ClipDataset] = {}
 
     def dataset(self, horizon: int) -> ClipDataset:

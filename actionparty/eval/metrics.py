@@ -354,11 +354,12 @@ class I3DFeatures:
     is set; nothing is downloaded). Called on videos (B, 3, T, 224, 224) float in [-1, 1]; a module
     whose forward has ``return_features`` (e.g. the StyleGAN-V ``i3d_torchscript.pt``) is asked for
     features with ``rescale=False, resize=False``; any other must return (B, D) features. It runs
-    on ``device``."""
+    on ``device``, on at most ``batch_frames`` frames (whole videos, at least one) at a time: a
+    paper rollout is 2,944 videos, ~150 GB as 224 x 224 floats."""
 
     size = 224
 
-    def __init__(self, path: str, device: str = "cpu"):
+    def __init__(self, path: str, device: str = "cpu", batch_frames: int = 512):
         from pathlib import Path
 
         from actionparty.errors import UserError
@@ -380,10 +381,15 @@ class I3DFeatures:
         wanted = {"rescale": False, "resize": False, "return_features": True}
         self.kwargs = {k: v for k, v in wanted.items() if k in names}
         self.device = device
+        self.batch_frames = batch_frames
 
     @torch.no_grad()
     def __call__(self, videos: torch.Tensor) -> torch.Tensor:
         """videos (B, T, 3, H, W) uint8 -> (B, D) float64 features, on the CPU."""
+        per_call = max(1, self.batch_frames // videos.shape[1])
+        return torch.cat([self._features(videos[i:i + per_call]) for i in range(0, len(videos), per_call)])
+
+    def _features(self, videos: torch.Tensor) -> torch.Tensor:
         b, t = videos.shape[:2]
         x = videos.flatten(0, 1).to(self.device).float() / 127.5 - 1
         x = F.interpolate(x, size=(self.size, self.size), mode="nearest")

@@ -50,9 +50,8 @@ def _cmd_embed_text(args) -> None:
 
 
 def _cmd_encode_latents(args) -> None:
-    import torch
-
     from actionparty.config import load_profile
+    from actionparty.device import resolve_device
     from actionparty.errors import UserError
     from actionparty.train.latents import encode_latents
 
@@ -60,7 +59,7 @@ def _cmd_encode_latents(args) -> None:
     if profile.model.latent_cache is None:
         raise UserError(f"{args.profile}: model.latent_cache is null (the profile's training encodes its clips)")
     shards = profile.resources.latent_shards
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     clips = encode_latents(profile, args.train_lmdb, args.out, args.shard, shards, device=device,
                            batch_clips=args.batch_clips, progress=not args.quiet)
     print(f"{args.out}: shard {args.shard} of {shards}, {clips} clips encoded with {profile.model.codec} on {device}")

@@ -33,7 +33,9 @@ def init_distributed(device: str = "auto") -> DistInfo:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        from actionparty.device import default_device
+
+        device = default_device()
     dev = torch.device(f"cuda:{local}") if device == "cuda" else torch.device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
