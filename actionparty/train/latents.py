@@ -34,16 +34,30 @@ def lead_of(cfg) -> int:
     return 1 if cfg.self_context > 0 else 0
 
 
-def shard_clips(profile, train_lmdb: str | Path, shard: int, shards: int) -> list[tuple[int, int, int]]:
+class _Clips(dict):
+    """clip steps -> the train LMDB's ClipDataset of clips that long (each index built once)."""
+
+    def __init__(self, train_lmdb: str | Path, canvas_px: int):
+        super().__init__()
+        self.train_lmdb, self.canvas_px = train_lmdb, canvas_px
+
+    def __missing__(self, clip_steps: int) -> ClipDataset:
+        self[clip_steps] = ClipDataset(self.train_lmdb, clip_steps=clip_steps, expect_canvas_px=self.canvas_px)
+        return self[clip_steps]
+
+
+def shard_clips(profile, train_lmdb: str | Path, shard: int, shards: int,
+                clips: _Clips | None = None) -> list[tuple[int, int, int]]:
     """Sorted (episode, first frame, frames) of the latents shard ``shard`` of ``shards`` holds."""
     from actionparty.train.trainer import StepBatchSampler
 
+    clips = _Clips(train_lmdb, profile.canvas_px) if clips is None else clips
     keys: set[tuple[int, int, int]] = set()
     streams = set()
     for _, cfg in training_runs(profile):
         lead = lead_of(cfg)
         stream = (cfg.seed, cfg.batch_size, cfg.clip_steps, lead)
-        dataset = ClipDataset(train_lmdb, clip_steps=cfg.clip_steps + lead, expect_canvas_px=profile.canvas_px)
+        dataset = clips[cfg.clip_steps + lead]
         sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, 0, cfg.steps, slice(None))
         for step in range(shard, cfg.steps, shards):
             if (stream, step) in streams:  # another run drew this step already
@@ -65,12 +79,13 @@ def encode_latents(profile, train_lmdb: str | Path, out_dir: str | Path, shard: 
     if not 0 <= shard < shards:
         raise UserError(f"--shard {shard} is not in 0..{shards - 1}")
     codec = build_frame_codec(profile.model, device=device)
-    keys = shard_clips(profile, train_lmdb, shard, shards)
+    clips = _Clips(train_lmdb, profile.canvas_px)
+    keys = shard_clips(profile, train_lmdb, shard, shards, clips)
     by_length: dict[int, list[tuple[int, int, int]]] = {}
     for key in keys:
         by_length.setdefault(key[2], []).append(key)
-    dataset = ClipDataset(train_lmdb, clip_steps=0, expect_canvas_px=profile.canvas_px)
-    probe = codec.encode(dataset.clip(0, 0)["frames"][None].to(device))
+    first_clips = next(iter(clips.values()))
+    probe = codec.encode(first_clips.clip(0, 0)["frames"][None, :1].to(device))  # the latent's shape
     meta = {"schema_version": LATENT_CACHE_SCHEMA, "codec": codec_identity(profile.model), "dataset": dataset_identity(train_lmdb),
             "shard": shard, "shards": shards, "latent": [probe.shape[1], *probe.shape[3:]],
             "frames": sorted(by_length)}
@@ -78,10 +93,10 @@ def encode_latents(profile, train_lmdb: str | Path, out_dir: str | Path, shard: 
     def records():
         # Clips of one length at a time, in batches of batch_clips (as training encodes them: a batch).
         for frames, group in sorted(by_length.items()):
-            clips = ClipDataset(train_lmdb, clip_steps=frames - 1, expect_canvas_px=profile.canvas_px)
+            dataset = clips[frames - 1]
             for i in range(0, len(group), batch_clips):
                 part = group[i:i + batch_clips]
-                video = torch.stack([clips.clip(e, first)["frames"] for e, first, _ in part])
+                video = torch.stack([dataset.clip(e, first)["frames"] for e, first, _ in part])
                 latents = codec.encode(video.to(device))
                 yield from zip(part, latents)
 
