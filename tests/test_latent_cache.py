@@ -168,3 +168,27 @@ def test_step_sampler_draws_without_replacement_at_any_size():
     assert batches == [large.global_indices(step) for step in range(200)]  # a function of (seed, step)
     drawn = torch.tensor(batches).flatten().float()
     assert abs(drawn.mean().item() / n - 0.5) < 0.02  # uniform over the clips
+
+
+def test_a_damaged_record_is_named_in_one_line(tmp_path, train_lmdb):
+    import lmdb
+
+    from actionparty.data.latent_cache import clip_key
+    from actionparty.data.lmdb_dataset import _seal
+
+    cache = tmp_path / "latents"
+    profile, _ = cached_profile(tmp_path, cache, shards=1)
+    encode_all(profile, train_lmdb, cache)
+    (episode, first, frames), second = shard_clips(profile, train_lmdb, 0, 1)[:2]
+    env = lmdb.open(str(cache / "shard-0-of-1.lmdb"))
+    with env.begin(write=True) as txn:
+        txn.put(clip_key(episode, first, frames), _seal(b"\0" * 12))  # sealed, but not a clip's latents
+        raw = bytearray(txn.get(clip_key(*second)))
+        raw[-1] ^= 0xFF  # a flipped byte
+        txn.put(clip_key(*second), bytes(raw))
+    env.close()
+    reader = LatentCache(cache, codec_identity(profile.model), dataset_identity(train_lmdb))
+    with pytest.raises(DatasetError, match=r"record c/\d{6}/\d{4}/\d{2} has 12 bytes, expected \d+"):
+        reader.get(episode, first, frames)
+    with pytest.raises(DatasetError, match=r"failed its checksum"):
+        reader.get(*second)
