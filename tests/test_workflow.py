@@ -102,6 +102,17 @@ def test_dry_run_of_every_profile_lists_the_data_rules(repo, venv_env, tmp_path)
         assert "rule episodes" in run.stdout and "rule lmdb" in run.stdout
 
 
+def _slurm_plan(tmp_path, profile_file: str, env: dict):
+    """The dry run of ``snakemake all`` through the generic SLURM profile on a copy of the
+    workflow: (the finished process, its planned jobs by rule)."""
+    work = copy_workflow(tmp_path)
+    run = subprocess.run(["snakemake", "all", "-n", "--cores", "256", "--profile", "profiles/slurm-generic",
+                          "--configfile", profile_file], cwd=work, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run, _planned_jobs(run.stdout)
+
+
 def _planned_jobs(text: str) -> dict[str, dict]:
     """{rule: {"threads": n, resource: value}} of a dry run's printed plan (one entry per rule)."""
     plan = {}
@@ -129,12 +140,7 @@ def test_paper_jobs_ask_slurm_for_what_they_use(repo, venv_env, tmp_path):
 
     profile = load_profile(repo / "params/paper.yaml")
     r = profile.resources
-    work = copy_workflow(tmp_path)
-    run = subprocess.run(["snakemake", "all", "-n", "--cores", "256", "--profile", "profiles/slurm-generic",
-                          "--configfile", "params/paper.yaml"], cwd=work, env=venv_env, capture_output=True,
-                         text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    plan = _planned_jobs(run.stdout)
+    run, plan = _slurm_plan(tmp_path, "params/paper.yaml", venv_env)
     for rule, loader in (("exp138_train", profile.pretrain.num_workers), ("finetune_variant", profile.finetune.num_workers)):
         job = plan[rule]
         assert (job["gpu"], job["threads"], job["mem_mb"]) == (r.train_gpus, r.train_threads, r.train_mem_mb)
@@ -161,12 +167,7 @@ def test_cpu_profile_jobs_ask_slurm_for_no_gpu(repo, venv_env, tmp_path):
     """Without training GPUs (resources.train_gpus 0, the tiny profile) no job asks for a GPU: the
     GPU jobs' ``gpu`` follows train_gpus, evaluation's included."""
     assert load_profile(repo / "params/tiny.yaml").resources.train_gpus == 0
-    work = copy_workflow(tmp_path)
-    run = subprocess.run(["snakemake", "all", "-n", "--cores", "256", "--profile", "profiles/slurm-generic",
-                          "--configfile", "params/tiny.yaml"], cwd=work, env=venv_env, capture_output=True,
-                         text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    plan = _planned_jobs(run.stdout)
+    _, plan = _slurm_plan(tmp_path, "params/tiny.yaml", venv_env)
     for rule in ("detectors", "metrics", "oracle_metrics", "protocol_metrics", "protocol_oracle_metrics", "rollout",
                  "curve"):
         assert plan[rule]["gpu"] == 0, rule
